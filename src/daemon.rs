@@ -1,0 +1,227 @@
+//! Wiring: bind the three listeners, run the receivers and the metrics port, and shut
+//! down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::export::{Exporter, Readiness};
+use crate::ingest::grpc::{LogsService, TraceService};
+use crate::ingest::{BodyLimits, DEFAULT_MAX_IN_FLIGHT, Discard, Ingest};
+use crate::otlp::AttrKeys;
+use crate::telemetry::Telemetry;
+
+/// How long shutdown waits for in-flight requests before it gives up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The configuration key (or flag) that gave the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server failed while running.
+    #[error("{server} server failed: {message}")]
+    Server {
+        /// Which server.
+        server: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The attribute keys the walkers extract for this configuration.
+pub fn attr_keys(config: &Config) -> AttrKeys {
+    AttrKeys::new(
+        config
+            .region
+            .attributes
+            .iter()
+            .chain(&config.dimensions)
+            .map(String::as_str),
+    )
+}
+
+/// The addresses the daemon actually listens on (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// Prometheus.
+    pub metrics: SocketAddr,
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { key, addr, source })
+}
+
+/// Runs the daemon until `shutdown` completes, then drains and returns.
+/// `on_bound` is told the bound addresses once all three listeners are up.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), DaemonError> {
+    let grpc_listener = bind("listen.otlp_grpc", config.listen.otlp_grpc).await?;
+    let http_listener = bind("listen.otlp_http", config.listen.otlp_http).await?;
+    let metrics_listener = bind("listen.metrics", config.listen.metrics).await?;
+    let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    let bound = BoundAddrs {
+        otlp_grpc: local(&grpc_listener, config.listen.otlp_grpc),
+        otlp_http: local(&http_listener, config.listen.otlp_http),
+        metrics: local(&metrics_listener, config.listen.metrics),
+    };
+
+    let telemetry = Arc::new(Telemetry::default());
+    let readiness = Arc::new(Readiness::default());
+    let limits = BodyLimits {
+        max_request_bytes: config.limits.max_request_bytes,
+        max_decompressed_bytes: config.limits.max_decompressed_bytes,
+    };
+    let ingest = Arc::new(Ingest::new(
+        attr_keys(&config),
+        limits,
+        DEFAULT_MAX_IN_FLIGHT,
+        telemetry.clone(),
+        Arc::new(Discard),
+    ));
+    let exporter = Arc::new(Exporter::new(telemetry, readiness.clone()));
+
+    let (stop_otlp, otlp_stopped) = watch::channel(false);
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let routes = tonic::service::Routes::new(TraceService::new(ingest.clone()))
+        .add_service(LogsService::new(ingest.clone()));
+    let grpc_task: JoinHandle<Result<(), DaemonError>> = tokio::spawn({
+        let stop = until(otlp_stopped.clone());
+        async move {
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    stop,
+                )
+                .await
+                .map_err(|e| server_error("OTLP/gRPC", e))
+        }
+    });
+    let http_task: JoinHandle<Result<(), DaemonError>> = tokio::spawn({
+        let stop = until(otlp_stopped);
+        let app = crate::ingest::http::router(ingest.clone());
+        async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| server_error("OTLP/HTTP", e))
+        }
+    });
+    let metrics_task: JoinHandle<Result<(), DaemonError>> = tokio::spawn({
+        let stop = until(metrics_stopped);
+        let app = exporter.router();
+        async move {
+            axum::serve(metrics_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|e| server_error("metrics", e))
+        }
+    });
+
+    readiness.set_ready();
+    tracing::info!(
+        otlp_grpc = %bound.otlp_grpc,
+        otlp_http = %bound.otlp_http,
+        metrics = %bound.metrics,
+        slos = config.slos.len(),
+        "sloxide listening"
+    );
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    readiness.set_stopping();
+    ingest.close();
+    let _ = stop_otlp.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let (grpc, http) = tokio::join!(grpc_task, http_task);
+        (flatten(grpc), flatten(http))
+    })
+    .await;
+    let _ = stop_metrics.send(true);
+    let metrics = tokio::time::timeout(Duration::from_secs(1), metrics_task).await;
+    match drained {
+        Ok((grpc, http)) => {
+            grpc?;
+            http?;
+        }
+        Err(_) => tracing::warn!(
+            "in-flight requests did not finish within {DRAIN_TIMEOUT:?}; exiting anyway"
+        ),
+    }
+    if let Ok(joined) = metrics {
+        flatten(joined)?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn server_error(server: &'static str, e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Server {
+        server,
+        message: e.to_string(),
+    }
+}
+
+fn flatten(
+    joined: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+) -> Result<(), DaemonError> {
+    joined.unwrap_or_else(|e| Err(server_error("task", e)))
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}

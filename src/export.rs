@@ -1,0 +1,104 @@
+//! The metrics port: `GET /metrics` in the Prometheus text format, `/healthz` and
+//! `/readyz`.
+
+pub mod text;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::Mutex;
+
+use crate::telemetry::Telemetry;
+use text::Encoder;
+
+/// Where the daemon is in its life, as `/readyz` reports it.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const STOPPING: u8 = 2;
+
+impl Readiness {
+    /// Listening, restored and accepting.
+    pub fn set_ready(&self) {
+        // Relaxed: readiness is advisory and publishes no other data.
+        self.0.store(READY, Ordering::Relaxed);
+    }
+
+    /// Shutting down: `/readyz` answers 503 from now on.
+    pub fn set_stopping(&self) {
+        self.0.store(STOPPING, Ordering::Relaxed);
+    }
+
+    /// True while ready.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == READY
+    }
+
+    fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            STARTING => "starting\n",
+            READY => "ready\n",
+            _ => "shutting down\n",
+        }
+    }
+}
+
+/// What the metrics port serves.
+#[derive(Debug)]
+pub struct Exporter {
+    telemetry: Arc<Telemetry>,
+    readiness: Arc<Readiness>,
+    // Reused between scrapes; a scrape holds it only while rendering.
+    buffer: Mutex<String>,
+}
+
+impl Exporter {
+    /// An exporter of `telemetry`, reporting `readiness`.
+    pub fn new(telemetry: Arc<Telemetry>, readiness: Arc<Readiness>) -> Self {
+        Self {
+            telemetry,
+            readiness,
+            buffer: Mutex::new(String::new()),
+        }
+    }
+
+    /// Renders every family into `out` (cleared first).
+    pub fn render_into(&self, out: &mut String) {
+        out.clear();
+        let mut enc = Encoder::new(out);
+        self.telemetry.render(&mut enc);
+    }
+
+    /// The routes of the metrics port.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .with_state(self)
+    }
+}
+
+async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
+    let mut buffer = exporter.buffer.lock().await;
+    exporter.render_into(&mut buffer);
+    let body = buffer.as_bytes().to_vec();
+    drop(buffer);
+    ([(header::CONTENT_TYPE, text::CONTENT_TYPE)], body).into_response()
+}
+
+async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {
+    let code = if exporter.readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, exporter.readiness.describe()).into_response()
+}

@@ -1,0 +1,323 @@
+//! OTLP/gRPC: tonic services for `TraceService/Export` and `LogsService/Export`, with a
+//! codec that hands the raw message bytes to the walker instead of prost structs.
+//!
+//! tonic frames and gunzips the message (bounded by `max_decompressed_bytes`); a body
+//! wrapper in front of it enforces `max_request_bytes` on the bytes as received. The
+//! metrics service, and every other path, answers UNIMPLEMENTED through tonic's router.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Request, Response, Status};
+
+use super::{Encoding, Ingest, IngestError};
+use crate::telemetry::{RefusalReason, Signal, Transport};
+
+/// A codec whose messages are the raw protobuf bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+/// Encoder and decoder of [`RawCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawBytes;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        // Splits the frame off tonic's buffer without copying it.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// `opentelemetry.proto.collector.trace.v1.TraceService`.
+#[derive(Debug, Clone)]
+pub struct TraceService(Export);
+
+/// `opentelemetry.proto.collector.logs.v1.LogsService`.
+#[derive(Debug, Clone)]
+pub struct LogsService(Export);
+
+impl TraceService {
+    /// The service, feeding `ingest`.
+    pub fn new(ingest: Arc<Ingest>) -> Self {
+        Self(Export {
+            ingest,
+            signal: Signal::Traces,
+        })
+    }
+}
+
+impl LogsService {
+    /// The service, feeding `ingest`.
+    pub fn new(ingest: Arc<Ingest>) -> Self {
+        Self(Export {
+            ingest,
+            signal: Signal::Logs,
+        })
+    }
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl NamedService for LogsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+macro_rules! delegate_service {
+    ($svc:ty) => {
+        impl tower::Service<http::Request<tonic::body::Body>> for $svc {
+            type Response = HttpResponse;
+            type Error = Infallible;
+            type Future = BoxFuture<Result<HttpResponse, Infallible>>;
+
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+                Box::pin(self.0.clone().handle(req))
+            }
+        }
+    };
+}
+
+delegate_service!(TraceService);
+delegate_service!(LogsService);
+
+/// The one unary `Export` method, for either signal.
+#[derive(Debug, Clone)]
+struct Export {
+    ingest: Arc<Ingest>,
+    signal: Signal,
+}
+
+impl Export {
+    async fn handle(
+        self,
+        req: http::Request<tonic::body::Body>,
+    ) -> Result<HttpResponse, Infallible> {
+        if !req.uri().path().ends_with("/Export") {
+            return Ok(Status::unimplemented("").into_http());
+        }
+        let _permit = match self.ingest.admit() {
+            Ok(permit) => permit,
+            Err(err) => {
+                self.ingest.refused(Transport::Grpc, self.signal, &err);
+                return Ok(status_of(&err).into_http());
+            }
+        };
+        let limits = self.ingest.limits();
+        let req = req
+            .map(|body| tonic::body::Body::new(LimitedBody::new(body, limits.max_request_bytes)));
+        let mut grpc = Grpc::new(RawCodec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limits.max_decompressed_bytes)
+            .max_encoding_message_size(usize::MAX);
+        let ingest = self.ingest.clone();
+        let signal = self.signal;
+        let response = grpc.unary(self, req).await;
+        // Refusals come from our codec path, from the body limit, or from tonic's own
+        // framing and gunzip; the status is the one place all of them meet.
+        if let Some(reason) = refusal_of(&response) {
+            ingest.telemetry().request_refused(
+                Transport::Grpc,
+                signal,
+                reason,
+                &"see grpc-message",
+            );
+        }
+        Ok(response)
+    }
+}
+
+impl UnaryService<Bytes> for Export {
+    type Response = Bytes;
+    type Future = std::future::Ready<Result<Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let body = request.into_inner();
+        let out = self
+            .ingest
+            .export(Transport::Grpc, self.signal, Encoding::Protobuf, &body)
+            .map(|accepted| {
+                let rejected = accepted.rejected as i64;
+                let error_message = accepted.message().unwrap_or_default().to_owned();
+                let bytes = match self.signal {
+                    Signal::Traces => ExportTraceServiceResponse {
+                        partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                            rejected_spans: rejected,
+                            error_message,
+                        }),
+                    }
+                    .encode_to_vec(),
+                    Signal::Logs => ExportLogsServiceResponse {
+                        partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                            rejected_log_records: rejected,
+                            error_message,
+                        }),
+                    }
+                    .encode_to_vec(),
+                };
+                Response::new(Bytes::from(bytes))
+            })
+            .map_err(|err| status_of(&err));
+        std::future::ready(out)
+    }
+}
+
+/// The refusal reason of an error response, read from its `grpc-status` header (set
+/// only on trailers-only error responses; a success carries it in the trailers).
+fn refusal_of(response: &HttpResponse) -> Option<RefusalReason> {
+    let code = response.headers().get("grpc-status")?.to_str().ok()?;
+    match tonic::Code::from_bytes(code.as_bytes()) {
+        tonic::Code::Ok => None,
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => Some(RefusalReason::TooLarge),
+        tonic::Code::Unimplemented => Some(RefusalReason::Unsupported),
+        tonic::Code::Unavailable => Some(RefusalReason::Overloaded),
+        _ => Some(RefusalReason::Decode),
+    }
+}
+
+/// The gRPC status for a refused request.
+pub fn status_of(err: &IngestError) -> Status {
+    let msg = err.to_string();
+    match err {
+        IngestError::Decode(_)
+        | IngestError::Json(_)
+        | IngestError::Gzip(_)
+        | IngestError::BodyRead(_) => Status::invalid_argument(msg),
+        IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
+            Status::resource_exhausted(msg)
+        }
+        IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
+            Status::unimplemented(msg)
+        }
+        IngestError::Overloaded => Status::unavailable(msg),
+    }
+}
+
+/// Counts the bytes of a gRPC request body as received and fails the stream with
+/// RESOURCE_EXHAUSTED once they pass the limit. It also reads the length prefix of the
+/// first frame, so an oversize message is refused before its bytes arrive.
+struct LimitedBody {
+    inner: tonic::body::Body,
+    limit: usize,
+    seen: usize,
+    header: [u8; 5],
+    failed: bool,
+}
+
+impl LimitedBody {
+    fn new(inner: tonic::body::Body, limit: usize) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            header: [0; 5],
+            failed: false,
+        }
+    }
+
+    fn over_limit(&mut self) -> Status {
+        self.failed = true;
+        status_of(&IngestError::BodyTooLarge { limit: self.limit })
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.failed {
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            let before = self.seen;
+            for (i, byte) in data
+                .chunk()
+                .iter()
+                .take(5usize.saturating_sub(before))
+                .enumerate()
+            {
+                self.header[before + i] = *byte;
+            }
+            self.seen = before + data.len();
+            let declared = if self.seen >= 5 {
+                u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize
+            } else {
+                0
+            };
+            if declared > self.limit || self.seen > self.limit.saturating_add(5) {
+                return Poll::Ready(Some(Err(self.over_limit())));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

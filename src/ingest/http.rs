@@ -1,0 +1,221 @@
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally gzip.
+//!
+//! The body is read frame by frame into a pooled buffer and refused with 413 as soon as
+//! it passes `max_request_bytes`; a gzip body is then inflated into a second pooled
+//! buffer, bounded by `max_decompressed_bytes`. Responses use the request's encoding.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+
+use super::{Accepted, Encoding, Ingest, IngestError};
+use crate::telemetry::{Signal, Transport};
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// The OTLP/HTTP routes. Unknown paths answer 404 and other methods 405.
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/logs", post(logs))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; OTLP/HTTP serves POST /v1/traces and POST /v1/logs\n",
+            )
+        })
+        .with_state(ingest)
+}
+
+async fn traces(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
+    export(ingest, Signal::Traces, req).await
+}
+
+async fn logs(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
+    export(ingest, Signal::Logs, req).await
+}
+
+async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    // Answer errors in JSON only when the client clearly sent JSON.
+    let encoding = content_type(&parts.headers);
+    let reply_in = encoding.as_ref().copied().unwrap_or(Encoding::Protobuf);
+    match receive(&ingest, signal, &parts.headers, encoding, body).await {
+        Ok(accepted) => success(signal, reply_in, &accepted),
+        Err(err) => {
+            ingest.refused(Transport::Http, signal, &err);
+            failure(reply_in, &err)
+        }
+    }
+}
+
+async fn receive(
+    ingest: &Ingest,
+    signal: Signal,
+    headers: &HeaderMap,
+    encoding: Result<Encoding, IngestError>,
+    body: Body,
+) -> Result<Accepted, IngestError> {
+    let _permit = ingest.admit()?;
+    let encoding = encoding?;
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .map(HeaderValue::to_str)
+    {
+        None => false,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => false,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("gzip") => true,
+        Some(v) => {
+            let shown = v.map_or_else(|_| "<non-ASCII>".to_owned(), str::to_owned);
+            return Err(IngestError::UnsupportedEncoding(shown));
+        }
+    };
+    let limit = ingest.limits().max_request_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(IngestError::BodyTooLarge { limit });
+    }
+    let mut raw = ingest.buffers().get();
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::BodyRead(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if raw.len() + data.len() > limit {
+                return Err(IngestError::BodyTooLarge { limit });
+            }
+            raw.extend_from_slice(data);
+        }
+    }
+    if gzip {
+        let mut inflated = ingest.buffers().get();
+        ingest.gunzip(&raw, &mut inflated)?;
+        drop(raw);
+        ingest.export(Transport::Http, signal, encoding, &inflated)
+    } else {
+        ingest.export(Transport::Http, signal, encoding, &raw)
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("<non-ASCII>"))
+        .unwrap_or("");
+    let media = raw.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(PROTOBUF) {
+        Ok(Encoding::Protobuf)
+    } else if media.eq_ignore_ascii_case(JSON) {
+        Ok(Encoding::Json)
+    } else {
+        Err(IngestError::UnsupportedContentType(raw.to_owned()))
+    }
+}
+
+fn success(signal: Signal, encoding: Encoding, accepted: &Accepted) -> Response {
+    let rejected = accepted.rejected as i64;
+    let error_message = accepted.message().unwrap_or_default().to_owned();
+    let body = match (signal, encoding) {
+        (Signal::Traces, enc) => {
+            let msg = ExportTraceServiceResponse {
+                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message,
+                }),
+            };
+            match enc {
+                Encoding::Protobuf => msg.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&msg).unwrap_or_default(),
+            }
+        }
+        (Signal::Logs, enc) => {
+            let msg = ExportLogsServiceResponse {
+                partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
+                    rejected_log_records: rejected,
+                    error_message,
+                }),
+            };
+            match enc {
+                Encoding::Protobuf => msg.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&msg).unwrap_or_default(),
+            }
+        }
+    };
+    reply(StatusCode::OK, encoding, body)
+}
+
+/// The HTTP status of a refused request.
+pub fn status_of(err: &IngestError) -> StatusCode {
+    match err {
+        IngestError::Decode(_)
+        | IngestError::Json(_)
+        | IngestError::Gzip(_)
+        | IngestError::BodyRead(_) => StatusCode::BAD_REQUEST,
+        IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        }
+        IngestError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An error body is a `google.rpc.Status` (code, message), as OTLP/HTTP specifies.
+fn failure(encoding: Encoding, err: &IngestError) -> Response {
+    let status = status_of(err);
+    let grpc_code = super::grpc::status_of(err).code() as i32;
+    let message = err.to_string();
+    let body = match encoding {
+        Encoding::Protobuf => RpcStatus {
+            code: grpc_code,
+            message,
+        }
+        .encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&serde_json::json!({
+            "code": grpc_code,
+            "message": message,
+        }))
+        .unwrap_or_default(),
+    };
+    let mut response = reply(status, encoding, body);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn reply(status: StatusCode, encoding: Encoding, body: Vec<u8>) -> Response {
+    let content_type = match encoding {
+        Encoding::Protobuf => PROTOBUF,
+        Encoding::Json => JSON,
+    };
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `google.rpc.Status` without details.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}

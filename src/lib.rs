@@ -1,0 +1,24 @@
+//! sloxide turns OpenTelemetry spans and logs into service level indicators.
+//!
+//! ```text
+//! transport ──> body ──> decode ──> record ──> telemetry / aggregate
+//! (tonic gRPC,  (limits,  (wire walk          (the Recorder stage
+//!  axum HTTP)    gunzip)   or JSON, into       plugs in here)
+//!                          a Batch)
+//! ```
+//!
+//! - [`ingest`]: the transports and the body stage, shared by gRPC and HTTP.
+//! - [`otlp`]: the zero-copy protobuf walkers and the JSON slow path.
+//! - [`export`]: the Prometheus text encoder and the metrics port.
+//! - [`telemetry`]: the daemon's own metrics.
+//! - [`config`]: the configuration, parsed then validated into checked types.
+//! - [`daemon`]: wiring the stages together, startup and graceful shutdown.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod daemon;
+pub mod export;
+pub mod fixture;
+pub mod ingest;
+pub mod otlp;
+pub mod telemetry;

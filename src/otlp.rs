@@ -1,0 +1,402 @@
+//! OTLP decoding: borrowed views of the few fields that sloxide reads.
+//!
+//! Two producers fill the same [`Batch`]: the zero-copy protobuf walkers in
+//! [`spans`] and [`logs`] (the hot path), and the OTLP/JSON path in [`json`], which
+//! deserialises into `opentelemetry-proto` structs and borrows from them (the slow
+//! path). Everything after decoding sees only a [`Batch`].
+
+pub mod json;
+pub mod logs;
+pub mod spans;
+pub mod wire;
+
+use std::ops::Range;
+
+pub use logs::LogView;
+pub use spans::SpanView;
+use wire::{DecodeError, Reader, WireType};
+
+/// The attribute key that names the service.
+pub const SERVICE_NAME: &str = "service.name";
+
+/// One attribute value as it appears on the wire. Strings stay raw bytes: they are
+/// repaired to UTF-8 only when they become a label.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Value<'a> {
+    /// The key was absent, or its value was empty.
+    #[default]
+    Missing,
+    /// `string_value`, possibly invalid UTF-8.
+    Str(&'a [u8]),
+    /// `bool_value`.
+    Bool(bool),
+    /// `int_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+    /// An array, key-value list or bytes value: present, but not a scalar.
+    Other,
+}
+
+/// The attribute keys to extract, compiled from the configuration. Index 0 is always
+/// `service.name`. Every resource and every event gets one row of `len()` values.
+#[derive(Debug, Clone)]
+pub struct AttrKeys {
+    keys: Vec<Box<[u8]>>,
+}
+
+impl AttrKeys {
+    /// The keys, `service.name` first, duplicates removed, order otherwise kept.
+    pub fn new<'k>(keys: impl IntoIterator<Item = &'k str>) -> Self {
+        let mut out: Vec<Box<[u8]>> = vec![SERVICE_NAME.as_bytes().into()];
+        for key in keys {
+            if !out.iter().any(|k| &**k == key.as_bytes()) {
+                out.push(key.as_bytes().into());
+            }
+        }
+        Self { keys: out }
+    }
+
+    /// How many keys, and so the width of a row.
+    #[allow(clippy::len_without_is_empty)] // never empty: service.name is always there
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The row index of `key`, if it is extracted.
+    #[inline]
+    pub fn find(&self, key: &[u8]) -> Option<usize> {
+        // A handful of keys: comparing lengths first rejects most in one instruction.
+        self.keys
+            .iter()
+            .position(|k| k.len() == key.len() && **k == *key)
+    }
+
+    /// The row index of `key`, if it is extracted.
+    pub fn index_of(&self, key: &str) -> Option<usize> {
+        self.find(key.as_bytes())
+    }
+}
+
+/// Why a single record was rejected while the rest of its request was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A span whose end is before its start, or with a zero start or end time.
+    InvalidSpanTime,
+    /// A log record whose `time_unix_nano` and `observed_time_unix_nano` are both 0.
+    MissingLogTime,
+}
+
+impl RejectReason {
+    /// The `reason` label of the refused counters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpanTime => "invalid_time",
+            Self::MissingLogTime => "missing_time",
+        }
+    }
+
+    /// The `error_message` of an OTLP partial success.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::InvalidSpanTime => {
+                "span rejected: end time before start time, or a zero start or end time"
+            }
+            Self::MissingLogTime => {
+                "log record rejected: time_unix_nano and observed_time_unix_nano are both 0"
+            }
+        }
+    }
+}
+
+/// The resources of one request and the accepted events under each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRun {
+    /// Start of this resource's attribute row in [`Batch::values`].
+    pub attrs: u32,
+    /// This resource's events in [`Batch::events`].
+    pub events: Range<u32>,
+}
+
+/// A decoded request: resources, their accepted events, and the extracted attribute
+/// values, all borrowed from the request body (or from the JSON structs).
+#[derive(Debug)]
+pub struct Batch<'a, E> {
+    /// One entry per resource, in wire order.
+    pub resources: Vec<ResourceRun>,
+    /// Accepted events; each resource owns a contiguous range.
+    pub events: Vec<E>,
+    /// Attribute rows, each [`AttrKeys::len`] wide.
+    pub values: Vec<Value<'a>>,
+    /// Row width.
+    pub width: usize,
+    /// Records rejected individually (they are not in `events`).
+    pub rejected: u64,
+    /// Why the first rejected record was rejected.
+    pub reject_reason: Option<RejectReason>,
+}
+
+impl<E> Default for Batch<'_, E> {
+    fn default() -> Self {
+        Self {
+            resources: Vec::new(),
+            events: Vec::new(),
+            values: Vec::new(),
+            width: 1,
+            rejected: 0,
+            reject_reason: None,
+        }
+    }
+}
+
+impl<'a, E> Batch<'a, E> {
+    /// Empties the batch for a request decoded with `keys`, keeping its capacity.
+    pub fn reset(&mut self, keys: &AttrKeys) {
+        self.resources.clear();
+        self.events.clear();
+        self.values.clear();
+        self.width = keys.len();
+        self.rejected = 0;
+        self.reject_reason = None;
+    }
+
+    /// Empties the batch and lets it borrow from a new lifetime, keeping its capacity.
+    /// The allocation test proves that this reuses the buffers.
+    pub fn recycle<'b, F>(self) -> Batch<'b, F> {
+        let Self {
+            resources,
+            events,
+            values,
+            width,
+            ..
+        } = self;
+        Batch {
+            resources: empty_reuse(resources),
+            events: empty_reuse(events),
+            values: empty_reuse(values),
+            width,
+            rejected: 0,
+            reject_reason: None,
+        }
+    }
+
+    /// The attribute row of a resource.
+    #[inline]
+    pub fn resource_attrs(&self, run: &ResourceRun) -> &[Value<'a>] {
+        let start = run.attrs as usize;
+        &self.values[start..start + self.width]
+    }
+
+    /// An attribute row by its start index.
+    #[inline]
+    pub fn row(&self, start: u32) -> &[Value<'a>] {
+        let start = start as usize;
+        &self.values[start..start + self.width]
+    }
+
+    /// The events of a resource.
+    #[inline]
+    pub fn events_of(&self, run: &ResourceRun) -> &[E] {
+        &self.events[run.events.start as usize..run.events.end as usize]
+    }
+
+    /// Appends an empty attribute row and returns its start.
+    #[inline]
+    pub(crate) fn push_row(&mut self) -> u32 {
+        let start = self.values.len();
+        self.values.resize(start + self.width, Value::Missing);
+        start as u32
+    }
+
+    /// Drops the last row (the record it belonged to was rejected).
+    #[inline]
+    pub(crate) fn pop_row(&mut self, start: u32) {
+        self.values.truncate(start as usize);
+    }
+
+    /// Counts one rejected record.
+    #[inline]
+    pub(crate) fn reject(&mut self, reason: RejectReason) {
+        self.rejected += 1;
+        self.reject_reason.get_or_insert(reason);
+    }
+
+    /// Sets slot `index` of the row at `row` unless an earlier key already filled it.
+    #[inline]
+    pub(crate) fn set_first(&mut self, row: u32, index: usize, value: Value<'a>) {
+        let slot = &mut self.values[row as usize + index];
+        if *slot == Value::Missing {
+            *slot = value;
+        }
+    }
+}
+
+/// Empties `v` and retypes it without giving up its allocation. `T` and `U` differ only
+/// in lifetimes, so the in-place collect path of `Vec` applies.
+fn empty_reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+/// Walks an `Export*ServiceRequest`: field 1 is the repeated `Resource*` message,
+/// whose field 1 is the resource and field 2 the repeated `Scope*` message, whose
+/// field 2 is the repeated record. Spans and logs share this shape.
+pub(crate) fn walk_export<'a, E>(
+    body: &'a [u8],
+    keys: &AttrKeys,
+    out: &mut Batch<'a, E>,
+    mut record: impl FnMut(&'a [u8], &AttrKeys, &mut Batch<'a, E>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    out.reset(keys);
+    let mut top = Reader::new(body);
+    while let Some((field, wire)) = top.tag()? {
+        if field != 1 {
+            top.skip(field, wire)?;
+            continue;
+        }
+        expect(field, wire, WireType::Len)?;
+        let resource_msg = top.bytes()?;
+        let row = out.push_row();
+        let first_event = out.events.len() as u32;
+        // The resource may follow its scopes on the wire, so find it first.
+        let mut pass = Reader::new(resource_msg);
+        while let Some((field, wire)) = pass.tag()? {
+            if field == 1 {
+                expect(field, wire, WireType::Len)?;
+                attributes_of(pass.bytes()?, 1, keys, row, out)?;
+            } else {
+                pass.skip(field, wire)?;
+            }
+        }
+        let mut pass = Reader::new(resource_msg);
+        while let Some((field, wire)) = pass.tag()? {
+            if field != 2 {
+                pass.skip(field, wire)?;
+                continue;
+            }
+            expect(field, wire, WireType::Len)?;
+            let mut scope = Reader::new(pass.bytes()?);
+            while let Some((field, wire)) = scope.tag()? {
+                if field == 2 {
+                    expect(field, wire, WireType::Len)?;
+                    record(scope.bytes()?, keys, out)?;
+                } else {
+                    scope.skip(field, wire)?;
+                }
+            }
+        }
+        let events = first_event..out.events.len() as u32;
+        out.resources.push(ResourceRun { attrs: row, events });
+    }
+    Ok(())
+}
+
+/// Fails unless a known field arrived with the wire type its schema gives it.
+#[inline]
+pub(crate) fn expect(field: u32, got: WireType, want: WireType) -> Result<(), DecodeError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(DecodeError::WrongWireType(field))
+    }
+}
+
+/// Reads every `KeyValue` under field `attr_field` of `msg` into the row at `row`.
+/// Used for `Resource.attributes` (field 1).
+fn attributes_of<'a, E>(
+    msg: &'a [u8],
+    attr_field: u32,
+    keys: &AttrKeys,
+    row: u32,
+    out: &mut Batch<'a, E>,
+) -> Result<(), DecodeError> {
+    let mut r = Reader::new(msg);
+    while let Some((field, wire)) = r.tag()? {
+        if field == attr_field {
+            expect(field, wire, WireType::Len)?;
+            key_value(r.bytes()?, keys, row, out)?;
+        } else {
+            r.skip(field, wire)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads one `KeyValue` (1: key, 2: value), in either order, and keeps the value when
+/// the key is wanted.
+#[inline]
+pub(crate) fn key_value<'a, E>(
+    msg: &'a [u8],
+    keys: &AttrKeys,
+    row: u32,
+    out: &mut Batch<'a, E>,
+) -> Result<(), DecodeError> {
+    let mut r = Reader::new(msg);
+    let mut key: &[u8] = &[];
+    let mut value: Option<&'a [u8]> = None;
+    while let Some((field, wire)) = r.tag()? {
+        match field {
+            1 => {
+                expect(field, wire, WireType::Len)?;
+                key = r.bytes()?;
+            }
+            2 => {
+                expect(field, wire, WireType::Len)?;
+                value = Some(r.bytes()?);
+            }
+            _ => r.skip(field, wire)?,
+        }
+    }
+    if let (Some(index), Some(value)) = (keys.find(key), value) {
+        let value = any_value(value)?;
+        if value != Value::Missing {
+            out.set_first(row, index, value);
+        }
+    }
+    Ok(())
+}
+
+/// Reads an `AnyValue` oneof; the last field present wins, as in protobuf.
+#[inline]
+fn any_value(msg: &[u8]) -> Result<Value<'_>, DecodeError> {
+    let mut r = Reader::new(msg);
+    let mut value = Value::Missing;
+    while let Some((field, wire)) = r.tag()? {
+        value = match field {
+            1 => {
+                expect(field, wire, WireType::Len)?;
+                Value::Str(r.bytes()?)
+            }
+            2 => {
+                expect(field, wire, WireType::Varint)?;
+                Value::Bool(r.varint()? != 0)
+            }
+            3 => {
+                expect(field, wire, WireType::Varint)?;
+                Value::Int(r.varint()? as i64)
+            }
+            4 => {
+                expect(field, wire, WireType::Fixed64)?;
+                Value::Double(f64::from_bits(r.fixed64()?))
+            }
+            5..=7 => {
+                expect(field, wire, WireType::Len)?;
+                r.bytes()?;
+                Value::Other
+            }
+            // string_value_strindex belongs to profiles; other signals treat it as absent.
+            8 => {
+                expect(field, wire, WireType::Varint)?;
+                r.varint()?;
+                Value::Missing
+            }
+            _ => {
+                r.skip(field, wire)?;
+                value
+            }
+        };
+    }
+    Ok(value)
+}

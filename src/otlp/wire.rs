@@ -1,0 +1,253 @@
+//! Protobuf wire primitives: a bounds-checked cursor over borrowed bytes.
+//!
+//! Only what the OTLP walkers need: varints, fixed-width scalars, length-delimited
+//! slices and skipping by wire type. Every read checks its bounds and returns a
+//! [`DecodeError`] instead of panicking.
+
+use thiserror::Error;
+
+/// Why a message could not be walked. The whole request is refused when this occurs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// The buffer ended inside a field.
+    #[error("truncated message: a field runs past the end of its buffer")]
+    Truncated,
+    /// A varint longer than ten bytes.
+    #[error("malformed varint: more than 10 bytes")]
+    VarintOverflow,
+    /// Field number 0, or one above 2^29 - 1.
+    #[error("invalid field number {0}")]
+    InvalidField(u64),
+    /// Wire type 6 or 7, or an end-group without its start.
+    #[error("invalid wire type {0}")]
+    InvalidWireType(u8),
+    /// Groups nested deeper than [`MAX_GROUP_DEPTH`].
+    #[error("groups nested too deeply")]
+    TooDeep,
+    /// A known field arrived with a wire type its schema does not allow.
+    #[error("field {0} has the wrong wire type")]
+    WrongWireType(u32),
+    /// A length that does not fit the buffer.
+    #[error("length {0} exceeds the remaining buffer")]
+    BadLength(u64),
+}
+
+/// How deep deprecated groups may nest before the walker gives up (prost uses 100).
+pub const MAX_GROUP_DEPTH: u32 = 100;
+
+/// Protobuf wire types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireType {
+    /// Wire type 0.
+    Varint,
+    /// Wire type 1.
+    Fixed64,
+    /// Wire type 2.
+    Len,
+    /// Wire type 3 (deprecated groups).
+    StartGroup,
+    /// Wire type 4.
+    EndGroup,
+    /// Wire type 5.
+    Fixed32,
+}
+
+/// A cursor over one protobuf message.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader at the start of `buf`.
+    #[inline]
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    /// True once every byte has been consumed.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// Reads a base-128 varint.
+    #[inline]
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        // Fast path: one-byte varints dominate tags, kinds and small lengths.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(DecodeError::Truncated);
+            };
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::VarintOverflow)
+    }
+
+    /// Reads the next tag, or `None` at the end of the message.
+    #[inline]
+    pub fn tag(&mut self) -> Result<Option<(u32, WireType)>, DecodeError> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(DecodeError::InvalidField(field));
+        }
+        let wire = match key & 7 {
+            0 => WireType::Varint,
+            1 => WireType::Fixed64,
+            2 => WireType::Len,
+            3 => WireType::StartGroup,
+            4 => WireType::EndGroup,
+            5 => WireType::Fixed32,
+            other => return Err(DecodeError::InvalidWireType(other as u8)),
+        };
+        Ok(Some((field as u32, wire)))
+    }
+
+    /// Reads a length-delimited field's payload.
+    #[inline]
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint()?;
+        let remaining = self.buf.len() - self.pos;
+        if len > remaining as u64 {
+            return Err(DecodeError::BadLength(len));
+        }
+        let start = self.pos;
+        self.pos += len as usize;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    /// Reads a little-endian fixed64.
+    #[inline]
+    pub fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let Some(chunk) = self.buf.get(self.pos..self.pos + 8) else {
+            return Err(DecodeError::Truncated);
+        };
+        self.pos += 8;
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(chunk);
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    /// Reads a little-endian fixed32.
+    #[inline]
+    pub fn fixed32(&mut self) -> Result<u32, DecodeError> {
+        let Some(chunk) = self.buf.get(self.pos..self.pos + 4) else {
+            return Err(DecodeError::Truncated);
+        };
+        self.pos += 4;
+        let mut raw = [0u8; 4];
+        raw.copy_from_slice(chunk);
+        Ok(u32::from_le_bytes(raw))
+    }
+
+    /// Skips a field's payload by its wire type.
+    #[inline]
+    pub fn skip(&mut self, field: u32, wire: WireType) -> Result<(), DecodeError> {
+        match wire {
+            WireType::Varint => self.varint().map(drop),
+            WireType::Fixed64 => self.fixed64().map(drop),
+            WireType::Fixed32 => self.fixed32().map(drop),
+            WireType::Len => self.bytes().map(drop),
+            WireType::StartGroup => self.skip_group(field, 1),
+            WireType::EndGroup => Err(DecodeError::InvalidWireType(4)),
+        }
+    }
+
+    fn skip_group(&mut self, field: u32, depth: u32) -> Result<(), DecodeError> {
+        if depth > MAX_GROUP_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        loop {
+            let Some((inner, wire)) = self.tag()? else {
+                return Err(DecodeError::Truncated);
+            };
+            match wire {
+                WireType::EndGroup if inner == field => return Ok(()),
+                WireType::EndGroup => return Err(DecodeError::InvalidWireType(4)),
+                WireType::StartGroup => self.skip_group(inner, depth + 1)?,
+                other => self.skip(inner, other)?,
+            }
+        }
+    }
+
+    /// Reads a varint field as an `i32` enum value, truncating as protobuf does.
+    #[inline]
+    pub fn enum_i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(self.varint()? as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_decode_and_reject_overflow() {
+        let mut r = Reader::new(&[0x96, 0x01, 0x00]);
+        assert_eq!(r.varint(), Ok(150));
+        assert_eq!(r.varint(), Ok(0));
+        assert!(r.is_empty());
+        let eleven = [0xff; 11];
+        assert_eq!(
+            Reader::new(&eleven).varint(),
+            Err(DecodeError::VarintOverflow)
+        );
+        assert_eq!(Reader::new(&[0x80]).varint(), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn tags_reject_field_zero_and_bad_wire_types() {
+        assert_eq!(
+            Reader::new(&[0x02]).tag(),
+            Err(DecodeError::InvalidField(0))
+        );
+        assert_eq!(
+            Reader::new(&[0x0e]).tag(),
+            Err(DecodeError::InvalidWireType(6))
+        );
+        assert_eq!(Reader::new(&[]).tag(), Ok(None));
+    }
+
+    #[test]
+    fn lengths_are_bounds_checked() {
+        assert_eq!(
+            Reader::new(&[0x05, 1, 2]).bytes(),
+            Err(DecodeError::BadLength(5))
+        );
+        assert_eq!(Reader::new(&[0x02, 1, 2]).bytes(), Ok(&[1u8, 2][..]));
+        assert_eq!(
+            Reader::new(&[1, 2, 3]).fixed64(),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn groups_are_skipped_and_must_close() {
+        // field 1 start group, field 2 varint 7, field 1 end group, then field 3 varint.
+        let buf = [0x0b, 0x10, 0x07, 0x0c, 0x18, 0x01];
+        let mut r = Reader::new(&buf);
+        let (f, w) = r.tag().unwrap().unwrap();
+        r.skip(f, w).unwrap();
+        assert_eq!(r.tag(), Ok(Some((3, WireType::Varint))));
+        let unclosed = [0x0b, 0x10, 0x07];
+        let mut r = Reader::new(&unclosed);
+        let (f, w) = r.tag().unwrap().unwrap();
+        assert_eq!(r.skip(f, w), Err(DecodeError::Truncated));
+    }
+}

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Sends spans and log records to sloxide with the OpenTelemetry Python SDK exporters.
+
+Used by the integration tests. Prints one line, "sent spans=N logs=M", and exits 0
+once the exporters report success; exits 1 when an export fails.
+"""
+import argparse
+import sys
+import time
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--protocol", choices=["grpc", "http"], required=True)
+    p.add_argument("--endpoint", required=True, help="host:port of sloxide's OTLP receiver")
+    p.add_argument("--service", default="checkout")
+    p.add_argument("--region", default=None, help="cloud.region resource attribute")
+    p.add_argument("--spans", type=int, default=0)
+    p.add_argument("--errors", type=int, default=0, help="how many of the spans have status ERROR")
+    p.add_argument("--duration-ms", type=float, default=10.0, help="span duration")
+    p.add_argument("--span-name", default="GET /api/checkout")
+    p.add_argument("--logs", type=int, default=0)
+    p.add_argument("--error-logs", type=int, default=0, help="how many of the logs have severity ERROR")
+    a = p.parse_args()
+
+    from opentelemetry.sdk.resources import Resource
+
+    attrs = {"service.name": a.service}
+    if a.region:
+        attrs["cloud.region"] = a.region
+    resource = Resource.create(attrs)
+    ok = True
+
+    if a.spans:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        if a.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            exporter = OTLPSpanExporter(endpoint=f"http://{a.endpoint}", insecure=True)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            exporter = OTLPSpanExporter(endpoint=f"http://{a.endpoint}/v1/traces")
+
+        results = []
+        inner_export = exporter.export
+
+        def export(spans):
+            r = inner_export(spans)
+            results.append(r)
+            return r
+
+        exporter.export = export
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_export_batch_size=512))
+        tracer = provider.get_tracer("sloxide-e2e")
+        duration_ns = int(a.duration_ms * 1_000_000)
+        for i in range(a.spans):
+            end = time.time_ns()
+            span = tracer.start_span(a.span_name, kind=SpanKind.SERVER, start_time=end - duration_ns)
+            if i < a.errors:
+                span.set_status(Status(StatusCode.ERROR, "boom"))
+            span.set_attribute("http.route", "/api/checkout")
+            span.end(end_time=end)
+        provider.shutdown()
+        ok = ok and bool(results) and all(r == SpanExportResult.SUCCESS for r in results)
+
+    if a.logs:
+        from opentelemetry._logs import SeverityNumber
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExportResult
+
+        if a.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+            exporter = OTLPLogExporter(endpoint=f"http://{a.endpoint}", insecure=True)
+        else:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+            exporter = OTLPLogExporter(endpoint=f"http://{a.endpoint}/v1/logs")
+
+        results = []
+        inner_export = exporter.export
+
+        def export_logs(batch):
+            r = inner_export(batch)
+            results.append(r)
+            return r
+
+        exporter.export = export_logs
+        provider = LoggerProvider(resource=resource)
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+        logger = provider.get_logger("sloxide-e2e")
+        for i in range(a.logs):
+            error = i < a.error_logs
+            logger.emit(
+                timestamp=time.time_ns(),
+                severity_number=SeverityNumber.ERROR if error else SeverityNumber.INFO,
+                severity_text="ERROR" if error else "INFO",
+                body="deployment finished",
+                attributes={"event.name": "deployment",
+                            "deployment.outcome": "failure" if error else "success"},
+            )
+        provider.shutdown()
+        ok = ok and bool(results) and all(r == LogRecordExportResult.SUCCESS for r in results)
+
+    print(f"sent spans={a.spans} logs={a.logs}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,553 @@
+//! Every error case of SPEC section 3, over both transports: status, partial success,
+//! liveness, and counters that show only the valid records.
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use sloxide::fixture::{self, Shape};
+use sloxide::ingest::grpc::RawCodec;
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+
+use crate::e2e::{JSON_LOGS, JSON_TRACES, gzip, post};
+use crate::harness::{Daemon, config};
+
+const LIMITS: &str = "limits:\n  max_request_bytes: 64KiB\n  max_decompressed_bytes: 1MiB\n";
+
+/// 10 valid spans and 3 invalid ones (end before start, zero start, zero end).
+fn mixed() -> Vec<u8> {
+    let mut req = fixture::traces(&Shape {
+        resources: 1,
+        per_resource: 10,
+        ..Shape::default()
+    });
+    let bad = |start, end| Span {
+        name: "bad".into(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        ..Default::default()
+    };
+    req.resource_spans.push(ResourceSpans {
+        resource: None,
+        scope_spans: vec![ScopeSpans {
+            spans: vec![bad(5, 4), bad(0, 4), bad(5, 0)],
+            ..Default::default()
+        }],
+        schema_url: String::new(),
+    });
+    req.encode_to_vec()
+}
+
+fn valid(n: usize) -> Vec<u8> {
+    fixture::traces(&Shape {
+        resources: 1,
+        per_resource: n,
+        ..Shape::default()
+    })
+    .encode_to_vec()
+}
+
+fn truncated() -> Vec<u8> {
+    let mut b = valid(5);
+    b.truncate(b.len() - 7);
+    b
+}
+
+fn garbage() -> Vec<u8> {
+    (0..400u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+fn bomb() -> Vec<u8> {
+    // 8 MiB of zeros gzip to about 8 KiB: far under max_request_bytes, far over
+    // max_decompressed_bytes once inflated.
+    gzip(&vec![0u8; 8 << 20])
+}
+
+async fn refused(d: &Daemon, transport: &str, reason: &str) -> Option<f64> {
+    let labels = [
+        ("transport", transport),
+        ("signal", "traces"),
+        ("reason", reason),
+    ];
+    d.metric("sloxide_receiver_refused_requests_total", &labels)
+        .await
+}
+
+struct HttpCase {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    content_type: &'static str,
+    encoding: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    rejected: Option<i64>,
+    counted_spans: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_cases() {
+    let d = Daemon::start(&config(LIMITS));
+    let pb = "application/x-protobuf";
+    let cases = vec![
+        HttpCase {
+            name: "garbage bytes",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: garbage(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "truncated message",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: truncated(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "invalid json",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: "application/json",
+            encoding: None,
+            body: b"{\"resourceSpans\": [".to_vec(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "json of the wrong shape",
+            method: "POST",
+            path: "/v1/logs",
+            content_type: "application/json",
+            encoding: None,
+            body: b"{\"resourceLogs\": 7}".to_vec(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "invalid gzip",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: Some("gzip"),
+            body: garbage(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "wrong content type",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: "text/plain",
+            encoding: None,
+            body: valid(3),
+            status: 415,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "unsupported encoding",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: Some("br"),
+            body: valid(3),
+            status: 415,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "oversize body",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: valid(400),
+            status: 413,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "gzip bomb",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: Some("gzip"),
+            body: bomb(),
+            status: 413,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "wrong method",
+            method: "GET",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: vec![],
+            status: 405,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "unknown path",
+            method: "POST",
+            path: "/v1/metrics",
+            content_type: pb,
+            encoding: None,
+            body: valid(2),
+            status: 404,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "unknown path elsewhere",
+            method: "POST",
+            path: "/nope",
+            content_type: pb,
+            encoding: None,
+            body: valid(2),
+            status: 404,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "mixed valid and invalid spans",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: mixed(),
+            status: 200,
+            rejected: Some(3),
+            counted_spans: 10,
+        },
+        HttpCase {
+            name: "valid request",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: None,
+            body: valid(7),
+            status: 200,
+            rejected: None,
+            counted_spans: 7,
+        },
+    ];
+    let mut expected_spans = 0;
+    let mut expected_rejected = 0;
+    let client = reqwest::Client::new();
+    for case in cases {
+        let (status, ct, body) = if case.method == "POST" {
+            post(&d, case.path, case.content_type, case.encoding, case.body).await
+        } else {
+            let r = client
+                .get(format!("http://{}{}", d.http, case.path))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                String::new(),
+                r.bytes().await.unwrap().to_vec(),
+            )
+        };
+        assert_eq!(
+            status,
+            case.status,
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&body)
+        );
+        if status == 200 {
+            assert_eq!(ct, "application/x-protobuf", "{}", case.name);
+            let reply = ExportTraceServiceResponse::decode(&body[..]).unwrap();
+            let rejected = reply.partial_success.as_ref().map(|p| p.rejected_spans);
+            assert_eq!(rejected, case.rejected, "{}", case.name);
+            if let Some(p) = reply.partial_success {
+                assert!(
+                    p.error_message.contains("end time before start time"),
+                    "{}",
+                    p.error_message
+                );
+            }
+        }
+        expected_spans += case.counted_spans;
+        expected_rejected += case.rejected.unwrap_or(0);
+        assert_eq!(d.get("/healthz").await.0, 200, "alive after {}", case.name);
+        assert_eq!(
+            d.metric(
+                "sloxide_receiver_accepted_spans_total",
+                &[("transport", "http")]
+            )
+            .await,
+            Some(expected_spans as f64),
+            "only valid spans counted after {}",
+            case.name
+        );
+    }
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_refused_spans_total",
+            &[("transport", "http"), ("reason", "invalid_time")]
+        )
+        .await,
+        Some(expected_rejected as f64)
+    );
+    assert_eq!(refused(&d, "http", "decode").await, Some(4.0));
+    assert_eq!(refused(&d, "http", "unsupported").await, Some(2.0));
+    assert_eq!(refused(&d, "http", "too_large").await, Some(2.0));
+
+    // Error bodies are google.rpc.Status in the request's encoding.
+    let (status, ct, body) =
+        post(&d, "/v1/traces", "application/json", None, b"nope".to_vec()).await;
+    assert_eq!((status, ct.as_str()), (400, "application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["code"], 3);
+    assert!(v["message"].as_str().unwrap().contains("OTLP/JSON"));
+
+    // A mixed JSON request answers with a JSON partial success.
+    let json = JSON_TRACES.replace(
+        "\"endTimeUnixNano\": \"1700000000250000000\"",
+        "\"endTimeUnixNano\": \"1\"",
+    );
+    let (status, ct, body) = post(
+        &d,
+        "/v1/traces",
+        "application/json",
+        None,
+        json.into_bytes(),
+    )
+    .await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rejected = &v["partialSuccess"]["rejectedSpans"];
+    assert!(rejected == 1 || rejected == "1", "{v}");
+
+    // Logs: a record with neither time is rejected, the rest kept.
+    let logs = JSON_LOGS.replace("\"observedTimeUnixNano\": \"1700000000000000001\", ", "");
+    let (status, _, body) = post(&d, "/v1/logs", "application/json", None, logs.into_bytes()).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let rejected = &v["partialSuccess"]["rejectedLogRecords"];
+    assert!(rejected == 1 || rejected == "1", "{v}");
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_log_records_total",
+            &[("transport", "http")]
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+async fn grpc_call(
+    d: &Daemon,
+    path: &'static str,
+    body: Vec<u8>,
+    compress: bool,
+) -> Result<Bytes, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", d.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    if compress {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    client.ready().await.unwrap();
+    client
+        .unary(
+            tonic::Request::new(Bytes::from(body)),
+            http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_error_cases() {
+    let d = Daemon::start(&config(LIMITS));
+    let oversize = valid(400);
+    assert!(oversize.len() > 64 * 1024);
+    // (name, path, body, gzip, expected code, expected rejected spans, spans counted)
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        bool,
+        Code,
+        Option<i64>,
+        u64,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "garbage bytes",
+            TRACE_EXPORT,
+            garbage(),
+            false,
+            Code::InvalidArgument,
+            None,
+            0,
+        ),
+        (
+            "truncated message",
+            TRACE_EXPORT,
+            truncated(),
+            false,
+            Code::InvalidArgument,
+            None,
+            0,
+        ),
+        (
+            "oversize message",
+            TRACE_EXPORT,
+            oversize.clone(),
+            false,
+            Code::ResourceExhausted,
+            None,
+            0,
+        ),
+        (
+            "oversize, gzip",
+            TRACE_EXPORT,
+            oversize,
+            true,
+            Code::Ok,
+            None,
+            400,
+        ),
+        (
+            "gzip bomb",
+            TRACE_EXPORT,
+            vec![0u8; 8 << 20],
+            true,
+            Code::ResourceExhausted,
+            None,
+            0,
+        ),
+        (
+            "metrics service",
+            METRICS_EXPORT,
+            valid(2),
+            false,
+            Code::Unimplemented,
+            None,
+            0,
+        ),
+        (
+            "unknown method",
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Nope",
+            valid(2),
+            false,
+            Code::Unimplemented,
+            None,
+            0,
+        ),
+        (
+            "mixed valid and invalid spans",
+            TRACE_EXPORT,
+            mixed(),
+            false,
+            Code::Ok,
+            Some(3),
+            10,
+        ),
+        (
+            "mixed, gzip",
+            TRACE_EXPORT,
+            mixed(),
+            true,
+            Code::Ok,
+            Some(3),
+            10,
+        ),
+        (
+            "valid request",
+            TRACE_EXPORT,
+            valid(9),
+            false,
+            Code::Ok,
+            None,
+            9,
+        ),
+    ];
+    let mut expected = 0;
+    for (name, path, body, compress, code, rejected, counted) in cases {
+        let result = grpc_call(&d, path, body, compress).await;
+        match (&result, code) {
+            (Ok(reply), Code::Ok) => {
+                let reply = ExportTraceServiceResponse::decode(&reply[..]).unwrap();
+                assert_eq!(
+                    reply.partial_success.map(|p| p.rejected_spans),
+                    rejected,
+                    "{name}"
+                );
+            }
+            (Err(status), code) => assert_eq!(status.code(), code, "{name}: {status:?}"),
+            (Ok(_), code) => panic!("{name}: expected {code:?}, got OK"),
+        }
+        expected += counted;
+        assert_eq!(d.get("/healthz").await.0, 200, "alive after {name}");
+        assert_eq!(
+            d.metric(
+                "sloxide_receiver_accepted_spans_total",
+                &[("transport", "grpc")]
+            )
+            .await,
+            Some(expected as f64),
+            "only valid spans counted after {name}"
+        );
+    }
+    assert_eq!(refused(&d, "grpc", "decode").await, Some(2.0));
+    assert_eq!(refused(&d, "grpc", "too_large").await, Some(2.0));
+
+    // Logs over gRPC: the partial success names log records.
+    let mut req = fixture::logs(&Shape {
+        resources: 1,
+        per_resource: 4,
+        ..Shape::default()
+    });
+    req.resource_logs[0].scope_logs[0].log_records[0].time_unix_nano = 0;
+    req.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano = 0;
+    let reply = grpc_call(&d, LOGS_EXPORT, req.encode_to_vec(), false)
+        .await
+        .unwrap();
+    let reply = ExportLogsServiceResponse::decode(&reply[..]).unwrap();
+    assert_eq!(
+        reply.partial_success.map(|p| p.rejected_log_records),
+        Some(1)
+    );
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_log_records_total",
+            &[("transport", "grpc")]
+        )
+        .await,
+        Some(3.0)
+    );
+    let _ = ExportTraceServiceRequest::default();
+}

@@ -1,0 +1,186 @@
+//! Starts the real `sloxide` binary on loopback ports and reads its `/metrics`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// True when CI asked that tests needing outside programs fail instead of skipping.
+pub fn e2e_required() -> bool {
+    std::env::var("SLOXIDE_REQUIRE_E2E").is_ok_and(|v| v == "1")
+}
+
+/// Skips (returns false) or, under `SLOXIDE_REQUIRE_E2E=1`, fails, when `what` is missing.
+pub fn require(available: bool, what: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !e2e_required(),
+        "SLOXIDE_REQUIRE_E2E=1 but {what} is not available"
+    );
+    eprintln!("SKIPPED: {what} is not available");
+    false
+}
+
+/// A running daemon; killed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// OTLP/gRPC address.
+    pub grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (YAML text) on ports chosen by the OS.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("sloxide.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sloxide"))
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .args(["--otlp-grpc-listen", "127.0.0.1:0"])
+            .args(["--otlp-http-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the sloxide binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "sloxide did not report its listeners: {:?}",
+                    child.try_wait()
+                )
+            });
+            if line.contains("sloxide listening") {
+                let field = |name: &str| -> SocketAddr {
+                    let at =
+                        line.find(&format!("{name}=")).expect("address field") + name.len() + 1;
+                    line[at..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                return Self {
+                    grpc: field("otlp_grpc"),
+                    http: field("otlp_http"),
+                    metrics: field("metrics"),
+                    child,
+                    _dir: dir,
+                    stderr: rx,
+                };
+            }
+        }
+    }
+
+    /// Lines the daemon has logged since the last call.
+    pub fn logged(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// `GET http://metrics{path}`: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.metrics))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The exposition text of `/metrics`.
+    pub async fn scrape(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of the sample `name{labels}` (labels in any order, all must match).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        sample(&self.scrape().await, name, labels)
+    }
+
+    /// Polls until `name{labels}` equals `want` or a few seconds pass; returns the last value.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) -> Option<f64> {
+        let mut last = None;
+        for _ in 0..100 {
+            last = self.metric(name, labels).await;
+            if last == Some(want) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds one sample in exposition text.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// A minimal config: defaults plus the given YAML appended.
+pub fn config(extra: &str) -> String {
+    format!("# test configuration\n{extra}\n")
+}

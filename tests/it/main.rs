@@ -1,0 +1,7 @@
+//! The integration test binary: one binary, one module per concern.
+
+mod alloc;
+mod bad_input;
+mod e2e;
+mod harness;
+mod walker;
