@@ -41,13 +41,11 @@ impl<'b> Encoder<'b> {
         Self { out }
     }
 
-    /// Writes the `# HELP` and `# TYPE` lines of a family. For a counter, `name` is the
-    /// sample name including `_total`, and the family name drops it, as the format wants.
+    /// Writes the `# HELP` and `# TYPE` lines of a family. In the 0.0.4 text format a
+    /// counter's family name is its sample name, `_total` included (only OpenMetrics
+    /// drops the suffix), which is what `promtool check metrics` expects.
     pub fn family(&mut self, name: &str, kind: MetricType, help: &str) {
-        let family = match kind {
-            MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
-            _ => name,
-        };
+        let family = name;
         self.out.push_str("# HELP ");
         self.out.push_str(family);
         self.out.push(' ');
@@ -143,7 +141,7 @@ mod tests {
         enc.sample_f64("g", &[], 0.25);
         assert_eq!(
             out,
-            "# HELP x a \\\\ help\\nline\n# TYPE x counter\n\
+            "# HELP x_total a \\\\ help\\nline\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"u\\\\o\\nte\",b=\"ok\"} 7\n\
              # HELP g gauge\n# TYPE g gauge\ng +Inf\ng 0.25\n"
         );
