@@ -969,7 +969,19 @@ impl RawRegion {
     }
 }
 
+/// The most dimensions a configuration may name; each one multiplies the span series.
+pub const MAX_DIMENSIONS: usize = 8;
+
 fn validate_dimensions(dimensions: Vec<Spanned<String>>) -> Result<Vec<String>, Invalid> {
+    if let Some(extra) = dimensions.get(MAX_DIMENSIONS) {
+        return Err(Invalid::new(
+            &extra.referenced,
+            format!("dimensions[{MAX_DIMENSIONS}]"),
+            format!(
+                "at most {MAX_DIMENSIONS} dimensions are allowed, because each one multiplies the span series; remove some"
+            ),
+        ));
+    }
     let mut labels: Vec<String> = Vec::with_capacity(dimensions.len());
     let mut names: Vec<String> = Vec::with_capacity(dimensions.len());
     for (
