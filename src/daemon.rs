@@ -10,12 +10,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aggregate::Aggregator;
+use crate::classify::Plan;
+use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::export::{Exporter, Readiness};
 use crate::ingest::grpc::{LogsService, TraceService};
-use crate::ingest::{BodyLimits, DEFAULT_MAX_IN_FLIGHT, Discard, Ingest};
-use crate::otlp::AttrKeys;
+use crate::ingest::{BodyLimits, DEFAULT_MAX_IN_FLIGHT, Ingest};
 use crate::telemetry::Telemetry;
+
+/// How often the aggregation ticks (quantiles, expiry).
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for in-flight requests before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,18 +47,6 @@ pub enum DaemonError {
         /// What happened.
         message: String,
     },
-}
-
-/// The attribute keys the walkers extract for this configuration.
-pub fn attr_keys(config: &Config) -> AttrKeys {
-    AttrKeys::new(
-        config
-            .region
-            .attributes
-            .iter()
-            .chain(&config.dimensions)
-            .map(String::as_str),
-    )
 }
 
 /// The addresses the daemon actually listens on (useful with port 0).
@@ -96,16 +89,27 @@ pub async fn run(
         max_request_bytes: config.limits.max_request_bytes,
         max_decompressed_bytes: config.limits.max_decompressed_bytes,
     };
+    let plan = Arc::new(Plan::compile(&config));
+    let aggregator = Arc::new(Aggregator::new(
+        &config,
+        plan.clone(),
+        Arc::new(SystemClock),
+    ));
     let ingest = Arc::new(Ingest::new(
-        attr_keys(&config),
+        plan.keys().clone(),
         limits,
         DEFAULT_MAX_IN_FLIGHT,
         telemetry.clone(),
-        Arc::new(Discard),
+        aggregator.clone(),
     ));
-    let exporter = Arc::new(Exporter::new(telemetry, readiness.clone()));
+    let exporter = Arc::new(Exporter::new(
+        telemetry,
+        aggregator.clone(),
+        readiness.clone(),
+    ));
 
     let (stop_otlp, otlp_stopped) = watch::channel(false);
+    let otlp_stopped_tick = otlp_stopped.clone();
     let (stop_metrics, metrics_stopped) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -147,6 +151,26 @@ pub async fn run(
         }
     });
 
+    let tick_task = tokio::spawn({
+        let aggregator = aggregator.clone();
+        let stop = until(otlp_stopped_tick);
+        async move {
+            tokio::pin!(stop);
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        let aggregator = aggregator.clone();
+                        // The tick walks every series: keep it off the I/O workers.
+                        let _ = tokio::task::spawn_blocking(move || aggregator.tick()).await;
+                    }
+                    () = &mut stop => break,
+                }
+            }
+        }
+    });
+
     readiness.set_ready();
     tracing::info!(
         otlp_grpc = %bound.otlp_grpc,
@@ -167,6 +191,7 @@ pub async fn run(
         (flatten(grpc), flatten(http))
     })
     .await;
+    let _ = tick_task.await;
     let _ = stop_metrics.send(true);
     let metrics = tokio::time::timeout(Duration::from_secs(1), metrics_task).await;
     match drained {

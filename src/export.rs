@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Mutex;
 
+use crate::aggregate::Aggregator;
+use crate::aggregate::render::Scratch;
 use crate::telemetry::Telemetry;
 use text::Encoder;
 
@@ -54,25 +56,32 @@ impl Readiness {
 #[derive(Debug)]
 pub struct Exporter {
     telemetry: Arc<Telemetry>,
+    aggregator: Arc<Aggregator>,
     readiness: Arc<Readiness>,
-    // Reused between scrapes; a scrape holds it only while rendering.
-    buffer: Mutex<String>,
+    // Reused between scrapes; concurrent scrapes take turns.
+    buffers: Mutex<(String, Scratch)>,
 }
 
 impl Exporter {
-    /// An exporter of `telemetry`, reporting `readiness`.
-    pub fn new(telemetry: Arc<Telemetry>, readiness: Arc<Readiness>) -> Self {
+    /// An exporter of `aggregator`'s series and `telemetry`, reporting `readiness`.
+    pub fn new(
+        telemetry: Arc<Telemetry>,
+        aggregator: Arc<Aggregator>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         Self {
             telemetry,
+            aggregator,
             readiness,
-            buffer: Mutex::new(String::new()),
+            buffers: Mutex::new((String::new(), Scratch::default())),
         }
     }
 
     /// Renders every family into `out` (cleared first).
-    pub fn render_into(&self, out: &mut String) {
+    pub fn render_into(&self, out: &mut String, scratch: &mut Scratch) {
         out.clear();
         let mut enc = Encoder::new(out);
+        self.aggregator.render(&mut enc, scratch);
         self.telemetry.render(&mut enc);
     }
 
@@ -87,10 +96,11 @@ impl Exporter {
 }
 
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
-    let mut buffer = exporter.buffer.lock().await;
-    exporter.render_into(&mut buffer);
-    let body = buffer.as_bytes().to_vec();
-    drop(buffer);
+    let mut buffers = exporter.buffers.lock().await;
+    let (text, scratch) = &mut *buffers;
+    exporter.render_into(text, scratch);
+    let body = text.as_bytes().to_vec();
+    drop(buffers);
     ([(header::CONTENT_TYPE, text::CONTENT_TYPE)], body).into_response()
 }
 

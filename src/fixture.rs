@@ -103,7 +103,10 @@ pub fn traces(shape: &Shape) -> ExportTraceServiceRequest {
                             kv_str("server.address", "shop.example.com"),
                             kv_int("server.port", 443),
                             kv_str("network.protocol.version", "1.1"),
-                            kv_str("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64)"),
+                            kv_str(
+                                "user_agent.original",
+                                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
+                            ),
                         ],
                         status: Some(Status {
                             code: if error { 2 } else { 0 },

@@ -8,6 +8,9 @@
 //! ```
 //!
 //! - [`ingest`]: the transports and the body stage, shared by gRPC and HTTP.
+//! - [`classify`]: the configuration compiled into label rules.
+//! - [`aggregate`]: the sharded series, the tick, and their exposition.
+//! - [`clock`]: time, behind a trait that tests drive.
 //! - [`otlp`]: the zero-copy protobuf walkers and the JSON slow path.
 //! - [`export`]: the Prometheus text encoder and the metrics port.
 //! - [`telemetry`]: the daemon's own metrics.
@@ -15,6 +18,9 @@
 //! - [`daemon`]: wiring the stages together, startup and graceful shutdown.
 #![deny(missing_docs)]
 
+pub mod aggregate;
+pub mod classify;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod export;

@@ -137,3 +137,63 @@ fn ingest_export_of_a_known_shape_allocates_nothing_after_warm_up() {
     assert_eq!(accepted, (1000, 1000));
     assert_eq!(n, 0, "a warmed-up export allocated {n} times");
 }
+
+#[test]
+fn walking_classifying_and_recording_known_series_allocates_nothing() {
+    use sloxide::aggregate::Aggregator;
+    use sloxide::classify::Plan;
+    use sloxide::clock::ManualClock;
+    use sloxide::config::Config;
+    use sloxide::ingest::{BodyLimits, Encoding, Ingest};
+    use sloxide::telemetry::{Signal, Telemetry, Transport};
+    use std::sync::Arc;
+
+    // Dimensions read a string and an integer attribute: both must stay allocation-free.
+    let config = Config::from_yaml(
+        "region: {attributes: [cloud.region]}\ndimensions: [http.route, http.response.status_code]",
+        "test.yaml",
+    )
+    .unwrap();
+    let plan = Arc::new(Plan::compile(&config));
+    let shape = Shape::default();
+    let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
+    let aggregator = Arc::new(Aggregator::new(&config, plan.clone(), clock));
+    let ingest = Ingest::new(
+        plan.keys().clone(),
+        BodyLimits {
+            max_request_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+        },
+        4,
+        Arc::new(Telemetry::default()),
+        aggregator.clone(),
+    );
+    let traces = fixture::traces(&shape).encode_to_vec();
+    let logs = fixture::logs(&shape).encode_to_vec();
+    // The first request creates the series (and their histograms); the rest only count.
+    ingest
+        .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, &traces)
+        .unwrap();
+    ingest
+        .export(Transport::Grpc, Signal::Logs, Encoding::Protobuf, &logs)
+        .unwrap();
+    let (n, accepted) = allocations_during(|| {
+        let mut spans = 0;
+        for _ in 0..5 {
+            spans += ingest
+                .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, &traces)
+                .unwrap()
+                .accepted;
+        }
+        let logs = ingest
+            .export(Transport::Grpc, Signal::Logs, Encoding::Protobuf, &logs)
+            .unwrap()
+            .accepted;
+        (spans, logs)
+    });
+    assert_eq!(accepted, (5000, 1000));
+    assert_eq!(
+        n, 0,
+        "walk + classify + record of known series allocated {n} times"
+    );
+}

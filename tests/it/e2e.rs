@@ -366,11 +366,17 @@ async fn health_readiness_and_self_metrics_are_served() {
     assert_eq!(d.get("/readyz").await.0, 200);
     let text = d.scrape().await;
     for family in [
-        "sloxide_receiver_accepted_spans",
-        "sloxide_receiver_accepted_log_records",
-        "sloxide_receiver_refused_spans",
-        "sloxide_receiver_refused_log_records",
-        "sloxide_receiver_refused_requests",
+        "sloxide_receiver_accepted_spans_total",
+        "sloxide_receiver_accepted_log_records_total",
+        "sloxide_receiver_refused_spans_total",
+        "sloxide_receiver_refused_log_records_total",
+        "sloxide_receiver_refused_requests_total",
+        "sloxide_spans_total",
+        "sloxide_span_duration_seconds",
+        "sloxide_span_duration_quantile_seconds",
+        "sloxide_log_records_total",
+        "sloxide_series_active",
+        "sloxide_series_overflow_total",
         "sloxide_build_info",
     ] {
         assert!(

@@ -1,7 +1,9 @@
 //! The integration test binary: one binary, one module per concern.
 
+mod aggregate;
 mod alloc;
 mod bad_input;
 mod e2e;
 mod harness;
+mod prometheus;
 mod walker;

@@ -1,0 +1,416 @@
+//! The series state: spans and log records turned into per-service, per-region
+//! counters, classic histograms and per-minute HDR quantiles, in lock-sharded maps.
+//!
+//! [`Aggregator`] is the [`Recorder`] the ingest stage hands each decoded batch to. It
+//! works per resource: the service and the resource's region are resolved once per
+//! resource, then each span costs a label-set hash, one shard lock for its counters
+//! and buckets, and one for its quantile histogram. A background [`Aggregator::tick`]
+//! computes the quantiles of the last complete minute and expires idle series; a scrape
+//! copies each shard's numbers out under its lock and formats them afterwards.
+
+pub mod render;
+pub mod series;
+pub mod shards;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::classify::{Label, MAX_SPAN_LABELS, Plan};
+use crate::clock::{Clock, slot_time};
+use crate::config::Config;
+use crate::config::slo::{Severity, SpanKind};
+use crate::ingest::Recorder;
+use crate::otlp::logs::LogBatch;
+use crate::otlp::spans::TraceBatch;
+use series::{QuantileSeries, Recorded, SpanSeries};
+use shards::{Sharded, default_shards};
+
+/// The label value every label but `service` (or every label) takes in an overflow series.
+pub const OVERFLOW: &str = "__overflow__";
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// The label-set limits of one family, and its overflow count.
+#[derive(Debug)]
+pub struct Cardinality {
+    max_series: usize,
+    max_per_service: usize,
+    active: AtomicUsize,
+    per_service: Mutex<HashMap<Box<str>, usize>>,
+    overflow: AtomicU64,
+}
+
+/// Whether a new label set gets a series of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It does.
+    Own,
+    /// Its service has `max_series_per_service` label sets: fold into the service's
+    /// overflow series.
+    ServiceOverflow,
+    /// The family has `max_series` label sets: fold into the family's overflow series.
+    FamilyOverflow,
+}
+
+impl Cardinality {
+    fn new(max_series: usize, max_per_service: usize) -> Self {
+        Self {
+            max_series,
+            max_per_service,
+            active: AtomicUsize::new(0),
+            per_service: Mutex::new(HashMap::new()),
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    /// Admits a new label set of `service`, or says where it overflows to.
+    fn admit(&self, service: &str) -> Admission {
+        // The map's lock serialises admissions, so the limits hold exactly.
+        let mut per = self
+            .per_service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Relaxed: `active` is only changed under the `per_service` lock.
+        if self.active.load(Ordering::Relaxed) >= self.max_series {
+            return Admission::FamilyOverflow;
+        }
+        if per.get(service).is_some_and(|n| *n >= self.max_per_service) {
+            return Admission::ServiceOverflow;
+        }
+        *per.entry(service.into()).or_insert(0) += 1;
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Admission::Own
+    }
+
+    /// Gives back the slot of an expired series of `service`.
+    fn release(&self, service: &str) {
+        let mut per = self
+            .per_service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = per.get_mut(service) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(service);
+            }
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records counted in an overflow series so far.
+    pub fn overflowed(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
+    }
+}
+
+/// Every series sloxide keeps, and the rules that fill them.
+#[derive(Debug)]
+pub struct Aggregator {
+    plan: Arc<Plan>,
+    clock: Arc<dyn Clock>,
+    bounds_nanos: Box<[u64]>,
+    le_labels: Box<[String]>,
+    quantiles: Box<[f64]>,
+    quantile_labels: Box<[String]>,
+    late_slack: u64,
+    max_skew: u64,
+    idle_expiry_secs: u64,
+    spans: Sharded<SpanSeries>,
+    span_limits: Cardinality,
+    durations: Sharded<QuantileSeries>,
+    duration_limits: Cardinality,
+    logs: Sharded<u64>,
+    log_limits: Cardinality,
+    clamped: AtomicU64,
+}
+
+impl Aggregator {
+    /// The aggregation for `config`, reading time from `clock`.
+    pub fn new(config: &Config, plan: Arc<Plan>, clock: Arc<dyn Clock>) -> Self {
+        let limits = &config.limits;
+        let card = || Cardinality::new(limits.max_series, limits.max_series_per_service);
+        Self {
+            bounds_nanos: config
+                .histogram
+                .buckets
+                .iter()
+                .map(|b| (b * 1e9).round() as u64)
+                .collect(),
+            le_labels: config
+                .histogram
+                .buckets
+                .iter()
+                .map(|b| shortest(*b))
+                .chain(["+Inf".to_owned()])
+                .collect(),
+            quantiles: config.histogram.quantiles.clone().into_boxed_slice(),
+            quantile_labels: config
+                .histogram
+                .quantiles
+                .iter()
+                .map(|q| shortest(*q))
+                .collect(),
+            late_slack: config.timing.late_slack.as_nanos() as u64,
+            max_skew: config.timing.max_skew.as_nanos() as u64,
+            idle_expiry_secs: limits.series_idle_expiry.as_secs().max(1),
+            spans: Sharded::new(default_shards()),
+            span_limits: card(),
+            durations: Sharded::new(default_shards()),
+            duration_limits: card(),
+            logs: Sharded::new(default_shards()),
+            log_limits: card(),
+            clamped: AtomicU64::new(0),
+            plan,
+            clock,
+        }
+    }
+
+    /// The compiled plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Counts one span into its series (or the overflow series).
+    #[allow(clippy::too_many_arguments)]
+    fn record_span(
+        &self,
+        labels: &[&str],
+        status: usize,
+        bucket: usize,
+        duration: u64,
+        now_secs: u64,
+    ) {
+        let n = self.bounds_nanos.len();
+        let mut verdict = Admission::Own;
+        let counted = self.spans.update(
+            labels,
+            now_secs,
+            true,
+            || {
+                verdict = self.span_limits.admit(labels[0]);
+                (verdict == Admission::Own).then(|| SpanSeries::new(n))
+            },
+            |s| s.record(status, bucket, duration),
+        );
+        if !counted {
+            self.span_limits.overflow.fetch_add(1, Ordering::Relaxed);
+            let mut folded = [OVERFLOW; MAX_SPAN_LABELS];
+            if verdict == Admission::ServiceOverflow {
+                folded[0] = labels[0];
+            }
+            self.spans.update(
+                &folded[..labels.len()],
+                now_secs,
+                false,
+                || Some(SpanSeries::new(n)),
+                |s| s.record(status, bucket, duration),
+            );
+        }
+    }
+
+    fn record_duration(
+        &self,
+        labels: &[&str; 3],
+        duration: u64,
+        minute: u64,
+        now_minute: u64,
+        now_secs: u64,
+    ) {
+        let mut verdict = Admission::Own;
+        let mut outcome = Recorded::Exact;
+        let counted = self.durations.update(
+            labels,
+            now_secs,
+            true,
+            || {
+                verdict = self.duration_limits.admit(labels[0]);
+                (verdict == Admission::Own).then(QuantileSeries::default)
+            },
+            |q| outcome = q.record(duration, minute, now_minute),
+        );
+        if !counted {
+            self.duration_limits
+                .overflow
+                .fetch_add(1, Ordering::Relaxed);
+            let service = if verdict == Admission::ServiceOverflow {
+                labels[0]
+            } else {
+                OVERFLOW
+            };
+            self.durations.update(
+                &[service, OVERFLOW, OVERFLOW],
+                now_secs,
+                false,
+                || Some(QuantileSeries::default()),
+                |q| outcome = q.record(duration, minute, now_minute),
+            );
+        }
+        if outcome == Recorded::Clamped {
+            self.clamped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn record_log(&self, labels: &[&str; 3], now_secs: u64) {
+        let mut verdict = Admission::Own;
+        let counted = self.logs.update(
+            labels,
+            now_secs,
+            true,
+            || {
+                verdict = self.log_limits.admit(labels[0]);
+                (verdict == Admission::Own).then_some(0)
+            },
+            |c| *c += 1,
+        );
+        if !counted {
+            self.log_limits.overflow.fetch_add(1, Ordering::Relaxed);
+            let service = if verdict == Admission::ServiceOverflow {
+                labels[0]
+            } else {
+                OVERFLOW
+            };
+            self.logs.update(
+                &[service, OVERFLOW, OVERFLOW],
+                now_secs,
+                false,
+                || Some(0),
+                |c| *c += 1,
+            );
+        }
+    }
+
+    /// Once a second: computes the quantiles of the last complete minute and removes
+    /// series idle for `series_idle_expiry`.
+    pub fn tick(&self) {
+        let now_secs = self.clock.now_nanos() / NANOS_PER_SEC;
+        let last_complete = (now_secs / 60).saturating_sub(1);
+        self.durations
+            .for_each(|e| e.value.compute(last_complete, &self.quantiles));
+        let cutoff = now_secs.saturating_sub(self.idle_expiry_secs);
+        let keep = |last_seen: u64| last_seen > cutoff;
+        self.spans.retain(
+            |e| keep(e.last_seen),
+            |e| {
+                if e.own {
+                    self.span_limits.release(&e.labels[0]);
+                }
+            },
+        );
+        self.durations.retain(
+            |e| keep(e.last_seen),
+            |e| {
+                if e.own {
+                    self.duration_limits.release(&e.labels[0]);
+                }
+            },
+        );
+        self.logs.retain(
+            |e| keep(e.last_seen),
+            |e| {
+                if e.own {
+                    self.log_limits.release(&e.labels[0]);
+                }
+            },
+        );
+    }
+
+    /// Durations outside the quantile histograms' 1 µs .. 1 h range, recorded at the bound.
+    pub fn clamped(&self) -> u64 {
+        self.clamped.load(Ordering::Relaxed)
+    }
+}
+
+/// A float label value in its shortest form (`0.5`, `0.999`, `16.384`).
+fn shortest(v: f64) -> String {
+    let mut s = String::new();
+    crate::export::text::write_f64(v, &mut s);
+    s
+}
+
+impl Recorder for Aggregator {
+    fn record_traces(&self, batch: &TraceBatch<'_>) {
+        let plan = &*self.plan;
+        let now = self.clock.now_nanos();
+        let now_secs = now / NANOS_PER_SEC;
+        let now_minute = now_secs / 60;
+        let dims = plan.dimensions();
+        for run in &batch.resources {
+            let resource = batch.resource_attrs(run);
+            let service = plan.service(resource);
+            let resource_region = plan.region_in(resource);
+            for span in batch.events_of(run) {
+                let attrs = batch.row(span.attrs);
+                let span_region: Option<Label<'_>>;
+                let region = match &resource_region {
+                    Some(r) => r.as_str(),
+                    None => {
+                        span_region = plan.region_in(attrs);
+                        span_region
+                            .as_ref()
+                            .map_or(plan.region_default(), Label::as_str)
+                    }
+                };
+                let dim_values: [Label<'_>; crate::config::MAX_DIMENSIONS] =
+                    std::array::from_fn(|i| {
+                        dims.get(i)
+                            .map_or(Label::Borrowed(""), |d| plan.dimension(d, attrs, resource))
+                    });
+                let mut labels = [""; MAX_SPAN_LABELS];
+                labels[0] = service.as_str();
+                labels[1] = region;
+                labels[2] = SpanKind::from_otlp(span.kind).as_str();
+                for (slot, value) in labels[3..].iter_mut().zip(&dim_values[..dims.len()]) {
+                    *slot = value.as_str();
+                }
+                let duration = span.duration_nanos();
+                let bucket = self.bounds_nanos.partition_point(|b| *b < duration);
+                let status = match span.status {
+                    1 => 1,
+                    2 => 2,
+                    _ => 0,
+                };
+                self.record_span(
+                    &labels[..3 + dims.len()],
+                    status,
+                    bucket,
+                    duration,
+                    now_secs,
+                );
+                let at = slot_time(span.end, now, self.late_slack, self.max_skew);
+                let minute = at / NANOS_PER_SEC / 60;
+                self.record_duration(
+                    &[labels[0], labels[1], labels[2]],
+                    duration,
+                    minute,
+                    now_minute,
+                    now_secs,
+                );
+            }
+        }
+    }
+
+    fn record_logs(&self, batch: &LogBatch<'_>) {
+        let plan = &*self.plan;
+        let now_secs = self.clock.now_nanos() / NANOS_PER_SEC;
+        for run in &batch.resources {
+            let resource = batch.resource_attrs(run);
+            let service = plan.service(resource);
+            let resource_region = plan.region_in(resource);
+            for record in batch.events_of(run) {
+                let record_region: Option<Label<'_>>;
+                let region = match &resource_region {
+                    Some(r) => r.as_str(),
+                    None => {
+                        record_region = plan.region_in(batch.row(record.attrs));
+                        record_region
+                            .as_ref()
+                            .map_or(plan.region_default(), Label::as_str)
+                    }
+                };
+                let severity = Severity::from_otlp(record.severity).as_str();
+                self.record_log(&[service.as_str(), region, severity], now_secs);
+            }
+        }
+    }
+}

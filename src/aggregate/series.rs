@@ -1,0 +1,222 @@
+//! The numbers each series keeps. Plain data: counts, sums, minute indexes and
+//! histogram counts, so that checkpointing can serialise them.
+
+use hdrhistogram::Histogram;
+
+/// Lowest value the quantile histograms hold: 1 µs.
+pub const HDR_LOW_MICROS: u64 = 1;
+/// Highest value the quantile histograms hold: 1 h.
+pub const HDR_HIGH_MICROS: u64 = 3_600_000_000;
+/// Significant figures of the quantile histograms (1% relative error).
+pub const HDR_SIGFIG: u8 = 2;
+
+/// Counters and classic buckets of one `(service, region, span_kind, dimensions)` set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanSeries {
+    /// Spans by status code: unset, ok, error.
+    pub by_status: [u64; 3],
+    /// Spans per bucket, not cumulative; the last slot is above the highest bound.
+    pub buckets: Box<[u64]>,
+    /// Sum of durations, nanoseconds.
+    pub sum_nanos: u128,
+}
+
+impl SpanSeries {
+    /// A series with `bounds` buckets plus the +Inf one.
+    pub fn new(bounds: usize) -> Self {
+        Self {
+            by_status: [0; 3],
+            buckets: vec![0; bounds + 1].into_boxed_slice(),
+            sum_nanos: 0,
+        }
+    }
+
+    /// Counts one span. `bucket` is the index of the first bound at or above its duration.
+    #[inline]
+    pub fn record(&mut self, status: usize, bucket: usize, duration_nanos: u64) {
+        self.by_status[status] += 1;
+        self.buckets[bucket] += 1;
+        self.sum_nanos += u128::from(duration_nanos);
+    }
+
+    /// All spans counted.
+    pub fn count(&self) -> u64 {
+        self.by_status.iter().sum()
+    }
+}
+
+/// One minute of durations in an HDR histogram, in microseconds.
+#[derive(Debug, Clone)]
+pub struct MinuteHistogram {
+    /// The minute (Unix seconds / 60) these counts belong to.
+    pub minute: u64,
+    /// Durations recorded for that minute.
+    pub count: u64,
+    hist: Option<Box<Histogram<u32>>>,
+}
+
+impl MinuteHistogram {
+    fn empty() -> Self {
+        Self {
+            minute: 0,
+            count: 0,
+            hist: None,
+        }
+    }
+}
+
+/// The quantile summary of one `(service, region, span_kind)`: the durations of the
+/// current and the previous minute, and cumulative sum and count.
+#[derive(Debug, Clone)]
+pub struct QuantileSeries {
+    minutes: [MinuteHistogram; 2],
+    /// Cumulative sum of durations, nanoseconds.
+    pub sum_nanos: u128,
+    /// Cumulative count.
+    pub count: u64,
+    /// The minute the quantiles below describe, and how many values they saw.
+    computed: Option<(u64, u64)>,
+    /// Quantile values in seconds, in the configured order; empty when the last
+    /// complete minute had no span.
+    pub quantiles: Vec<f64>,
+}
+
+/// What happened to a value on its way into a quantile histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded as is.
+    Exact,
+    /// Outside 1 µs .. 1 h: recorded at the nearest bound.
+    Clamped,
+    /// Its minute is neither the current nor the previous one: counted in the sum and
+    /// count only.
+    TooOld,
+}
+
+impl Default for QuantileSeries {
+    fn default() -> Self {
+        Self {
+            minutes: [MinuteHistogram::empty(), MinuteHistogram::empty()],
+            sum_nanos: 0,
+            count: 0,
+            computed: None,
+            quantiles: Vec::new(),
+        }
+    }
+}
+
+impl QuantileSeries {
+    /// Counts one duration that ended in `minute`, at `now_minute`.
+    pub fn record(&mut self, duration_nanos: u64, minute: u64, now_minute: u64) -> Recorded {
+        self.sum_nanos += u128::from(duration_nanos);
+        self.count += 1;
+        // A span from the near future belongs to the current minute: its own slot is
+        // the previous minute's, which is still being reported.
+        let minute = minute.min(now_minute);
+        if minute + 1 < now_minute {
+            return Recorded::TooOld;
+        }
+        let slot = &mut self.minutes[(minute % 2) as usize];
+        if slot.minute != minute {
+            if slot.minute > minute {
+                return Recorded::TooOld;
+            }
+            slot.minute = minute;
+            slot.count = 0;
+            if let Some(h) = slot.hist.as_mut() {
+                h.reset();
+            }
+        }
+        let hist = slot.hist.get_or_insert_with(|| {
+            Box::new(
+                Histogram::new_with_bounds(HDR_LOW_MICROS, HDR_HIGH_MICROS, HDR_SIGFIG)
+                    .expect("constant, valid histogram bounds"),
+            )
+        });
+        let micros = duration_nanos / 1_000;
+        let clamped = micros.clamp(HDR_LOW_MICROS, HDR_HIGH_MICROS);
+        hist.saturating_record(clamped);
+        slot.count += 1;
+        if clamped == micros {
+            Recorded::Exact
+        } else {
+            Recorded::Clamped
+        }
+    }
+
+    /// Computes the quantiles of `last_complete` (the minute before the current one),
+    /// unless they are already computed from the same counts.
+    pub fn compute(&mut self, last_complete: u64, quantiles: &[f64]) {
+        let slot = &self.minutes[(last_complete % 2) as usize];
+        let count = if slot.minute == last_complete {
+            slot.count
+        } else {
+            0
+        };
+        if self.computed == Some((last_complete, count)) {
+            return;
+        }
+        self.computed = Some((last_complete, count));
+        self.quantiles.clear();
+        if count == 0 {
+            return;
+        }
+        if let Some(hist) = slot.hist.as_ref() {
+            self.quantiles.extend(
+                quantiles
+                    .iter()
+                    .map(|&q| hist.value_at_quantile(q) as f64 / 1e6),
+            );
+        }
+    }
+
+    /// Bytes held by the histograms (for the memory figures).
+    pub fn histogram_bytes(&self) -> usize {
+        self.minutes
+            .iter()
+            .filter_map(|m| m.hist.as_ref())
+            .map(|h| h.distinct_values() * std::mem::size_of::<u32>())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_describe_the_last_complete_minute() {
+        let mut q = QuantileSeries::default();
+        for ms in 1..=100u64 {
+            assert_eq!(q.record(ms * 1_000_000, 10, 10), Recorded::Exact);
+        }
+        q.compute(9, &[0.5, 0.99]);
+        assert!(q.quantiles.is_empty(), "minute 9 saw nothing");
+        q.compute(10, &[0.5, 0.99]);
+        let (p50, p99) = (q.quantiles[0], q.quantiles[1]);
+        assert!((p50 - 0.050).abs() <= 0.050 * 0.01, "{p50}");
+        assert!((p99 - 0.099).abs() <= 0.099 * 0.01, "{p99}");
+        // Minute 11 starts: the minute-10 counts stay until minute 12 reuses the slot.
+        assert_eq!(q.record(5_000_000, 11, 11), Recorded::Exact);
+        assert_eq!(q.record(5_000_000, 9, 11), Recorded::TooOld);
+        assert_eq!(q.record(5_000, 12, 12), Recorded::Exact);
+        q.compute(11, &[0.5]);
+        assert!((q.quantiles[0] - 0.005).abs() < 0.005 * 0.01);
+        assert_eq!(q.count, 103);
+        assert_eq!(q.record(10, 12, 12), Recorded::Clamped, "below 1 µs");
+        assert_eq!(
+            q.record(7_200_000_000_000, 12, 12),
+            Recorded::Clamped,
+            "over 1 h"
+        );
+    }
+
+    #[test]
+    fn a_quantile_histogram_stays_small() {
+        let mut q = QuantileSeries::default();
+        q.record(1_000_000, 1, 1);
+        q.record(1_000_000, 2, 2);
+        let bytes = q.histogram_bytes();
+        assert!(bytes <= 2 * 13 * 1024, "{bytes} bytes for two minutes");
+    }
+}

@@ -1,0 +1,270 @@
+//! The compiled plan: configuration turned, once at startup, into attribute indexes
+//! and label rules, so that classifying an event parses no strings and looks up no
+//! configuration maps.
+
+use std::fmt::Write as _;
+
+use crate::config::{Config, dimension_label};
+use crate::otlp::{AttrKeys, SERVICE_NAME, Value};
+
+/// The service label when a resource carries no `service.name`.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// How many labels a span series can have: service, region, span_kind and the dimensions.
+pub const MAX_SPAN_LABELS: usize = 3 + crate::config::MAX_DIMENSIONS;
+
+/// A label value, borrowed from the request when it can be, formatted inline for
+/// numbers, and owned only when invalid UTF-8 had to be repaired.
+#[derive(Debug, Clone)]
+pub enum Label<'a> {
+    /// Borrowed text (valid UTF-8, already cut to the length limit).
+    Borrowed(&'a str),
+    /// A number or boolean written into an inline buffer.
+    Inline(InlineStr),
+    /// Repaired text (invalid UTF-8 replaced with U+FFFD), cut to the length limit.
+    Owned(String),
+}
+
+impl Label<'_> {
+    /// The label text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Borrowed(s) => s,
+            Label::Inline(s) => s.as_str(),
+            Label::Owned(s) => s,
+        }
+    }
+}
+
+/// A short string on the stack (numbers as labels).
+#[derive(Debug, Clone, Copy)]
+pub struct InlineStr {
+    buf: [u8; 32],
+    len: u8,
+}
+
+impl InlineStr {
+    fn new() -> Self {
+        Self {
+            buf: [0; 32],
+            len: 0,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever written (see `write_str`), so this cannot fail.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Write for InlineStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let start = self.len as usize;
+        let end = start + s.len();
+        if end > self.buf.len() {
+            return Err(std::fmt::Error);
+        }
+        self.buf[start..end].copy_from_slice(s.as_bytes());
+        self.len = end as u8;
+        Ok(())
+    }
+}
+
+/// The compiled plan for labels.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    keys: AttrKeys,
+    region_keys: Vec<usize>,
+    region_default: String,
+    dimensions: Vec<Dimension>,
+    max_label_bytes: usize,
+}
+
+/// One configured dimension: the attribute it reads and the label it becomes.
+#[derive(Debug, Clone)]
+pub struct Dimension {
+    /// Index into the extracted attribute row.
+    pub index: usize,
+    /// The Prometheus label name (`http.route` becomes `http_route`).
+    pub label: String,
+}
+
+impl Plan {
+    /// Compiles `config`.
+    pub fn compile(config: &Config) -> Self {
+        let keys = AttrKeys::new(
+            config
+                .region
+                .attributes
+                .iter()
+                .chain(&config.dimensions)
+                .map(String::as_str),
+        );
+        let index = |k: &str| keys.index_of(k).unwrap_or(0);
+        Self {
+            region_keys: config.region.attributes.iter().map(|k| index(k)).collect(),
+            region_default: config.region.default.clone(),
+            dimensions: config
+                .dimensions
+                .iter()
+                .map(|d| Dimension {
+                    index: index(d),
+                    label: dimension_label(d),
+                })
+                .collect(),
+            max_label_bytes: config.limits.max_label_bytes,
+            keys,
+        }
+    }
+
+    /// The attribute keys the walkers must extract.
+    pub fn keys(&self) -> &AttrKeys {
+        &self.keys
+    }
+
+    /// The configured dimensions, in label order.
+    pub fn dimensions(&self) -> &[Dimension] {
+        &self.dimensions
+    }
+
+    /// The service of a resource row.
+    #[inline]
+    pub fn service<'a>(&self, resource: &[Value<'a>]) -> Label<'a> {
+        debug_assert_eq!(self.keys.index_of(SERVICE_NAME), Some(0));
+        self.label(&resource[0])
+            .unwrap_or(Label::Borrowed(UNKNOWN_SERVICE))
+    }
+
+    /// The region found in one attribute row, trying the region keys in order.
+    #[inline]
+    pub fn region_in<'a>(&self, row: &[Value<'a>]) -> Option<Label<'a>> {
+        self.region_keys.iter().find_map(|&i| self.label(&row[i]))
+    }
+
+    /// The default region.
+    pub fn region_default(&self) -> &str {
+        &self.region_default
+    }
+
+    /// The value of dimension `d` for an event: the event's attribute, else the
+    /// resource's, else empty (an absent label).
+    #[inline]
+    pub fn dimension<'a>(
+        &self,
+        d: &Dimension,
+        event: &[Value<'a>],
+        resource: &[Value<'a>],
+    ) -> Label<'a> {
+        self.label(&event[d.index])
+            .or_else(|| self.label(&resource[d.index]))
+            .unwrap_or(Label::Borrowed(""))
+    }
+
+    /// Turns an attribute value into a label value: strings repaired to UTF-8 and cut to
+    /// `max_label_bytes` at a character boundary; numbers and booleans written out;
+    /// empty strings, arrays, maps and bytes, and absent values, give `None`. An empty
+    /// string is no label value in Prometheus (`region=""` selects a series without a
+    /// region), so it falls through to the next source, like an absent attribute.
+    #[inline]
+    pub fn label<'a>(&self, value: &Value<'a>) -> Option<Label<'a>> {
+        let mut inline = InlineStr::new();
+        match *value {
+            Value::Str(b"") => None,
+            Value::Str(bytes) => Some(match std::str::from_utf8(bytes) {
+                Ok(s) => Label::Borrowed(cut(s, self.max_label_bytes)),
+                Err(_) => {
+                    let repaired = String::from_utf8_lossy(bytes);
+                    Label::Owned(cut(&repaired, self.max_label_bytes).to_owned())
+                }
+            }),
+            Value::Int(i) => {
+                let _ = write!(inline, "{i}");
+                Some(Label::Inline(inline))
+            }
+            Value::Double(d) => {
+                let _ = write!(inline, "{d}");
+                Some(Label::Inline(inline))
+            }
+            Value::Bool(b) => Some(Label::Borrowed(if b { "true" } else { "false" })),
+            Value::Missing | Value::Other => None,
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+#[inline]
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_cut_at_character_boundaries() {
+        assert_eq!(cut("abcdef", 4), "abcd");
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("ab", 4), "ab");
+        assert_eq!(cut("日本語", 7), "日本");
+    }
+
+    #[test]
+    fn values_become_labels() {
+        let config = Config::from_yaml(
+            "region: {attributes: [cloud.region, region]}\ndimensions: [http.route]\nlimits: {max_label_bytes: 16}",
+            "t",
+        )
+        .unwrap();
+        let plan = Plan::compile(&config);
+        let l = |v: Value<'_>| plan.label(&v).map(|l| l.as_str().to_owned());
+        assert_eq!(l(Value::Int(-42)).as_deref(), Some("-42"));
+        assert_eq!(l(Value::Double(0.5)).as_deref(), Some("0.5"));
+        assert_eq!(l(Value::Bool(true)).as_deref(), Some("true"));
+        assert_eq!(l(Value::Other), None);
+        assert_eq!(l(Value::Str(b"")), None, "an empty string is no value");
+        assert_eq!(
+            l(Value::Str(b"a\xffb")).as_deref(),
+            Some("a\u{fffd}b"),
+            "invalid UTF-8 is repaired"
+        );
+        assert_eq!(
+            l(Value::Str("x".repeat(40).as_bytes())).as_deref(),
+            Some("xxxxxxxxxxxxxxxx")
+        );
+        // service.name, cloud.region, region, http.route
+        let keys = plan.keys();
+        let mut row = vec![Value::Missing; keys.len()];
+        assert_eq!(plan.service(&row).as_str(), UNKNOWN_SERVICE);
+        assert!(plan.region_in(&row).is_none());
+        row[0] = Value::Str(b"");
+        assert_eq!(
+            plan.service(&row).as_str(),
+            UNKNOWN_SERVICE,
+            "empty service.name"
+        );
+        row[keys.index_of("cloud.region").unwrap()] = Value::Str(b"");
+        row[keys.index_of("region").unwrap()] = Value::Str(b"eu");
+        assert_eq!(
+            plan.region_in(&row).unwrap().as_str(),
+            "eu",
+            "empty falls through"
+        );
+        assert_eq!(plan.region_in(&row).unwrap().as_str(), "eu");
+        row[keys.index_of("cloud.region").unwrap()] = Value::Str(b"us");
+        assert_eq!(
+            plan.region_in(&row).unwrap().as_str(),
+            "us",
+            "first key wins"
+        );
+    }
+}
