@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use crate::classify::{Label, MAX_SPAN_LABELS, Plan};
 use crate::clock::{Clock, slot_time};
 use crate::config::Config;
+use crate::config::MAX_DIMENSIONS;
 use crate::config::slo::{Severity, SpanKind};
 use crate::ingest::Recorder;
 use crate::otlp::logs::LogBatch;
@@ -171,17 +172,15 @@ impl Aggregator {
         &self.plan
     }
 
-    /// Counts one span into its series (or the overflow series).
-    #[allow(clippy::too_many_arguments)]
-    fn record_span(
-        &self,
-        labels: &[&str],
-        status: usize,
-        bucket: usize,
-        duration: u64,
-        now_secs: u64,
-    ) {
+    /// Counts a run of spans that share `labels` into their series (or the overflow
+    /// series): one lookup and one shard lock for the whole run.
+    fn record_spans(&self, labels: &[&str], spans: &[Pending], now_secs: u64) {
         let n = self.bounds_nanos.len();
+        let apply = |s: &mut SpanSeries| {
+            for p in spans {
+                s.record(usize::from(p.status), p.bucket as usize, p.duration);
+            }
+        };
         let mut verdict = Admission::Own;
         let counted = self.spans.update(
             labels,
@@ -191,10 +190,12 @@ impl Aggregator {
                 verdict = self.span_limits.admit(labels[0]);
                 (verdict == Admission::Own).then(|| SpanSeries::new(n))
             },
-            |s| s.record(status, bucket, duration),
+            apply,
         );
         if !counted {
-            self.span_limits.overflow.fetch_add(1, Ordering::Relaxed);
+            self.span_limits
+                .overflow
+                .fetch_add(spans.len() as u64, Ordering::Relaxed);
             let mut folded = [OVERFLOW; MAX_SPAN_LABELS];
             if verdict == Admission::ServiceOverflow {
                 folded[0] = labels[0];
@@ -204,21 +205,29 @@ impl Aggregator {
                 now_secs,
                 false,
                 || Some(SpanSeries::new(n)),
-                |s| s.record(status, bucket, duration),
+                apply,
             );
         }
     }
 
-    fn record_duration(
+    /// Records the durations of a run into the quantile series of `labels`
+    /// (service, region, span kind).
+    fn record_durations(
         &self,
         labels: &[&str; 3],
-        duration: u64,
-        minute: u64,
+        spans: &[Pending],
         now_minute: u64,
         now_secs: u64,
     ) {
+        let mut clamped = 0;
+        let mut apply = |q: &mut QuantileSeries| {
+            for p in spans {
+                if q.record(p.duration, p.minute, now_minute) == Recorded::Clamped {
+                    clamped += 1;
+                }
+            }
+        };
         let mut verdict = Admission::Own;
-        let mut outcome = Recorded::Exact;
         let counted = self.durations.update(
             labels,
             now_secs,
@@ -227,12 +236,12 @@ impl Aggregator {
                 verdict = self.duration_limits.admit(labels[0]);
                 (verdict == Admission::Own).then(QuantileSeries::default)
             },
-            |q| outcome = q.record(duration, minute, now_minute),
+            &mut apply,
         );
         if !counted {
             self.duration_limits
                 .overflow
-                .fetch_add(1, Ordering::Relaxed);
+                .fetch_add(spans.len() as u64, Ordering::Relaxed);
             let service = if verdict == Admission::ServiceOverflow {
                 labels[0]
             } else {
@@ -243,12 +252,31 @@ impl Aggregator {
                 now_secs,
                 false,
                 || Some(QuantileSeries::default()),
-                |q| outcome = q.record(duration, minute, now_minute),
+                &mut apply,
             );
         }
-        if outcome == Recorded::Clamped {
-            self.clamped.fetch_add(1, Ordering::Relaxed);
+        if clamped > 0 {
+            self.clamped.fetch_add(clamped, Ordering::Relaxed);
         }
+    }
+
+    /// Records a run of spans of `service`.
+    fn flush(&self, service: &str, run: &SpanRun<'_>, now_minute: u64, now_secs: u64) {
+        let mut labels = [""; MAX_SPAN_LABELS];
+        labels[0] = service;
+        labels[1] = run.region.as_str();
+        labels[2] = run.kind;
+        for (slot, value) in labels[3..].iter_mut().zip(&run.dims[..run.n_dims]) {
+            *slot = value.as_str();
+        }
+        let spans = &run.spans[..run.len];
+        self.record_spans(&labels[..3 + run.n_dims], spans, now_secs);
+        self.record_durations(
+            &[labels[0], labels[1], labels[2]],
+            spans,
+            now_minute,
+            now_secs,
+        );
     }
 
     fn record_log(&self, labels: &[&str; 3], now_secs: u64) {
@@ -321,6 +349,66 @@ impl Aggregator {
     }
 }
 
+/// How many spans a run holds before it is recorded.
+const RUN_CAPACITY: usize = 64;
+
+/// What one span adds to its series.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    status: u8,
+    bucket: u32,
+    duration: u64,
+    minute: u64,
+}
+
+/// Consecutive spans of one resource with the same labels, waiting to be recorded
+/// with one lookup per series.
+struct SpanRun<'a> {
+    region: Label<'a>,
+    kind: &'static str,
+    dims: [Label<'a>; MAX_DIMENSIONS],
+    n_dims: usize,
+    spans: [Pending; RUN_CAPACITY],
+    len: usize,
+}
+
+impl<'a> SpanRun<'a> {
+    fn new(
+        region: Label<'a>,
+        kind: &'static str,
+        dims: [Label<'a>; MAX_DIMENSIONS],
+        n_dims: usize,
+        first: Pending,
+    ) -> Self {
+        let mut spans = [Pending::default(); RUN_CAPACITY];
+        spans[0] = first;
+        Self {
+            region,
+            kind,
+            dims,
+            n_dims,
+            spans,
+            len: 1,
+        }
+    }
+
+    /// True when a span with these labels can join the run.
+    fn accepts(&self, region: &Label<'_>, kind: &str, dims: &[Label<'_>]) -> bool {
+        self.len < RUN_CAPACITY
+            && self.kind == kind
+            && self.region.as_str() == region.as_str()
+            && self.dims[..self.n_dims]
+                .iter()
+                .zip(dims)
+                .all(|(a, b)| a.as_str() == b.as_str())
+    }
+
+    fn push(&mut self, p: Pending) {
+        self.spans[self.len] = p;
+        self.len += 1;
+    }
+}
+
 /// A float label value in its shortest form (`0.5`, `0.999`, `16.384`).
 fn shortest(v: f64) -> String {
     let mut s = String::new();
@@ -339,53 +427,45 @@ impl Recorder for Aggregator {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
             let resource_region = plan.region_in(resource);
+            // Consecutive spans with the same labels are recorded together.
+            let mut pending: Option<SpanRun<'_>> = None;
             for span in batch.events_of(run) {
                 let attrs = batch.row(span.attrs);
-                let span_region: Option<Label<'_>>;
                 let region = match &resource_region {
-                    Some(r) => r.as_str(),
-                    None => {
-                        span_region = plan.region_in(attrs);
-                        span_region
-                            .as_ref()
-                            .map_or(plan.region_default(), Label::as_str)
-                    }
+                    Some(r) => r.clone(),
+                    None => plan
+                        .region_in(attrs)
+                        .unwrap_or(Label::Borrowed(plan.region_default())),
                 };
-                let dim_values: [Label<'_>; crate::config::MAX_DIMENSIONS] =
-                    std::array::from_fn(|i| {
-                        dims.get(i)
-                            .map_or(Label::Borrowed(""), |d| plan.dimension(d, attrs, resource))
-                    });
-                let mut labels = [""; MAX_SPAN_LABELS];
-                labels[0] = service.as_str();
-                labels[1] = region;
-                labels[2] = SpanKind::from_otlp(span.kind).as_str();
-                for (slot, value) in labels[3..].iter_mut().zip(&dim_values[..dims.len()]) {
-                    *slot = value.as_str();
-                }
+                let kind = SpanKind::from_otlp(span.kind).as_str();
+                let dim_values: [Label<'_>; MAX_DIMENSIONS] = std::array::from_fn(|i| {
+                    dims.get(i)
+                        .map_or(Label::Borrowed(""), |d| plan.dimension(d, attrs, resource))
+                });
                 let duration = span.duration_nanos();
-                let bucket = self.bounds_nanos.partition_point(|b| *b < duration);
-                let status = match span.status {
-                    1 => 1,
-                    2 => 2,
-                    _ => 0,
-                };
-                self.record_span(
-                    &labels[..3 + dims.len()],
-                    status,
-                    bucket,
-                    duration,
-                    now_secs,
-                );
                 let at = slot_time(span.end, now, self.late_slack, self.max_skew);
-                let minute = at / NANOS_PER_SEC / 60;
-                self.record_duration(
-                    &[labels[0], labels[1], labels[2]],
+                let entry = Pending {
+                    status: match span.status {
+                        1 => 1,
+                        2 => 2,
+                        _ => 0,
+                    },
+                    bucket: self.bounds_nanos.partition_point(|b| *b < duration) as u32,
                     duration,
-                    minute,
-                    now_minute,
-                    now_secs,
-                );
+                    minute: at / NANOS_PER_SEC / 60,
+                };
+                match pending.as_mut() {
+                    Some(r) if r.accepts(&region, kind, &dim_values[..dims.len()]) => r.push(entry),
+                    _ => {
+                        if let Some(r) = pending.take() {
+                            self.flush(service.as_str(), &r, now_minute, now_secs);
+                        }
+                        pending = Some(SpanRun::new(region, kind, dim_values, dims.len(), entry));
+                    }
+                }
+            }
+            if let Some(r) = pending.take() {
+                self.flush(service.as_str(), &r, now_minute, now_secs);
             }
         }
     }
