@@ -20,10 +20,11 @@ use crate::classify::{Label, MAX_SPAN_LABELS, Plan};
 use crate::clock::{Clock, slot_time};
 use crate::config::Config;
 use crate::config::MAX_DIMENSIONS;
-use crate::config::slo::{Severity, SpanKind};
+use crate::config::slo::{Severity, Source, SpanKind};
 use crate::ingest::Recorder;
 use crate::otlp::logs::LogBatch;
 use crate::otlp::spans::TraceBatch;
+use crate::slo::SloEngine;
 use series::{QuantileSeries, Recorded, SpanSeries};
 use shards::{Sharded, default_shards};
 
@@ -55,7 +56,8 @@ pub enum Admission {
 }
 
 impl Cardinality {
-    fn new(max_series: usize, max_per_service: usize) -> Self {
+    /// Limits of `max_series` label sets, `max_per_service` of them per service.
+    pub fn new(max_series: usize, max_per_service: usize) -> Self {
         Self {
             max_series,
             max_per_service,
@@ -66,7 +68,7 @@ impl Cardinality {
     }
 
     /// Admits a new label set of `service`, or says where it overflows to.
-    fn admit(&self, service: &str) -> Admission {
+    pub fn admit(&self, service: &str) -> Admission {
         // The map's lock serialises admissions, so the limits hold exactly.
         let mut per = self
             .per_service
@@ -85,7 +87,7 @@ impl Cardinality {
     }
 
     /// Gives back the slot of an expired series of `service`.
-    fn release(&self, service: &str) {
+    pub fn release(&self, service: &str) {
         let mut per = self
             .per_service
             .lock()
@@ -97,6 +99,11 @@ impl Cardinality {
             }
             self.active.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts records folded into an overflow series.
+    pub fn count_overflow(&self, n: u64) {
+        self.overflow.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records counted in an overflow series so far.
@@ -124,6 +131,7 @@ pub struct Aggregator {
     logs: Sharded<u64>,
     log_limits: Cardinality,
     clamped: AtomicU64,
+    slos: SloEngine,
 }
 
 impl Aggregator {
@@ -162,6 +170,7 @@ impl Aggregator {
             logs: Sharded::new(default_shards()),
             log_limits: card(),
             clamped: AtomicU64::new(0),
+            slos: SloEngine::new(config),
             plan,
             clock,
         }
@@ -170,6 +179,11 @@ impl Aggregator {
     /// The compiled plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+
+    /// The SLO engine.
+    pub fn slos(&self) -> &SloEngine {
+        &self.slos
     }
 
     /// Counts a run of spans that share `labels` into their series (or the overflow
@@ -308,10 +322,12 @@ impl Aggregator {
         }
     }
 
-    /// Once a second: computes the quantiles of the last complete minute and removes
-    /// series idle for `series_idle_expiry`.
+    /// Once a second: computes the SLO values and the quantiles of the last complete
+    /// minute, and removes series idle for `series_idle_expiry`.
     pub fn tick(&self) {
-        let now_secs = self.clock.now_nanos() / NANOS_PER_SEC;
+        let now = self.clock.now_nanos();
+        self.slos.tick(now);
+        let now_secs = now / NANOS_PER_SEC;
         let last_complete = (now_secs / 60).saturating_sub(1);
         self.durations
             .for_each(|e| e.value.compute(last_complete, &self.quantiles));
@@ -409,6 +425,62 @@ impl<'a> SpanRun<'a> {
     }
 }
 
+/// SLO events of one resource, summed per (SLO, region, second) before they are
+/// recorded, so that a resource costs one series update per such group, not per event.
+/// A fixed array: the hot path does not allocate.
+struct Tallies<'a> {
+    open: [(usize, Label<'a>, u64, u64, u64); Tallies::CAPACITY],
+    len: usize,
+}
+
+impl Default for Tallies<'_> {
+    fn default() -> Self {
+        Self {
+            open: std::array::from_fn(|_| (0, Label::Borrowed(""), 0, 0, 0)),
+            len: 0,
+        }
+    }
+}
+
+impl<'a> Tallies<'a> {
+    /// At most this many groups are held before they are recorded.
+    const CAPACITY: usize = 16;
+
+    #[inline]
+    fn add(
+        &mut self,
+        agg: &Aggregator,
+        slo: usize,
+        region: &Label<'a>,
+        t: u64,
+        bad: bool,
+        now_secs: u64,
+    ) {
+        let bad = u64::from(bad);
+        if let Some(open) = self.open[..self.len]
+            .iter_mut()
+            .find(|o| o.0 == slo && o.2 == t && o.1.as_str() == region.as_str())
+        {
+            open.3 += 1;
+            open.4 += bad;
+            return;
+        }
+        if self.len == Self::CAPACITY {
+            self.flush(agg, now_secs);
+        }
+        self.open[self.len] = (slo, region.clone(), t, 1, bad);
+        self.len += 1;
+    }
+
+    fn flush(&mut self, agg: &Aggregator, now_secs: u64) {
+        for (slo, region, t, total, bad) in &self.open[..self.len] {
+            agg.slos
+                .record(*slo, region.as_str(), *t, *total, *bad, now_secs);
+        }
+        self.len = 0;
+    }
+}
+
 /// A float label value in its shortest form (`0.5`, `0.999`, `16.384`).
 fn shortest(v: f64) -> String {
     let mut s = String::new();
@@ -429,6 +501,7 @@ impl Recorder for Aggregator {
             let resource_region = plan.region_in(resource);
             // Consecutive spans with the same labels are recorded together.
             let mut pending: Option<SpanRun<'_>> = None;
+            let mut tallies = Tallies::default();
             for span in batch.events_of(run) {
                 let attrs = batch.row(span.attrs);
                 let region = match &resource_region {
@@ -444,6 +517,11 @@ impl Recorder for Aggregator {
                 });
                 let duration = span.duration_nanos();
                 let at = slot_time(span.end, now, self.late_slack, self.max_skew);
+                for slo in plan.slos_for(service.as_str(), Source::Spans) {
+                    if let Some(bad) = slo.classify_span(span, attrs, resource) {
+                        tallies.add(self, slo.index, &region, at / NANOS_PER_SEC, bad, now_secs);
+                    }
+                }
                 let entry = Pending {
                     status: match span.status {
                         1 => 1,
@@ -467,30 +545,37 @@ impl Recorder for Aggregator {
             if let Some(r) = pending.take() {
                 self.flush(service.as_str(), &r, now_minute, now_secs);
             }
+            tallies.flush(self, now_secs);
         }
     }
 
     fn record_logs(&self, batch: &LogBatch<'_>) {
         let plan = &*self.plan;
-        let now_secs = self.clock.now_nanos() / NANOS_PER_SEC;
+        let now = self.clock.now_nanos();
+        let now_secs = now / NANOS_PER_SEC;
         for run in &batch.resources {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
             let resource_region = plan.region_in(resource);
+            let mut tallies = Tallies::default();
             for record in batch.events_of(run) {
-                let record_region: Option<Label<'_>>;
+                let attrs = batch.row(record.attrs);
                 let region = match &resource_region {
-                    Some(r) => r.as_str(),
-                    None => {
-                        record_region = plan.region_in(batch.row(record.attrs));
-                        record_region
-                            .as_ref()
-                            .map_or(plan.region_default(), Label::as_str)
-                    }
+                    Some(r) => r.clone(),
+                    None => plan
+                        .region_in(attrs)
+                        .unwrap_or(Label::Borrowed(plan.region_default())),
                 };
                 let severity = Severity::from_otlp(record.severity).as_str();
-                self.record_log(&[service.as_str(), region, severity], now_secs);
+                self.record_log(&[service.as_str(), region.as_str(), severity], now_secs);
+                let at = slot_time(record.event_time(), now, self.late_slack, self.max_skew);
+                for slo in plan.slos_for(service.as_str(), Source::Logs) {
+                    if let Some(bad) = slo.classify_log(record, attrs, resource) {
+                        tallies.add(self, slo.index, &region, at / NANOS_PER_SEC, bad, now_secs);
+                    }
+                }
             }
+            tallies.flush(self, now_secs);
         }
     }
 }

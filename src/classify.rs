@@ -2,10 +2,14 @@
 //! and label rules, so that classifying an event parses no strings and looks up no
 //! configuration maps.
 
+pub mod slo;
+
 use std::fmt::Write as _;
 
+use crate::config::slo::Source;
 use crate::config::{Config, dimension_label};
 use crate::otlp::{AttrKeys, SERVICE_NAME, Value};
+use slo::CompiledSlo;
 
 /// The service label when a resource carries no `service.name`.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -45,7 +49,7 @@ pub struct InlineStr {
 }
 
 impl InlineStr {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             buf: [0; 32],
             len: 0,
@@ -80,6 +84,8 @@ pub struct Plan {
     region_default: String,
     dimensions: Vec<Dimension>,
     max_label_bytes: usize,
+    /// Compiled SLOs, sorted by service so that a resource finds its own in one search.
+    slos: Vec<CompiledSlo>,
 }
 
 /// One configured dimension: the attribute it reads and the label it becomes.
@@ -100,8 +106,16 @@ impl Plan {
                 .attributes
                 .iter()
                 .chain(&config.dimensions)
-                .map(String::as_str),
+                .map(String::as_str)
+                .chain(config.slos.iter().flat_map(slo::keys_of)),
         );
+        let mut slos: Vec<CompiledSlo> = config
+            .slos
+            .iter()
+            .enumerate()
+            .map(|(i, s)| CompiledSlo::compile(i, s, &keys))
+            .collect();
+        slos.sort_by(|a, b| a.service.cmp(&b.service).then(a.index.cmp(&b.index)));
         let index = |k: &str| keys.index_of(k).unwrap_or(0);
         Self {
             region_keys: config.region.attributes.iter().map(|k| index(k)).collect(),
@@ -116,7 +130,18 @@ impl Plan {
                 .collect(),
             max_label_bytes: config.limits.max_label_bytes,
             keys,
+            slos,
         }
+    }
+
+    /// The SLOs of `service` that count `source`.
+    #[inline]
+    pub fn slos_for(&self, service: &str, source: Source) -> impl Iterator<Item = &CompiledSlo> {
+        let start = self.slos.partition_point(|s| &*s.service < service);
+        self.slos[start..]
+            .iter()
+            .take_while(move |s| &*s.service == service)
+            .filter(move |s| s.source == source)
     }
 
     /// The attribute keys the walkers must extract.

@@ -19,6 +19,8 @@ pub struct Shape {
     pub per_resource: usize,
     /// Distinct service names, cycled over the resources.
     pub services: usize,
+    /// The service names to use instead of `service-0`, `service-1`, ...
+    pub service_names: Vec<String>,
     /// Region values, cycled over the resources.
     pub regions: Vec<String>,
     /// Every n-th record is an error (0: none).
@@ -33,6 +35,7 @@ impl Default for Shape {
             resources: 10,
             per_resource: 100,
             services: 10,
+            service_names: Vec::new(),
             regions: vec!["eu-west-1".into(), "us-east-1".into()],
             error_every: 10,
             end_unix_nanos: 1_700_000_000_000_000_000,
@@ -63,7 +66,14 @@ pub fn kv_int(key: &str, value: i64) -> KeyValue {
 }
 
 fn resource(shape: &Shape, r: usize) -> Resource {
-    let service = format!("service-{}", r % shape.services.max(1));
+    let n = r % shape.services.max(1);
+    let service = match shape
+        .service_names
+        .get(n % shape.service_names.len().max(1))
+    {
+        Some(name) => name.clone(),
+        None => format!("service-{n}"),
+    };
     let region = &shape.regions[r % shape.regions.len().max(1)];
     Resource {
         attributes: vec![

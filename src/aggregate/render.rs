@@ -204,6 +204,8 @@ impl Aggregator {
                 self.log_limits.overflowed(),
             ),
         ];
+        self.slos.render(enc);
+
         let name = "sloxide_series_active";
         enc.family(
             name,

@@ -21,6 +21,11 @@ def main() -> int:
     p.add_argument("--span-name", default="GET /api/checkout")
     p.add_argument("--logs", type=int, default=0)
     p.add_argument("--error-logs", type=int, default=0, help="how many of the logs have severity ERROR")
+    p.add_argument("--event-name", default="deployment", help="event.name attribute of the logs")
+    p.add_argument("--log-int-attr", action="append", default=[], metavar="KEY=INT",
+                   help="integer attribute on every log record")
+    p.add_argument("--error-log-int-attr", action="append", default=[], metavar="KEY=INT",
+                   help="integer attribute on the ERROR log records, overriding --log-int-attr")
     a = p.parse_args()
 
     from opentelemetry.sdk.resources import Resource
@@ -90,15 +95,27 @@ def main() -> int:
         provider = LoggerProvider(resource=resource)
         provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
         logger = provider.get_logger("sloxide-e2e")
+        def ints(pairs):
+            out = {}
+            for pair in pairs:
+                key, _, value = pair.partition("=")
+                out[key] = int(value)
+            return out
+
+        common, on_error = ints(a.log_int_attr), ints(a.error_log_int_attr)
         for i in range(a.logs):
             error = i < a.error_logs
+            attributes = {"event.name": a.event_name,
+                          "deployment.outcome": "failure" if error else "success"}
+            attributes.update(common)
+            if error:
+                attributes.update(on_error)
             logger.emit(
                 timestamp=time.time_ns(),
                 severity_number=SeverityNumber.ERROR if error else SeverityNumber.INFO,
                 severity_text="ERROR" if error else "INFO",
                 body="deployment finished",
-                attributes={"event.name": "deployment",
-                            "deployment.outcome": "failure" if error else "success"},
+                attributes=attributes,
             )
         provider.shutdown()
         ok = ok and bool(results) and all(r == LogRecordExportResult.SUCCESS for r in results)

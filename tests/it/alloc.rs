@@ -148,12 +148,18 @@ fn walking_classifying_and_recording_known_series_allocates_nothing() {
     use sloxide::telemetry::{Signal, Telemetry, Transport};
     use std::sync::Arc;
 
-    // Dimensions read a string and an integer attribute: both must stay allocation-free.
-    let config = Config::from_yaml(
-        "region: {attributes: [cloud.region]}\ndimensions: [http.route, http.response.status_code]",
-        "test.yaml",
-    )
-    .unwrap();
+    // Dimensions read a string and an integer attribute, and the SLOs of
+    // config/example.yaml classify every span (the fixture's services are renamed to
+    // theirs below): all of it must stay allocation-free.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"))
+            .unwrap();
+    let yaml = example.replace(
+        "dimensions: [http.route]",
+        "dimensions: [http.route, http.response.status_code]",
+    );
+    let config = Config::from_yaml(&yaml, "example.yaml").unwrap();
+    assert!(!config.slos.is_empty());
     let plan = Arc::new(Plan::compile(&config));
     let shape = Shape::default();
     let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
@@ -168,6 +174,12 @@ fn walking_classifying_and_recording_known_series_allocates_nothing() {
         Arc::new(Telemetry::default()),
         aggregator.clone(),
     );
+    let shape = Shape {
+        service_names: ["checkout", "api-gateway", "deployer", "provisioner"]
+            .map(String::from)
+            .to_vec(),
+        ..shape
+    };
     let traces = fixture::traces(&shape).encode_to_vec();
     let logs = fixture::logs(&shape).encode_to_vec();
     // The first request creates the series (and their histograms); the rest only count.

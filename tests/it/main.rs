@@ -6,4 +6,5 @@ mod bad_input;
 mod e2e;
 mod harness;
 mod prometheus;
+mod slo;
 mod walker;

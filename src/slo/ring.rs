@@ -1,0 +1,250 @@
+//! Rolling windows as rings of (total, bad) counts.
+//!
+//! Each window `W` of an SLO is answered by a ring of slots of `max(10 s, W / 60)`
+//! (whole seconds), so a window's sum covers between `W - slot` and `W` of the most
+//! recent time: the error is at most one slot, `max(10 s, W / 60)`, as the spec allows.
+//! Windows with the same slot size share a ring. For the default windows of a 30-day SLO
+//! that is eight rings and about 490 slots: 7.8 KiB per (SLO, region).
+
+use std::time::Duration;
+
+/// One ring: `slots[i % len]` holds the counts of slot `i` (Unix seconds / slot size)
+/// for `i` in `head - len + 1 ..= head`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    slot_secs: u64,
+    head: u64,
+    slots: Box<[[u64; 2]]>,
+}
+
+impl Ring {
+    /// A ring of `len` slots of `slot_secs` seconds.
+    pub fn new(slot_secs: u64, len: usize) -> Self {
+        Self {
+            slot_secs: slot_secs.max(1),
+            head: 0,
+            slots: vec![[0, 0]; len.max(1)].into_boxed_slice(),
+        }
+    }
+
+    /// Slot size in seconds.
+    pub fn slot_secs(&self) -> u64 {
+        self.slot_secs
+    }
+
+    fn len(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Moves the head to `slot`, clearing the slots it passes.
+    fn advance_to(&mut self, slot: u64) {
+        if slot <= self.head {
+            return;
+        }
+        let steps = (slot - self.head).min(self.len());
+        for k in 1..=steps {
+            let i = ((self.head + k) % self.len()) as usize;
+            self.slots[i] = [0, 0];
+        }
+        self.head = slot;
+    }
+
+    /// Counts events at Unix second `t`. Events older than the ring are dropped: they
+    /// lie outside every window the ring serves.
+    #[inline]
+    pub fn add(&mut self, t: u64, total: u64, bad: u64) {
+        let slot = t / self.slot_secs;
+        self.advance_to(slot);
+        if slot + self.len() <= self.head {
+            return;
+        }
+        let s = &mut self.slots[(slot % self.len()) as usize];
+        s[0] += total;
+        s[1] += bad;
+    }
+
+    /// Clears the slots that time `now` has left behind.
+    pub fn advance(&mut self, now: u64) {
+        self.advance_to(now / self.slot_secs);
+    }
+
+    /// (total, bad) over the `n` slots ending with the one holding `now`. Slots ahead
+    /// of `now` (events from the near future) are left out.
+    pub fn sum(&self, now: u64, n: u64) -> (u64, u64) {
+        let current = now / self.slot_secs;
+        let first = (current + 1).saturating_sub(n);
+        let oldest_kept = (self.head + 1).saturating_sub(self.len());
+        let mut out = (0, 0);
+        for slot in first.max(oldest_kept)..=current.min(self.head) {
+            let s = &self.slots[(slot % self.len()) as usize];
+            out.0 += s[0];
+            out.1 += s[1];
+        }
+        out
+    }
+}
+
+/// One window: which ring answers it, over how many slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSpec {
+    /// The window's length.
+    pub window: Duration,
+    /// Index of its ring.
+    pub ring: usize,
+    /// How many slots it sums.
+    pub slots: u64,
+}
+
+/// The rings and windows of one SLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    rings: Vec<(u64, usize)>,
+    /// The windows, in the order given.
+    pub windows: Vec<WindowSpec>,
+}
+
+/// The slot size for a window: `max(10 s, W / 60)`, in whole seconds.
+pub fn slot_secs(window: Duration) -> u64 {
+    (window.as_secs() / 60).max(10)
+}
+
+impl Layout {
+    /// The layout answering `windows`, with room for events up to `max_skew` ahead.
+    pub fn new(windows: &[Duration], max_skew: Duration) -> Self {
+        let mut rings: Vec<(u64, usize)> = Vec::new();
+        let mut specs = Vec::with_capacity(windows.len());
+        for &window in windows {
+            let slot = slot_secs(window);
+            let n = window.as_secs().div_ceil(slot).max(1);
+            // The window's slots, the slots events from the near future may occupy,
+            // and the current one.
+            let len = (n + max_skew.as_secs().div_ceil(slot) + 1) as usize;
+            let ring = match rings.iter().position(|(s, _)| *s == slot) {
+                Some(i) => {
+                    rings[i].1 = rings[i].1.max(len);
+                    i
+                }
+                None => {
+                    rings.push((slot, len));
+                    rings.len() - 1
+                }
+            };
+            specs.push(WindowSpec {
+                window,
+                ring,
+                slots: n,
+            });
+        }
+        Self {
+            rings,
+            windows: specs,
+        }
+    }
+
+    /// Fresh, empty rings.
+    pub fn rings(&self) -> Box<[Ring]> {
+        self.rings
+            .iter()
+            .map(|&(s, len)| Ring::new(s, len))
+            .collect()
+    }
+
+    /// Bytes of ring slots per (SLO, region).
+    pub fn slot_bytes(&self) -> usize {
+        self.rings.iter().map(|(_, len)| len * 16).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn d(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn default_windows_of_a_30_day_slo_stay_small() {
+        let windows = [300, 1_800, 3_600, 7_200, 21_600, 86_400, 259_200, 2_592_000].map(d);
+        let layout = Layout::new(&windows, d(60));
+        assert_eq!(layout.rings.len(), 8);
+        assert!(
+            layout.slot_bytes() <= 8 * 1024,
+            "{} bytes",
+            layout.slot_bytes()
+        );
+        let slots: Vec<u64> = layout
+            .windows
+            .iter()
+            .map(|w| layout.rings[w.ring].0)
+            .collect();
+        assert_eq!(slots, [10, 30, 60, 120, 360, 1_440, 4_320, 43_200]);
+    }
+
+    #[test]
+    fn a_ring_forgets_what_leaves_it() {
+        let mut r = Ring::new(10, 4);
+        r.add(1_000, 1, 0);
+        r.add(1_015, 1, 1);
+        assert_eq!(r.sum(1_019, 2), (2, 1));
+        assert_eq!(r.sum(1_019, 1), (1, 1));
+        r.advance(1_100);
+        assert_eq!(r.sum(1_100, 4), (0, 0));
+        r.add(1_000, 5, 5); // too old for the ring now
+        assert_eq!(r.sum(1_100, 4), (0, 0));
+    }
+
+    proptest! {
+        /// Every window sum equals a direct count of the recorded events whose time lies
+        /// in the slots the window covers, which span between W - slot and W.
+        #[test]
+        fn window_sums_match_a_brute_force_recount(
+            events in prop::collection::vec((0u64..40_000, any::<bool>(), 0u64..3), 1..300),
+            window_idx in 0usize..5,
+            later in 0u64..30_000,
+        ) {
+            let windows = [d(300), d(1_800), d(3_600), d(7_200), d(21_600)];
+            let max_skew = d(60);
+            let layout = Layout::new(&windows, max_skew);
+            let mut rings = layout.rings();
+            let base = 1_700_000_000u64;
+            // Record in arrival order; each event time is within the slack of its
+            // arrival clock (late by up to 5 minutes, early by up to max_skew).
+            let mut recorded = Vec::new();
+            for (offset, bad, skew) in &events {
+                let now = base + offset;
+                let t = match skew { 0 => now, 1 => now.saturating_sub(300), _ => now + 60 };
+                for ring in rings.iter_mut() {
+                    ring.advance(now);
+                    ring.add(t, 1, u64::from(*bad));
+                }
+                recorded.push((t, *bad));
+            }
+            // Queried at or after the last arrival: time does not run backwards.
+            let last = events.iter().map(|e| e.0).max().unwrap_or(0);
+            let now = base + last + later;
+            for ring in rings.iter_mut() {
+                ring.advance(now);
+            }
+            let spec = &layout.windows[window_idx];
+            let ring = &rings[spec.ring];
+            let s = ring.slot_secs();
+            let current = now / s;
+            let first = (current + 1).saturating_sub(spec.slots);
+            let (mut total, mut bad) = (0, 0);
+            for (t, b) in &recorded {
+                let slot = t / s;
+                if slot >= first && slot <= current {
+                    total += 1;
+                    bad += u64::from(*b);
+                }
+            }
+            prop_assert_eq!(ring.sum(now, spec.slots), (total, bad));
+            // The covered span is within one slot of the window.
+            let covered_from = first * s;
+            let w = spec.window.as_secs();
+            prop_assert!(now - covered_from <= w && now - covered_from + s >= w);
+        }
+    }
+}
