@@ -890,15 +890,22 @@ impl RawConfig {
             slos,
             alerting,
         } = self;
+        let listen = listen.unwrap_or_default().validate()?;
+        let region = region.unwrap_or_default().validate()?;
+        let dimensions = validate_dimensions(dimensions.unwrap_or_default())?;
+        let histogram = histogram.unwrap_or_default().validate()?;
+        let timing = timing.unwrap_or_default().validate()?;
+        let limits = limits.unwrap_or_default().validate()?;
+        let max_label_bytes = limits.max_label_bytes;
         Ok(Config {
-            listen: listen.unwrap_or_default().validate()?,
-            region: region.unwrap_or_default().validate()?,
-            dimensions: validate_dimensions(dimensions.unwrap_or_default())?,
-            histogram: histogram.unwrap_or_default().validate()?,
-            timing: timing.unwrap_or_default().validate()?,
-            limits: limits.unwrap_or_default().validate()?,
+            listen,
+            region,
+            dimensions,
+            histogram,
+            timing,
+            limits,
             state: state.unwrap_or_default().validate()?,
-            slos: slo::validate_slos(slos.unwrap_or_default())?,
+            slos: slo::validate_slos(slos.unwrap_or_default(), max_label_bytes)?,
             alerting: alerting.unwrap_or_default().validate()?,
         })
     }

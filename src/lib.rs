@@ -19,6 +19,8 @@
 //! - [`telemetry`]: the daemon's own metrics.
 //! - [`config`]: the configuration, parsed then validated into checked types.
 //! - [`daemon`]: wiring the stages together, startup and graceful shutdown.
+//! - [`generate`]: what `sloxide rules` and `sloxide dashboard` print: Prometheus
+//!   alerting rules and a Grafana dashboard for the configured SLOs.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod fixture;
+pub mod generate;
 pub mod ingest;
 pub mod otlp;
 pub mod slo;

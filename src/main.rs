@@ -1,5 +1,6 @@
 //! The `sloxide` binary: parse the command line, load the configuration, run.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +26,18 @@ enum Command {
     Run(RunArgs),
     /// Validate a configuration file and print a one-line summary per SLO.
     Check {
+        /// The configuration file.
+        #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print Prometheus alerting rules (YAML) for the configured SLOs.
+    Rules {
+        /// The configuration file.
+        #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print a Grafana dashboard (JSON) for the configured SLOs.
+    Dashboard {
         /// The configuration file.
         #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]
         config: PathBuf,
@@ -64,6 +77,8 @@ fn main() -> ExitCode {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
         Some(Command::Check { config }) => check(&config),
+        Some(Command::Rules { config }) => generate(&config, sloxide::generate::rules),
+        Some(Command::Dashboard { config }) => generate(&config, sloxide::generate::dashboard),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +110,20 @@ fn check(path: &Path) -> anyhow::Result<()> {
         println!("{}", slo.summary(&config.alerting));
     }
     Ok(())
+}
+
+/// Loads the configuration and prints what `generator` makes of it. A closed pipe
+/// (`sloxide rules | head`) is not an error.
+fn generate(path: &Path, generator: fn(&Config) -> String) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(generator(&config).as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("cannot write to standard output"),
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -661,7 +661,10 @@ struct RawTier {
 }
 
 /// Validates the SLO list: each SLO on its own, and the names unique.
-pub(super) fn validate_slos(raw: Vec<Spanned<RawSlo>>) -> Result<Vec<Slo>, Invalid> {
+pub(super) fn validate_slos(
+    raw: Vec<Spanned<RawSlo>>,
+    max_label_bytes: usize,
+) -> Result<Vec<Slo>, Invalid> {
     let mut slos: Vec<Slo> = Vec::with_capacity(raw.len());
     for (
         index,
@@ -670,7 +673,12 @@ pub(super) fn validate_slos(raw: Vec<Spanned<RawSlo>>) -> Result<Vec<Slo>, Inval
         },
     ) in raw.into_iter().enumerate()
     {
-        let slo = value.validate(&format!("slos[{index}]"), &referenced, &slos)?;
+        let slo = value.validate(
+            &format!("slos[{index}]"),
+            &referenced,
+            &slos,
+            max_label_bytes,
+        )?;
         slos.push(slo);
     }
     Ok(slos)
@@ -694,7 +702,13 @@ fn is_slo_name(name: &str) -> bool {
 }
 
 impl RawSlo {
-    fn validate(self, key: &str, at: &Location, earlier: &[Slo]) -> Result<Slo, Invalid> {
+    fn validate(
+        self,
+        key: &str,
+        at: &Location,
+        earlier: &[Slo],
+        max_label_bytes: usize,
+    ) -> Result<Slo, Invalid> {
         let RawSlo {
             name,
             service,
@@ -745,6 +759,17 @@ impl RawSlo {
                 &service.referenced,
                 field("service"),
                 "an empty service is not allowed; give the exact service.name, e.g. checkout",
+            ));
+        }
+        if service.value.len() > max_label_bytes {
+            return Err(Invalid::new(
+                &service.referenced,
+                field("service"),
+                format!(
+                    "`{}` is {} bytes, longer than limits.max_label_bytes ({max_label_bytes}), so the service label is cut and would never match; raise the limit",
+                    service.value,
+                    service.value.len()
+                ),
             ));
         }
 

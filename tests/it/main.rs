@@ -4,6 +4,7 @@ mod aggregate;
 mod alloc;
 mod bad_input;
 mod e2e;
+mod generate;
 mod harness;
 mod prometheus;
 mod slo;

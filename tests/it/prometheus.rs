@@ -12,7 +12,7 @@ use crate::e2e::{python_available, python_send};
 use crate::harness::{Daemon, config, require};
 
 /// True when a `prometheus` binary is on PATH and runs.
-fn prometheus_on_path() -> bool {
+pub fn prometheus_on_path() -> bool {
     Command::new("prometheus")
         .arg("--version")
         .stdout(Stdio::null())
@@ -22,13 +22,13 @@ fn prometheus_on_path() -> bool {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// A running Prometheus server; killed when dropped.
-struct Prometheus {
+pub struct Prometheus {
     child: Child,
     addr: SocketAddr,
     client: reqwest::Client,
@@ -37,7 +37,7 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts Prometheus scraping `target` every second and waits until it is ready.
-    async fn start(target: SocketAddr) -> Self {
+    pub async fn start(target: SocketAddr) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
@@ -105,7 +105,7 @@ impl Prometheus {
     }
 
     /// Runs an instant query; returns `data.result`, or the error Prometheus gave.
-    async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
+    pub async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
         let resp = self
             .client
             .get(format!("http://{}/api/v1/query", self.addr))

@@ -1,0 +1,317 @@
+//! The generators against known configurations: thresholds, expressions, quoting and
+//! the shape of the YAML and JSON they write. `tests/it/generate.rs` runs the output
+//! through promtool and a real Prometheus.
+
+use serde_json::Value;
+
+use super::promql::number;
+use super::{dashboard, rules};
+use crate::config::Config;
+
+const EXAMPLE: &str = include_str!("../../config/example.yaml");
+
+fn config(yaml: &str) -> Config {
+    Config::from_yaml(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The generated rules, read back by a YAML parser.
+fn parsed_rules(config: &Config) -> Value {
+    let text = rules(config);
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// The rules of the one group.
+fn rule_list(config: &Config) -> Vec<Value> {
+    let parsed = parsed_rules(config);
+    let groups = parsed["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["name"], "sloxide-slo-alerts");
+    groups[0]["rules"].as_array().unwrap().clone()
+}
+
+fn find<'a>(rules: &'a [Value], alert: &str, slo: &str, severity: &str) -> &'a Value {
+    rules
+        .iter()
+        .find(|r| {
+            r["alert"] == alert && r["labels"]["slo"] == slo && r["labels"]["severity"] == severity
+        })
+        .unwrap_or_else(|| panic!("no {alert} for {slo} {severity}"))
+}
+
+#[test]
+fn numbers_have_six_significant_digits_without_noise() {
+    let cases = [
+        (0.02 * 2_592_000.0 / 3_600.0, "14.4"),
+        (6.0, "6"),
+        (1.0, "1"),
+        (0.1 * 604_800.0 / 259_200.0, "0.233333"),
+        (3.36, "3.36"),
+        (129_600.0, "129600"),
+        (0.000_001_234_567, "0.00000123457"),
+    ];
+    for (value, want) in cases {
+        assert_eq!(number(value), want, "{value}");
+    }
+}
+
+#[test]
+fn example_has_page_ticket_and_no_data_alerts_per_slo() {
+    let config = config(EXAMPLE);
+    let rules = rule_list(&config);
+    assert_eq!(rules.len(), config.slos.len() * 3);
+    for slo in &config.slos {
+        for (alert, severity) in [
+            ("SloxideBurnRate", "page"),
+            ("SloxideBurnRate", "ticket"),
+            ("SloxideSloNoData", "ticket"),
+        ] {
+            let rule = find(&rules, alert, &slo.name, severity);
+            assert_eq!(rule["labels"]["service"], slo.service.as_str());
+            let hold = rule["for"].as_str().unwrap();
+            if alert == "SloxideBurnRate" {
+                assert_eq!(hold, "1m");
+            }
+            let annotations = rule["annotations"].as_object().unwrap();
+            assert!(annotations.contains_key("summary") && annotations.contains_key("description"));
+        }
+    }
+}
+
+#[test]
+fn burn_rate_expression_uses_the_rollup_and_the_period_thresholds() {
+    let rules = rule_list(&config(EXAMPLE));
+    let page = find(&rules, "SloxideBurnRate", "checkout-availability", "page");
+    let expr = page["expr"].as_str().unwrap();
+    let burn = |window: &str| {
+        format!(
+            r#"sloxide_slo_burn_rate{{slo="checkout-availability",service="checkout",region="",window="{window}"}}"#
+        )
+    };
+    let want = format!(
+        "max by (slo, service) ( ({} > 14.4 and ignoring (window) {} > 14.4) or ({} > 6 and ignoring (window) {} > 6) )",
+        burn("1h"),
+        burn("5m"),
+        burn("6h"),
+        burn("30m")
+    );
+    assert_eq!(expr, want);
+    assert!(!expr.contains("increase"), "min_events is 0: {expr}");
+
+    // A 7d period scales the thresholds: 3.36, 1.4, 0.7 and 0.233333.
+    let page = find(&rules, "SloxideBurnRate", "api-availability", "page");
+    let expr = page["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"window="1h"} > 3.36 "#), "{expr}");
+    assert!(expr.contains(r#"window="30m"} > 1.4)"#), "{expr}");
+    let ticket = find(&rules, "SloxideBurnRate", "api-availability", "ticket");
+    let expr = ticket["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"window="1d"} > 0.7 "#), "{expr}");
+    assert!(expr.contains(r#"window="6h"} > 0.233333)"#), "{expr}");
+}
+
+#[test]
+fn annotations_state_burn_rate_budget_objective_and_period() {
+    let rules = rule_list(&config(EXAMPLE));
+    let page = find(&rules, "SloxideBurnRate", "checkout-availability", "page");
+    let description = page["annotations"]["description"].as_str().unwrap();
+    for part in [
+        r#"{{ printf "%.4g" $value }}"#,
+        r#"{{ with query `sloxide_slo_error_budget_remaining_ratio{slo="checkout-availability",service="checkout",region=""}` }}{{ . | first | value | humanizePercentage }}{{ else }}an unknown share{{ end }}"#,
+        "objective 99.9% over 30d",
+        "1h and 5m above 14.4, or 6h and 30m above 6",
+        "\"99.9% of checkout requests succeed\"",
+    ] {
+        assert!(description.contains(part), "{part} not in {description}");
+    }
+}
+
+#[test]
+fn min_events_adds_an_event_count_to_every_tier() {
+    let rules = rule_list(&config(
+        &EXAMPLE.replace("min_events: 0 ", "min_events: 500 "),
+    ));
+    let ticket = find(&rules, "SloxideBurnRate", "deployments", "ticket");
+    let expr = ticket["expr"].as_str().unwrap();
+    for long in ["1d", "3d"] {
+        let clause = format!(
+            r#"and on (slo, service) sum by (slo, service) (increase(sloxide_slo_events_total{{slo="deployments",service="deployer"}}[{long}])) >= 500)"#
+        );
+        assert!(expr.contains(&clause), "{clause} not in {expr}");
+    }
+}
+
+#[test]
+fn no_data_fires_on_flat_or_missing_event_counters() {
+    let rules = rule_list(&config(EXAMPLE));
+    let rule = find(&rules, "SloxideSloNoData", "deployments", "ticket");
+    assert_eq!(
+        rule["expr"],
+        r#"sum by (slo, service) (increase(sloxide_slo_events_total{slo="deployments",service="deployer"}[5m])) == 0 or absent(sloxide_slo_events_total{slo="deployments",service="deployer"})"#
+    );
+    assert_eq!(rule["for"], "10m");
+    assert!(
+        rule["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("log records")
+    );
+}
+
+#[test]
+fn a_severity_without_tiers_has_no_alert_and_no_slos_mean_no_rules() {
+    let yaml = "slos:\n  - {name: a, service: s, objective: 99, indicator: {availability: {}}}\nalerting:\n  ticket: []\n";
+    let rules = rule_list(&config(yaml));
+    let alerts: Vec<(&str, &str)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap(),
+                r["labels"]["severity"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        alerts,
+        [("SloxideBurnRate", "page"), ("SloxideSloNoData", "ticket")]
+    );
+
+    assert!(rule_list(&Config::embedded_default()).is_empty());
+}
+
+#[test]
+fn hostile_names_are_quoted_for_yaml_promql_and_templates() {
+    let service = r#"we"ird\ {{ .Value }} svc"#;
+    let yaml = format!(
+        "slos:\n  - name: odd\n    service: '{}'\n    description: 'has {{{{ braces }}}} and \"quotes\"'\n    objective: 99\n    indicator: {{availability: {{}}}}\n",
+        service.replace('\'', "''")
+    );
+    let config = config(&yaml);
+    assert_eq!(config.slos[0].service, service);
+    let rules = rule_list(&config);
+    let page = find(&rules, "SloxideBurnRate", "odd", "page");
+    assert_eq!(page["labels"]["service"], service);
+    let expr = page["expr"].as_str().unwrap();
+    assert!(
+        expr.contains(r#"service="we\"ird\\ {{ .Value }} svc""#),
+        "{expr}"
+    );
+    let summary = page["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(r#"(we"ird\ {{ "{{" }} .Value }} svc)"#),
+        "{summary}"
+    );
+}
+
+#[test]
+fn dashboard_has_variables_and_one_burn_rate_panel_per_slo() {
+    let config = config(EXAMPLE);
+    let model: Value = serde_json::from_str(&dashboard(&config)).unwrap();
+    assert_eq!(model["uid"], "sloxide-slo");
+    assert_eq!(model["title"], "sloxide SLOs");
+    assert!(model["schemaVersion"].as_u64().unwrap() >= 39);
+    let variables = model["templating"]["list"].as_array().unwrap();
+    let names: Vec<&str> = variables
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["datasource", "slo", "service", "region"]);
+    assert_eq!(variables[0]["type"], "datasource");
+    assert_eq!(variables[0]["query"], "prometheus");
+    for variable in &variables[1..] {
+        assert_eq!(variable["type"], "query");
+        assert_eq!(variable["multi"], true);
+        assert_eq!(variable["includeAll"], true);
+    }
+
+    let panels = model["panels"].as_array().unwrap();
+    let datasource = serde_json::json!({"type": "prometheus", "uid": "${datasource}"});
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    for panel in panels {
+        assert_eq!(panel["datasource"], datasource, "{}", panel["title"]);
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(target["datasource"], datasource);
+            assert!(!target["expr"].as_str().unwrap().is_empty());
+        }
+    }
+
+    // Panels never overlap on the grid.
+    let cells: Vec<(u64, u64, u64, u64)> = panels
+        .iter()
+        .map(|p| {
+            let g = &p["gridPos"];
+            let n = |k: &str| g[k].as_u64().unwrap();
+            (n("x"), n("y"), n("w"), n("h"))
+        })
+        .collect();
+    for (i, a) in cells.iter().enumerate() {
+        assert!(a.0 + a.2 <= 24);
+        for b in &cells[i + 1..] {
+            let apart =
+                a.0 + a.2 <= b.0 || b.0 + b.2 <= a.0 || a.1 + a.3 <= b.1 || b.1 + b.3 <= a.1;
+            assert!(apart, "{a:?} overlaps {b:?}");
+        }
+    }
+
+    for slo in &config.slos {
+        let panel = panels
+            .iter()
+            .find(|p| {
+                p["title"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("Burn rate: {} (", slo.name))
+            })
+            .unwrap_or_else(|| panic!("no burn-rate panel for {}", slo.name));
+        assert_eq!(
+            panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"],
+            "line"
+        );
+    }
+    let checkout = panels
+        .iter()
+        .find(|p| p["title"] == "Burn rate: checkout-availability (checkout, 99.9% over 30d)")
+        .unwrap();
+    let steps: Vec<(f64, &str)> = checkout["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|s| (s["value"].as_f64().unwrap(), s["color"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (1.0, "orange"),
+            (3.0, "orange"),
+            (6.0, "red"),
+            (14.4, "red")
+        ]
+    );
+
+    let table = &panels.iter().find(|p| p["type"] == "table").unwrap();
+    let sli = table["targets"][1]["expr"].as_str().unwrap();
+    assert!(
+        sli.contains(r#"slo="checkout-latency",service="checkout",region="",window="30d""#),
+        "{sli}"
+    );
+    assert!(
+        sli.contains(r#"slo="api-availability",service="api-gateway",region="",window="7d""#),
+        "{sli}"
+    );
+    assert_eq!(sli.matches(" or ").count(), config.slos.len() - 1);
+}
+
+#[test]
+fn dashboard_without_slos_has_no_empty_query() {
+    let model: Value = serde_json::from_str(&dashboard(&Config::embedded_default())).unwrap();
+    for panel in model["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert!(
+                !target["expr"].as_str().unwrap().is_empty(),
+                "{}",
+                panel["title"]
+            );
+        }
+    }
+}
