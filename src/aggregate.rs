@@ -188,10 +188,11 @@ impl Aggregator {
 
     /// Counts a run of spans that share `labels` into their series (or the overflow
     /// series): one lookup and one shard lock for the whole run.
-    fn record_spans(&self, labels: &[&str], spans: &[Pending], now_secs: u64) {
+    fn record_spans(&self, labels: &[&str], spans: &[Pending], group: u8, now_secs: u64) {
         let n = self.bounds_nanos.len();
+        let count = spans.iter().filter(|p| p.group == group).count() as u64;
         let apply = |s: &mut SpanSeries| {
-            for p in spans {
+            for p in spans.iter().filter(|p| p.group == group) {
                 s.record(usize::from(p.status), p.bucket as usize, p.duration);
             }
         };
@@ -207,9 +208,7 @@ impl Aggregator {
             apply,
         );
         if !counted {
-            self.span_limits
-                .overflow
-                .fetch_add(spans.len() as u64, Ordering::Relaxed);
+            self.span_limits.overflow.fetch_add(count, Ordering::Relaxed);
             let mut folded = [OVERFLOW; MAX_SPAN_LABELS];
             if verdict == Admission::ServiceOverflow {
                 folded[0] = labels[0];
@@ -230,12 +229,14 @@ impl Aggregator {
         &self,
         labels: &[&str; 3],
         spans: &[Pending],
+        group: u8,
         now_minute: u64,
         now_secs: u64,
     ) {
         let mut clamped = 0;
+        let count = spans.iter().filter(|p| p.group == group).count() as u64;
         let mut apply = |q: &mut QuantileSeries| {
-            for p in spans {
+            for p in spans.iter().filter(|p| p.group == group) {
                 if q.record(p.duration, p.minute, now_minute) == Recorded::Clamped {
                     clamped += 1;
                 }
@@ -255,7 +256,7 @@ impl Aggregator {
         if !counted {
             self.duration_limits
                 .overflow
-                .fetch_add(spans.len() as u64, Ordering::Relaxed);
+                .fetch_add(count, Ordering::Relaxed);
             let service = if verdict == Admission::ServiceOverflow {
                 labels[0]
             } else {
@@ -274,23 +275,23 @@ impl Aggregator {
         }
     }
 
-    /// Records a run of spans of `service`.
-    fn flush(&self, service: &str, run: &SpanRun<'_>, now_minute: u64, now_secs: u64) {
-        let mut labels = [""; MAX_SPAN_LABELS];
-        labels[0] = service;
-        labels[1] = run.region.as_str();
-        labels[2] = run.kind;
-        for (slot, value) in labels[3..].iter_mut().zip(&run.dims[..run.n_dims]) {
-            *slot = value.as_str();
+    /// Records every group of `service`'s spans: one lookup per group and series.
+    fn flush(&self, service: &str, groups: &mut SpanGroups<'_>, now_minute: u64, now_secs: u64) {
+        for (g, key) in groups.keys[..groups.n_groups].iter().enumerate() {
+            let mut labels = [""; MAX_SPAN_LABELS];
+            labels[0] = service;
+            labels[1] = key.region.as_str();
+            labels[2] = key.kind;
+            for (slot, value) in labels[3..].iter_mut().zip(&key.dims[..groups.n_dims]) {
+                *slot = value.as_str();
+            }
+            let spans = &groups.spans[..groups.len];
+            let g = g as u8;
+            self.record_spans(&labels[..3 + groups.n_dims], spans, g, now_secs);
+            self.record_durations(&[labels[0], labels[1], labels[2]], spans, g, now_minute, now_secs);
         }
-        let spans = &run.spans[..run.len];
-        self.record_spans(&labels[..3 + run.n_dims], spans, now_secs);
-        self.record_durations(
-            &[labels[0], labels[1], labels[2]],
-            spans,
-            now_minute,
-            now_secs,
-        );
+        groups.n_groups = 0;
+        groups.len = 0;
     }
 
     fn record_log(&self, labels: &[&str; 3], now_secs: u64) {
@@ -365,58 +366,86 @@ impl Aggregator {
     }
 }
 
-/// How many spans a run holds before it is recorded.
-const RUN_CAPACITY: usize = 64;
+/// How many distinct label sets of one resource are grouped before they are recorded.
+const GROUPS: usize = 8;
+/// How many spans are held before they are recorded.
+const GROUPED_SPANS: usize = 256;
 
 /// What one span adds to its series.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pending {
+    group: u8,
     status: u8,
     bucket: u32,
     duration: u64,
     minute: u64,
 }
 
-/// Consecutive spans of one resource with the same labels, waiting to be recorded
-/// with one lookup per series.
-struct SpanRun<'a> {
+/// The labels one group of spans shares (besides the service).
+struct GroupKey<'a> {
     region: Label<'a>,
     kind: &'static str,
     dims: [Label<'a>; MAX_DIMENSIONS],
+}
+
+/// Spans of one resource grouped by label set, so that each series is looked up once
+/// per group rather than once per span, even when label sets interleave (a request's
+/// routes usually do). Fixed arrays, reused for every resource of a request: the
+/// grouping allocates nothing and copies little.
+struct SpanGroups<'a> {
+    keys: [GroupKey<'a>; GROUPS],
+    n_groups: usize,
     n_dims: usize,
-    spans: [Pending; RUN_CAPACITY],
+    spans: [Pending; GROUPED_SPANS],
     len: usize,
 }
 
-impl<'a> SpanRun<'a> {
-    fn new(
-        region: Label<'a>,
-        kind: &'static str,
-        dims: [Label<'a>; MAX_DIMENSIONS],
-        n_dims: usize,
-        first: Pending,
-    ) -> Self {
-        let mut spans = [Pending::default(); RUN_CAPACITY];
-        spans[0] = first;
+impl<'a> SpanGroups<'a> {
+    fn new(n_dims: usize) -> Self {
         Self {
-            region,
-            kind,
-            dims,
+            keys: std::array::from_fn(|_| GroupKey {
+                region: Label::Borrowed(""),
+                kind: "",
+                dims: std::array::from_fn(|_| Label::Borrowed("")),
+            }),
+            n_groups: 0,
             n_dims,
-            spans,
-            len: 1,
+            spans: [Pending::default(); GROUPED_SPANS],
+            len: 0,
         }
     }
 
-    /// True when a span with these labels can join the run.
-    fn accepts(&self, region: &Label<'_>, kind: &str, dims: &[Label<'_>]) -> bool {
-        self.len < RUN_CAPACITY
-            && self.kind == kind
-            && self.region.as_str() == region.as_str()
-            && self.dims[..self.n_dims]
-                .iter()
-                .zip(dims)
-                .all(|(a, b)| a.as_str() == b.as_str())
+    fn is_full(&self) -> bool {
+        self.len == GROUPED_SPANS
+    }
+
+    /// The group of these labels, if one is open. `dim(i)` gives dimension `i`.
+    #[inline]
+    fn find(&self, region: &Label<'_>, kind: &str, dim: impl Fn(usize) -> Label<'a>) -> Option<u8> {
+        let mut dims: [Option<Label<'a>>; MAX_DIMENSIONS] = Default::default();
+        self.keys[..self.n_groups]
+            .iter()
+            .position(|k| {
+                k.kind == kind
+                    && k.region.as_str() == region.as_str()
+                    && (0..self.n_dims).all(|i| {
+                        let d = dims[i].get_or_insert_with(|| dim(i));
+                        k.dims[i].as_str() == d.as_str()
+                    })
+            })
+            .map(|g| g as u8)
+    }
+
+    /// Opens a group for these labels.
+    fn open(&mut self, region: Label<'a>, kind: &'static str, dim: impl Fn(usize) -> Label<'a>) -> u8 {
+        let key = &mut self.keys[self.n_groups];
+        key.region = region;
+        key.kind = kind;
+        for i in 0..self.n_dims {
+            key.dims[i] = dim(i);
+        }
+        self.n_groups += 1;
+        (self.n_groups - 1) as u8
     }
 
     fn push(&mut self, p: Pending) {
@@ -495,12 +524,12 @@ impl Recorder for Aggregator {
         let now_secs = now / NANOS_PER_SEC;
         let now_minute = now_secs / 60;
         let dims = plan.dimensions();
+        let mut groups = SpanGroups::new(dims.len());
         for run in &batch.resources {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
             let resource_region = plan.region_in(resource);
-            // Consecutive spans with the same labels are recorded together.
-            let mut pending: Option<SpanRun<'_>> = None;
+            // Spans with the same labels are recorded together, one lookup per group.
             let mut tallies = Tallies::default();
             for span in batch.events_of(run) {
                 let attrs = batch.row(span.attrs);
@@ -511,10 +540,6 @@ impl Recorder for Aggregator {
                         .unwrap_or(Label::Borrowed(plan.region_default())),
                 };
                 let kind = SpanKind::from_otlp(span.kind).as_str();
-                let dim_values: [Label<'_>; MAX_DIMENSIONS] = std::array::from_fn(|i| {
-                    dims.get(i)
-                        .map_or(Label::Borrowed(""), |d| plan.dimension(d, attrs, resource))
-                });
                 let duration = span.duration_nanos();
                 let at = slot_time(span.end, now, self.late_slack, self.max_skew);
                 for slo in plan.slos_for(service.as_str(), Source::Spans) {
@@ -523,6 +548,7 @@ impl Recorder for Aggregator {
                     }
                 }
                 let entry = Pending {
+                    group: 0,
                     status: match span.status {
                         1 => 1,
                         2 => 2,
@@ -532,19 +558,21 @@ impl Recorder for Aggregator {
                     duration,
                     minute: at / NANOS_PER_SEC / 60,
                 };
-                match pending.as_mut() {
-                    Some(r) if r.accepts(&region, kind, &dim_values[..dims.len()]) => r.push(entry),
-                    _ => {
-                        if let Some(r) = pending.take() {
-                            self.flush(service.as_str(), &r, now_minute, now_secs);
-                        }
-                        pending = Some(SpanRun::new(region, kind, dim_values, dims.len(), entry));
-                    }
+                if groups.is_full() {
+                    self.flush(service.as_str(), &mut groups, now_minute, now_secs);
                 }
+                let g = match groups.find(&region, kind, |i| plan.dimension(&dims[i], attrs, resource)) {
+                    Some(g) => g,
+                    None => {
+                        if groups.n_groups == GROUPS {
+                            self.flush(service.as_str(), &mut groups, now_minute, now_secs);
+                        }
+                        groups.open(region, kind, |i| plan.dimension(&dims[i], attrs, resource))
+                    }
+                };
+                groups.push(Pending { group: g, ..entry });
             }
-            if let Some(r) = pending.take() {
-                self.flush(service.as_str(), &r, now_minute, now_secs);
-            }
+            self.flush(service.as_str(), &mut groups, now_minute, now_secs);
             tallies.flush(self, now_secs);
         }
     }

@@ -43,6 +43,9 @@ pub enum Value<'a> {
 #[derive(Debug, Clone)]
 pub struct AttrKeys {
     keys: Vec<Box<[u8]>>,
+    /// Bit `n` is set when some key is `n` bytes long (64 bytes or more: bit 63), so
+    /// that most unwanted keys are rejected with one test, before any comparison.
+    lengths: u64,
 }
 
 impl AttrKeys {
@@ -54,7 +57,8 @@ impl AttrKeys {
                 out.push(key.as_bytes().into());
             }
         }
-        Self { keys: out }
+        let lengths = out.iter().fold(0, |m, k| m | 1 << k.len().min(63));
+        Self { keys: out, lengths }
     }
 
     /// How many keys, and so the width of a row.
@@ -64,12 +68,19 @@ impl AttrKeys {
     }
 
     /// The row index of `key`, if it is extracted.
-    #[inline]
+    #[inline(always)]
     pub fn find(&self, key: &[u8]) -> Option<usize> {
-        // A handful of keys: comparing lengths first rejects most in one instruction.
-        self.keys
-            .iter()
-            .position(|k| k.len() == key.len() && **k == *key)
+        if self.lengths & (1 << key.len().min(63)) == 0 {
+            return None;
+        }
+        // Keys of equal length usually differ early or late: test the ends before
+        // calling memcmp.
+        self.keys.iter().position(|k| {
+            k.len() == key.len()
+                && k.first() == key.first()
+                && k.last() == key.last()
+                && **k == *key
+        })
     }
 
     /// The row index of `key`, if it is extracted.
