@@ -208,7 +208,9 @@ impl Aggregator {
             apply,
         );
         if !counted {
-            self.span_limits.overflow.fetch_add(count, Ordering::Relaxed);
+            self.span_limits
+                .overflow
+                .fetch_add(count, Ordering::Relaxed);
             let mut folded = [OVERFLOW; MAX_SPAN_LABELS];
             if verdict == Admission::ServiceOverflow {
                 folded[0] = labels[0];
@@ -288,7 +290,13 @@ impl Aggregator {
             let spans = &groups.spans[..groups.len];
             let g = g as u8;
             self.record_spans(&labels[..3 + groups.n_dims], spans, g, now_secs);
-            self.record_durations(&[labels[0], labels[1], labels[2]], spans, g, now_minute, now_secs);
+            self.record_durations(
+                &[labels[0], labels[1], labels[2]],
+                spans,
+                g,
+                now_minute,
+                now_secs,
+            );
         }
         groups.n_groups = 0;
         groups.len = 0;
@@ -366,6 +374,13 @@ impl Aggregator {
     }
 }
 
+/// String equality that first checks for the very same bytes: labels borrowed from one
+/// resource usually are, and this skips the memcmp call.
+#[inline(always)]
+fn same(a: &str, b: &str) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+}
+
 /// How many distinct label sets of one resource are grouped before they are recorded.
 const GROUPS: usize = 8;
 /// How many spans are held before they are recorded.
@@ -427,17 +442,22 @@ impl<'a> SpanGroups<'a> {
             .iter()
             .position(|k| {
                 k.kind == kind
-                    && k.region.as_str() == region.as_str()
+                    && same(k.region.as_str(), region.as_str())
                     && (0..self.n_dims).all(|i| {
                         let d = dims[i].get_or_insert_with(|| dim(i));
-                        k.dims[i].as_str() == d.as_str()
+                        same(k.dims[i].as_str(), d.as_str())
                     })
             })
             .map(|g| g as u8)
     }
 
     /// Opens a group for these labels.
-    fn open(&mut self, region: Label<'a>, kind: &'static str, dim: impl Fn(usize) -> Label<'a>) -> u8 {
+    fn open(
+        &mut self,
+        region: Label<'a>,
+        kind: &'static str,
+        dim: impl Fn(usize) -> Label<'a>,
+    ) -> u8 {
         let key = &mut self.keys[self.n_groups];
         key.region = region;
         key.kind = kind;
@@ -488,7 +508,7 @@ impl<'a> Tallies<'a> {
         let bad = u64::from(bad);
         if let Some(open) = self.open[..self.len]
             .iter_mut()
-            .find(|o| o.0 == slo && o.2 == t && o.1.as_str() == region.as_str())
+            .find(|o| o.0 == slo && o.2 == t && same(o.1.as_str(), region.as_str()))
         {
             open.3 += 1;
             open.4 += bad;
@@ -529,6 +549,7 @@ impl Recorder for Aggregator {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
             let resource_region = plan.region_in(resource);
+            let slos = plan.slos_of(service.as_str());
             // Spans with the same labels are recorded together, one lookup per group.
             let mut tallies = Tallies::default();
             for span in batch.events_of(run) {
@@ -542,7 +563,7 @@ impl Recorder for Aggregator {
                 let kind = SpanKind::from_otlp(span.kind).as_str();
                 let duration = span.duration_nanos();
                 let at = slot_time(span.end, now, self.late_slack, self.max_skew);
-                for slo in plan.slos_for(service.as_str(), Source::Spans) {
+                for slo in slos.iter().filter(|s| s.source == Source::Spans) {
                     if let Some(bad) = slo.classify_span(span, attrs, resource) {
                         tallies.add(self, slo.index, &region, at / NANOS_PER_SEC, bad, now_secs);
                     }
@@ -561,7 +582,9 @@ impl Recorder for Aggregator {
                 if groups.is_full() {
                     self.flush(service.as_str(), &mut groups, now_minute, now_secs);
                 }
-                let g = match groups.find(&region, kind, |i| plan.dimension(&dims[i], attrs, resource)) {
+                let g = match groups
+                    .find(&region, kind, |i| plan.dimension(&dims[i], attrs, resource))
+                {
                     Some(g) => g,
                     None => {
                         if groups.n_groups == GROUPS {
@@ -585,6 +608,7 @@ impl Recorder for Aggregator {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
             let resource_region = plan.region_in(resource);
+            let slos = plan.slos_of(service.as_str());
             let mut tallies = Tallies::default();
             for record in batch.events_of(run) {
                 let attrs = batch.row(record.attrs);
@@ -597,7 +621,7 @@ impl Recorder for Aggregator {
                 let severity = Severity::from_otlp(record.severity).as_str();
                 self.record_log(&[service.as_str(), region.as_str(), severity], now_secs);
                 let at = slot_time(record.event_time(), now, self.late_slack, self.max_skew);
-                for slo in plan.slos_for(service.as_str(), Source::Logs) {
+                for slo in slos.iter().filter(|s| s.source == Source::Logs) {
                     if let Some(bad) = slo.classify_log(record, attrs, resource) {
                         tallies.add(self, slo.index, &region, at / NANOS_PER_SEC, bad, now_secs);
                     }

@@ -6,7 +6,6 @@ pub mod slo;
 
 use std::fmt::Write as _;
 
-use crate::config::slo::Source;
 use crate::config::{Config, dimension_label};
 use crate::otlp::{AttrKeys, SERVICE_NAME, Value};
 use slo::CompiledSlo;
@@ -134,14 +133,18 @@ impl Plan {
         }
     }
 
-    /// The SLOs of `service` that count `source`.
+    /// The SLOs of `service` (of both sources): look them up once per resource.
     #[inline]
-    pub fn slos_for(&self, service: &str, source: Source) -> impl Iterator<Item = &CompiledSlo> {
+    pub fn slos_of(&self, service: &str) -> &[CompiledSlo] {
+        if self.slos.is_empty() {
+            return &[];
+        }
         let start = self.slos.partition_point(|s| &*s.service < service);
-        self.slos[start..]
+        let len = self.slos[start..]
             .iter()
-            .take_while(move |s| &*s.service == service)
-            .filter(move |s| s.source == source)
+            .take_while(|s| &*s.service == service)
+            .count();
+        &self.slos[start..start + len]
     }
 
     /// The attribute keys the walkers must extract.

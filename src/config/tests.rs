@@ -954,7 +954,9 @@ const BAD: &[(&str, &str, &[&str])] = &[
     (
         "slo service longer than the label limit",
         "limits: {max_label_bytes: 16}\nslos:\n  - {name: a, service: a-very-long-service-name, objective: 99, indicator: {availability: {}}}\n",
-        &["slos[0].service: `a-very-long-service-name` is 24 bytes, longer than limits.max_label_bytes (16)"],
+        &[
+            "slos[0].service: `a-very-long-service-name` is 24 bytes, longer than limits.max_label_bytes (16)",
+        ],
     ),
     (
         "bad slo name",
