@@ -122,8 +122,16 @@ fn pipeline(c: &mut Criterion) {
     // latency and availability on /api/checkout, api-gateway's on /api/cart).
     let shape = Shape {
         service_names: [
-            "checkout", "api-gateway", "cart", "search", "catalog", "payments", "shipping",
-            "users", "reviews", "ads",
+            "checkout",
+            "api-gateway",
+            "cart",
+            "search",
+            "catalog",
+            "payments",
+            "shipping",
+            "users",
+            "reviews",
+            "ads",
         ]
         .map(String::from)
         .to_vec(),
