@@ -125,6 +125,31 @@ impl<T> Sharded<T> {
         }
     }
 
+    /// Visits every series, holding a shard's lock for at most `chunk` series at a time,
+    /// so that heavy per-series work (quantiles) never holds up ingest for long.
+    pub fn for_each_chunked(&self, chunk: usize, mut f: impl FnMut(&mut Entry<T>)) {
+        let chunk = chunk.max(1);
+        for shard in self.shards.iter() {
+            let mut done = 0;
+            loop {
+                let mut table = shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut visited = 0;
+                for entry in table.iter_mut().skip(done).take(chunk) {
+                    f(entry);
+                    visited += 1;
+                }
+                done += visited;
+                // Entries added or removed between chunks may be visited twice or
+                // missed once; the next tick visits them again.
+                if visited < chunk {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Removes the series for which `keep` returns false; `removed` sees each one.
     pub fn retain(
         &self,
