@@ -14,12 +14,26 @@ struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed on this thread.
+    static LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
     /// Set on the threads of an in-process daemon's runtime.
     static DAEMON_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Allocations made on daemon threads (see `DAEMON_THREAD`), across all of them.
 static DAEMON_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[inline]
+fn bytes(delta: i64) {
+    let _ = LIVE_BYTES.try_with(|b| b.set(b.get() + delta));
+}
+
+/// Net bytes allocated on this thread while `f` runs (what it leaves allocated).
+pub fn bytes_kept<R>(f: impl FnOnce() -> R) -> (i64, R) {
+    let before = LIVE_BYTES.with(Cell::get);
+    let out = f();
+    (LIVE_BYTES.with(Cell::get) - before, out)
+}
 
 #[inline]
 fn count() {
@@ -36,23 +50,27 @@ fn count() {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
+        bytes(layout.size() as i64);
         // SAFETY: forwarded with the caller's layout.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        bytes(-(layout.size() as i64));
         // SAFETY: forwarded with the caller's pointer and layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
+        bytes(layout.size() as i64);
         // SAFETY: forwarded with the caller's layout.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
+        bytes(new_size as i64 - layout.size() as i64);
         // SAFETY: forwarded with the caller's arguments.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -340,4 +358,79 @@ fn now_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
+}
+
+/// Memory per active histogram series, quantile rotation included (both minute
+/// histograms allocated), and per (SLO, region) series: what creating them leaves
+/// allocated, table growth included.
+#[test]
+fn series_memory_stays_within_its_budget() {
+    use sloxide::aggregate::Aggregator;
+    use sloxide::classify::Plan;
+    use sloxide::clock::ManualClock;
+    use sloxide::config::Config;
+    use sloxide::ingest::Recorder;
+    use sloxide::slo::SloEngine;
+    use std::sync::Arc;
+
+    let config = Config::embedded_default();
+    let plan = Arc::new(Plan::compile(&config));
+    let n = 2000usize;
+    // One span per service: n span series and n quantile series.
+    let shape = Shape {
+        resources: n,
+        per_resource: 1,
+        services: n,
+        ..Shape::default()
+    };
+    let clock = Arc::new(ManualClock::new(shape.end_unix_nanos));
+    let later = Shape {
+        end_unix_nanos: shape.end_unix_nanos + 60_000_000_000,
+        ..shape.clone()
+    };
+    let first = fixture::traces(&shape).encode_to_vec();
+    let second = fixture::traces(&later).encode_to_vec();
+    let mut batch = TraceBatch::default();
+    let (kept, agg) = bytes_kept(|| {
+        let agg = Aggregator::new(&config, plan.clone(), clock.clone());
+        walk_traces(&first, plan.keys(), &mut batch).unwrap();
+        agg.record_traces(&batch);
+        // The next minute: every quantile series now holds both minute histograms.
+        clock.advance(std::time::Duration::from_secs(60));
+        walk_traces(&second, plan.keys(), &mut batch).unwrap();
+        agg.record_traces(&batch);
+        agg
+    });
+    let per_series = kept as f64 / n as f64;
+    eprintln!(
+        "memory: {per_series:.0} bytes per histogram series with its quantile series (two minute histograms)"
+    );
+    assert!(
+        per_series <= 32.0 * 1024.0,
+        "{per_series} bytes per histogram series"
+    );
+    drop(agg);
+
+    let slo_config = Config::from_yaml(
+        "slos:\n  - {name: a, service: s, objective: 99.9, indicator: {availability: {}}}\n",
+        "slo.yaml",
+    )
+    .unwrap();
+    let regions: Vec<String> = (0..n).map(|i| format!("region-{i}")).collect();
+    let (kept, engine) = bytes_kept(|| {
+        let engine = SloEngine::new(&slo_config);
+        for r in &regions {
+            engine.record(0, r, 1_700_000_000, 10, 1, 1_700_000_000);
+        }
+        engine
+    });
+    let per_slo = kept as f64 / n as f64;
+    eprintln!(
+        "memory: {per_slo:.0} bytes per (SLO, region) series; ring slots {:?}",
+        engine.ring_bytes()
+    );
+    assert!(
+        per_slo <= 16.0 * 1024.0,
+        "{per_slo} bytes per (SLO, region)"
+    );
 }
