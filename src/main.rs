@@ -162,10 +162,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(sloxide::daemon::run(
-        config,
-        sloxide::daemon::shutdown_signal(),
-        |_| {},
-    ))?;
+    runtime.block_on(async {
+        let shutdown =
+            sloxide::daemon::shutdown_signal().context("cannot install the signal handlers")?;
+        sloxide::daemon::run(config, shutdown, |_| {}).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
