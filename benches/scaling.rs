@@ -17,7 +17,10 @@ use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
 
 /// Sets every span's `http.route` to `route(i)` for the i-th span of the request.
-fn with_routes(mut req: ExportTraceServiceRequest, route: impl Fn(usize) -> String) -> ExportTraceServiceRequest {
+fn with_routes(
+    mut req: ExportTraceServiceRequest,
+    route: impl Fn(usize) -> String,
+) -> ExportTraceServiceRequest {
     let spans = req
         .resource_spans
         .iter_mut()
@@ -44,7 +47,9 @@ struct Setup {
 fn setup(yaml: &str, bodies: Vec<Vec<u8>>) -> Setup {
     let config = Config::from_yaml(yaml, "bench.yaml").unwrap();
     let plan = Arc::new(Plan::compile(&config));
-    let clock = Arc::new(ManualClock::new(Shape::default().end_unix_nanos + 1_000_000_000));
+    let clock = Arc::new(ManualClock::new(
+        Shape::default().end_unix_nanos + 1_000_000_000,
+    ));
     let agg = Aggregator::new(&config, plan.clone(), clock);
     // Create every series before timing.
     let mut batch = TraceBatch::default();
@@ -77,21 +82,43 @@ fn scaling(c: &mut Criterion) {
     let limits = "limits: {max_series: 1000000, max_series_per_service: 1000000}\n";
     // Live series: 10 services x routes; each 1000-span request spreads over all of
     // them (10 and 1k) or touches 1000 of the 100k (requests cycle through them).
-    for (label, routes_per_service, requests) in [("10", 1usize, 1usize), ("1k", 100, 1), ("100k", 10_000, 100)] {
+    for (label, routes_per_service, requests) in [
+        ("10", 1usize, 1usize),
+        ("1k", 100, 1),
+        ("100k", 10_000, 100),
+    ] {
         let bodies = (0..requests)
             .map(|r| {
                 let req = fixture::traces(&Shape::default());
-                with_routes(req, |i| format!("/r/{}", (r * 1000 + i) % routes_per_service)).encode_to_vec()
+                with_routes(req, |i| {
+                    format!("/r/{}", (r * 1000 + i) % routes_per_service)
+                })
+                .encode_to_vec()
             })
             .collect();
         let s = setup(&format!("dimensions: [http.route]\n{limits}"), bodies);
         run(c, "scaling_series", label, 1000, &s);
     }
     // Batch size: spans per request.
-    for (label, resources, per_resource) in [("10", 1usize, 10usize), ("100", 10, 10), ("1000", 10, 100), ("5000", 10, 500)] {
-        let shape = Shape { resources, per_resource, ..Shape::default() };
+    for (label, resources, per_resource) in [
+        ("10", 1usize, 10usize),
+        ("100", 10, 10),
+        ("1000", 10, 100),
+        ("5000", 10, 500),
+    ] {
+        let shape = Shape {
+            resources,
+            per_resource,
+            ..Shape::default()
+        };
         let s = setup("", vec![fixture::traces(&shape).encode_to_vec()]);
-        run(c, "scaling_batch", label, (resources * per_resource) as u64, &s);
+        run(
+            c,
+            "scaling_batch",
+            label,
+            (resources * per_resource) as u64,
+            &s,
+        );
     }
     // SLOs: latency SLOs on the fixture's services (service-0 .. service-9), all of
     // which select the fixture's server spans.
@@ -107,7 +134,10 @@ fn scaling(c: &mut Criterion) {
         if count == 0 {
             yaml = String::from("slos: []\n");
         }
-        let s = setup(&yaml, vec![fixture::traces(&Shape::default()).encode_to_vec()]);
+        let s = setup(
+            &yaml,
+            vec![fixture::traces(&Shape::default()).encode_to_vec()],
+        );
         run(c, "scaling_slos", &count.to_string(), 1000, &s);
     }
 }
