@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -128,7 +129,11 @@ pub async fn run(
                 .initial_connection_window_size(Some(8 << 20))
                 .serve_with_incoming_shutdown(
                     grpc,
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    // tonic ignores the builder's tcp_nodelay on this path; without it
+                    // Nagle's algorithm holds back small writes (responses, window
+                    // updates) and throughput halves (examples/loadgen.rs).
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
                     stop,
                 )
                 .await
@@ -139,7 +144,7 @@ pub async fn run(
         let stop = until(otlp_stopped);
         let app = crate::ingest::http::router(ingest.clone());
         async move {
-            axum::serve(http_listener, app)
+            axum::serve(http_listener.tap_io(nodelay), app)
                 .with_graceful_shutdown(stop)
                 .await
                 .map_err(|e| server_error("OTLP/HTTP", e))
@@ -149,7 +154,7 @@ pub async fn run(
         let stop = until(metrics_stopped);
         let app = exporter.router();
         async move {
-            axum::serve(metrics_listener, app)
+            axum::serve(metrics_listener.tap_io(nodelay), app)
                 .with_graceful_shutdown(stop)
                 .await
                 .map_err(|e| server_error("metrics", e))
@@ -219,6 +224,14 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Turns Nagle's algorithm off on an accepted connection: responses are small and must
+/// not wait for the next write.
+fn nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
 }
 
 fn server_error(server: &'static str, e: impl std::fmt::Display) -> DaemonError {
