@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
 COPY benches ./benches
+COPY examples ./examples
 RUN cargo build --release --locked --bin sloxide
 
 # Runtime stage: a slim image running as an unprivileged user.
