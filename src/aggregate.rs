@@ -556,12 +556,7 @@ impl Recorder for Aggregator {
             let mut tallies = Tallies::default();
             for span in batch.events_of(run) {
                 let attrs = batch.row(span.attrs);
-                let region = match &resource_region {
-                    Some(r) => r.clone(),
-                    None => plan
-                        .region_in(attrs)
-                        .unwrap_or(Label::Borrowed(plan.region_default())),
-                };
+                let region = plan.region(&resource_region, attrs);
                 let kind = SpanKind::from_otlp(span.kind).as_str();
                 let duration = span.duration_nanos();
                 let at = slot_time(span.end, now, self.late_slack, self.max_skew);
@@ -614,12 +609,7 @@ impl Recorder for Aggregator {
             let mut tallies = Tallies::default();
             for record in batch.events_of(run) {
                 let attrs = batch.row(record.attrs);
-                let region = match &resource_region {
-                    Some(r) => r.clone(),
-                    None => plan
-                        .region_in(attrs)
-                        .unwrap_or(Label::Borrowed(plan.region_default())),
-                };
+                let region = plan.region(&resource_region, attrs);
                 let severity = Severity::from_otlp(record.severity).as_str();
                 self.record_log(&[service.as_str(), region.as_str(), severity], now_secs);
                 let at = slot_time(record.event_time(), now, self.late_slack, self.max_skew);

@@ -171,6 +171,22 @@ impl Plan {
         self.region_keys.iter().find_map(|&i| self.label(&row[i]))
     }
 
+    /// An event's region: the resource's (found once per resource), else the event's
+    /// own, else the default.
+    #[inline]
+    pub fn region<'a>(
+        &'a self,
+        resource_region: &Option<Label<'a>>,
+        event: &[Value<'a>],
+    ) -> Label<'a> {
+        match resource_region {
+            Some(r) => r.clone(),
+            None => self
+                .region_in(event)
+                .unwrap_or(Label::Borrowed(&self.region_default)),
+        }
+    }
+
     /// The default region.
     pub fn region_default(&self) -> &str {
         &self.region_default
