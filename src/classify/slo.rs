@@ -163,27 +163,13 @@ impl CompiledSlo {
         if !self.selects(event, resource) {
             return None;
         }
-        Some(match &self.check {
-            Check::SpanLatency { threshold } => span.duration_nanos() > *threshold,
-            Check::AttributeLatency {
-                threshold,
-                index,
-                unit,
-            } => nanos_of(pick(event, resource, *index), *unit)? > *threshold,
-            Check::Availability {
-                http,
-                http_old,
-                grpc,
-            } => {
-                span.status == 2
-                    || bad_http(pick(event, resource, *http))
-                    || bad_http(pick(event, resource, *http_old))
-                    || bad_grpc(pick(event, resource, *grpc))
-            }
-            Check::Events { conditions, .. } => {
-                conditions.iter().all(|c| holds(c, event, resource))
-            }
-        })
+        self.judge(
+            Some(span.duration_nanos()),
+            span.status == 2,
+            None,
+            event,
+            resource,
+        )
     }
 
     /// Whether the SLO selects this log record, and if so whether it is bad.
@@ -197,9 +183,24 @@ impl CompiledSlo {
         if !self.selects(event, resource) {
             return None;
         }
+        let severity = Severity::from_otlp(record.severity);
+        self.judge(None, false, Some(severity), event, resource)
+    }
+
+    /// Good or bad by the indicator, for an event the filter selected. `duration` is a
+    /// span's own (logs have none: a span-latency check counts nothing for them);
+    /// `status_error` is a span's ERROR status; `severity` is a log record's.
+    #[inline]
+    fn judge(
+        &self,
+        duration: Option<u64>,
+        status_error: bool,
+        severity: Option<Severity>,
+        event: &[Value<'_>],
+        resource: &[Value<'_>],
+    ) -> Option<bool> {
         Some(match &self.check {
-            // Span latency on a logs SLO is refused by validation; count nothing.
-            Check::SpanLatency { .. } => return None,
+            Check::SpanLatency { threshold } => duration? > *threshold,
             Check::AttributeLatency {
                 threshold,
                 index,
@@ -210,7 +211,8 @@ impl CompiledSlo {
                 http_old,
                 grpc,
             } => {
-                bad_http(pick(event, resource, *http))
+                status_error
+                    || bad_http(pick(event, resource, *http))
                     || bad_http(pick(event, resource, *http_old))
                     || bad_grpc(pick(event, resource, *grpc))
             }
@@ -218,7 +220,7 @@ impl CompiledSlo {
                 severity_at_least,
                 conditions,
             } => {
-                severity_at_least.is_none_or(|s| Severity::from_otlp(record.severity) >= s)
+                severity_at_least.is_none_or(|s| severity.is_some_and(|got| got >= s))
                     && conditions.iter().all(|c| holds(c, event, resource))
             }
         })
