@@ -162,6 +162,20 @@ fn pipeline(c: &mut Criterion) {
             batch = bt.recycle();
         })
     });
+    // The two halves of sloxide's path, for the breakdown in docs/benchmarks.md.
+    g.bench_function("sloxide_walk_only", |b| {
+        b.iter(|| {
+            let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
+            walk_traces(black_box(&body), plan.keys(), &mut bt).unwrap();
+            black_box(bt.events.len());
+            batch = bt.recycle();
+        })
+    });
+    let mut walked = TraceBatch::default();
+    walk_traces(&body, plan.keys(), &mut walked).unwrap();
+    g.bench_function("sloxide_record_only", |b| {
+        b.iter(|| aggregator.record_traces(black_box(&walked)))
+    });
     let map = Mutex::new(HashMap::new());
     g.bench_function("prost_decode_mutex_hashmap_baseline", |b| {
         b.iter(|| black_box(baseline(black_box(&body), &map)))

@@ -72,6 +72,19 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    /// The next byte, without consuming it: a one-byte tag (fields 1 to 15) is the
+    /// whole tag, so walkers dispatch on it directly.
+    #[inline(always)]
+    pub fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// Consumes the byte [`Reader::peek`] returned.
+    #[inline(always)]
+    pub fn bump(&mut self) {
+        self.pos += 1;
+    }
+
     /// Reads a base-128 varint.
     #[inline(always)]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {

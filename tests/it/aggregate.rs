@@ -17,7 +17,7 @@ use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
 use sloxide::export::text::Encoder;
-use sloxide::fixture::{Shape, kv_str, traces};
+use sloxide::fixture::{Shape, kv_int, kv_str, traces};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::logs::{LogBatch, walk_logs};
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
@@ -220,6 +220,91 @@ fn dimensions_become_labels_from_the_span_then_the_resource() {
     };
     assert_eq!(count("/a", "prod"), Some(1.0));
     assert_eq!(count("", "canary"), Some(1.0));
+}
+
+/// Spans whose labels come from their own attributes, interleaving over a few label sets
+/// and then over more than the grouping holds (30 sets, 8 groups), more spans than it
+/// holds (600, 256), some with the same label written as a string and as an integer:
+/// every series and every SLO tally matches a naive count.
+#[test]
+fn interleaved_label_sets_give_the_same_counts_as_a_naive_tally() {
+    let (agg, _) = setup(
+        "region: {attributes: [cloud.region]}\n\
+         dimensions: [http.route]\n\
+         slos:\n  - {name: avail, service: api, objective: 99, indicator: {availability: {}}}",
+    );
+    let end = T0 + 20_000 * MS;
+    let regions = ["eu", "us", "ap"];
+    let mut want = std::collections::BTreeMap::<(String, String, i32), u64>::new();
+    let mut want_slo = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    let spans: Vec<Span> = (0..600)
+        .map(|i| {
+            // The first 300 spans cycle over 6 label sets (so groups are reused), the
+            // rest over 30 (so groups run out).
+            let (kind, route) = if i < 300 {
+                (2, (i / 3 % 2) as i64)
+            } else {
+                ([2, 3][i % 2], (i % 5) as i64)
+            };
+            let bad = i % 7 == 0;
+            let mut s = span(kind, MS, if bad { 2 } else { 0 }, end);
+            let region = regions[i % 3];
+            s.attributes.push(kv_str("cloud.region", region));
+            // Routes 1 and 4 arrive as integers on some spans, as strings on others.
+            s.attributes
+                .push(if (route == 4 || route == 1) && i % 4 < 2 {
+                    kv_int("http.route", route)
+                } else {
+                    kv_str("http.route", &route.to_string())
+                });
+            *want
+                .entry((region.into(), route.to_string(), kind))
+                .or_default() += 1;
+            if kind == 2 {
+                let e = want_slo.entry(region.into()).or_default();
+                e.0 += 1;
+                e.1 += u64::from(bad);
+            }
+            s
+        })
+        .collect();
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans(&[("service.name", "api")], spans)],
+    };
+    feed(&agg, &req);
+    agg.tick();
+    let text = render(&agg);
+    assert_eq!(want.len(), 30);
+    for ((region, route, kind), n) in &want {
+        let kind = if *kind == 2 { "server" } else { "client" };
+        assert_eq!(
+            sample(
+                &text,
+                "sloxide_span_duration_seconds_count",
+                &[
+                    ("service", "api"),
+                    ("region", region),
+                    ("span_kind", kind),
+                    ("http_route", route)
+                ],
+            ),
+            Some(*n as f64),
+            "{region} {route} {kind}"
+        );
+    }
+    for (region, (events, bad)) in &want_slo {
+        let labels = [("slo", "avail"), ("region", region.as_str())];
+        assert_eq!(
+            sample(&text, "sloxide_slo_events_total", &labels),
+            Some(*events as f64),
+            "{region}"
+        );
+        assert_eq!(
+            sample(&text, "sloxide_slo_bad_events_total", &labels),
+            Some(*bad as f64),
+            "{region}"
+        );
+    }
 }
 
 #[test]
