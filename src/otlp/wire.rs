@@ -55,34 +55,35 @@ pub enum WireType {
 /// A cursor over one protobuf message.
 #[derive(Debug, Clone, Copy)]
 pub struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    /// The bytes not yet read. A shrinking slice (two words) rather than a buffer and
+    /// an offset (three) leaves the walkers' loops a register more.
+    rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     /// A reader at the start of `buf`.
     #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+        Self { rest: buf }
     }
 
     /// True once every byte has been consumed.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
+        self.rest.is_empty()
     }
 
     /// The next byte, without consuming it: a one-byte tag (fields 1 to 15) is the
     /// whole tag, so walkers dispatch on it directly.
     #[inline(always)]
     pub fn peek(&self) -> Option<u8> {
-        self.buf.get(self.pos).copied()
+        self.rest.first().copied()
     }
 
     /// Consumes the byte [`Reader::peek`] returned.
     #[inline(always)]
     pub fn bump(&mut self) {
-        self.pos += 1;
+        self.rest = &self.rest[1..];
     }
 
     /// Reads a base-128 varint.
@@ -91,10 +92,11 @@ impl<'a> Reader<'a> {
         // Fast path: one-byte varints dominate tags, kinds and small lengths. Inlining
         // it everywhere and keeping the loop out of line took the trace walk from about
         // 200 to about 120 ns per span (benches/decode.rs).
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
+        if let [b, rest @ ..] = self.rest
+            && *b < 0x80
         {
-            self.pos += 1;
+            self.rest = rest;
+            let b = *b;
             return Ok(u64::from(b));
         }
         self.varint_slow()
@@ -105,10 +107,11 @@ impl<'a> Reader<'a> {
     fn varint_slow(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else {
+            let [b, rest @ ..] = self.rest else {
                 return Err(DecodeError::Truncated);
             };
-            self.pos += 1;
+            self.rest = rest;
+            let b = *b;
             value |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return Ok(value);
@@ -144,37 +147,32 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.varint()?;
-        let remaining = self.buf.len() - self.pos;
-        if len > remaining as u64 {
+        if len > self.rest.len() as u64 {
             return Err(DecodeError::BadLength(len));
         }
-        let start = self.pos;
-        self.pos += len as usize;
-        Ok(&self.buf[start..self.pos])
+        let (field, rest) = self.rest.split_at(len as usize);
+        self.rest = rest;
+        Ok(field)
     }
 
     /// Reads a little-endian fixed64.
     #[inline]
     pub fn fixed64(&mut self) -> Result<u64, DecodeError> {
-        let Some(chunk) = self.buf.get(self.pos..self.pos + 8) else {
+        let Some((chunk, rest)) = self.rest.split_first_chunk::<8>() else {
             return Err(DecodeError::Truncated);
         };
-        self.pos += 8;
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(chunk);
-        Ok(u64::from_le_bytes(raw))
+        self.rest = rest;
+        Ok(u64::from_le_bytes(*chunk))
     }
 
     /// Reads a little-endian fixed32.
     #[inline]
     pub fn fixed32(&mut self) -> Result<u32, DecodeError> {
-        let Some(chunk) = self.buf.get(self.pos..self.pos + 4) else {
+        let Some((chunk, rest)) = self.rest.split_first_chunk::<4>() else {
             return Err(DecodeError::Truncated);
         };
-        self.pos += 4;
-        let mut raw = [0u8; 4];
-        raw.copy_from_slice(chunk);
-        Ok(u32::from_le_bytes(raw))
+        self.rest = rest;
+        Ok(u32::from_le_bytes(*chunk))
     }
 
     /// Skips a field's payload by its wire type.

@@ -255,7 +255,15 @@ fn any_value() -> impl Strategy<Value = Option<AnyValue>> {
         any::<bool>().prop_map(|v| Some(AnyValue {
             value: Some(any_value::Value::BoolValue(v))
         })),
-        any::<i64>().prop_map(|v| Some(AnyValue {
+        // Every varint length: the walker reads one- and two-byte integers inline.
+        prop_oneof![
+            any::<i64>(),
+            0i64..128,
+            128i64..16384,
+            16384i64..3_000_000,
+            -5i64..0
+        ]
+        .prop_map(|v| Some(AnyValue {
             value: Some(any_value::Value::IntValue(v))
         })),
         (-1e9f64..1e9).prop_map(|v| Some(AnyValue {
