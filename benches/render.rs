@@ -6,7 +6,11 @@
 //!   second.
 //! - After the criterion run, a stall measurement: one thread records 100-span
 //!   requests into existing series and times each; first alone, then while a second
-//!   thread renders and ticks in a loop. It prints the latency percentiles of both runs.
+//!   thread renders and ticks another aggregation (a control: the same CPU load, no
+//!   shared lock), then while it renders and ticks the same one. It prints the latency
+//!   percentiles of the three runs,
+//!   and the longest time each scrape + tick held one shard lock (the most it could
+//!   have made a record call wait), as `sloxide_series_lock_hold_max_seconds` reports.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -71,8 +75,9 @@ fn render(c: &mut Criterion) {
 fn percentiles(mut v: Vec<Duration>) -> String {
     v.sort_unstable();
     let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let over = v.iter().filter(|d| **d > Duration::from_millis(1)).count();
     format!(
-        "n={} p50={:?} p99={:?} p99.9={:?} max={:?}",
+        "n={} p50={:?} p99={:?} p99.9={:?} max={:?} over_1ms={over}",
         v.len(),
         at(0.5),
         at(0.99),
@@ -81,9 +86,27 @@ fn percentiles(mut v: Vec<Duration>) -> String {
     )
 }
 
-/// Times 100-span record calls for `secs`, with or without a concurrent scraper.
-fn record_latencies(scrape: bool, secs: u64) -> (Vec<Duration>, u64) {
+/// What runs beside the recording thread.
+#[derive(Clone, Copy, PartialEq)]
+enum Neighbour {
+    /// Nothing.
+    None,
+    /// Scrapes and ticks of another aggregation, sharing no lock with the recorder: the
+    /// same CPU and memory load, so whatever it adds to the record calls is scheduling
+    /// and cache, not lock waits.
+    OtherAggregation,
+    /// Scrapes and ticks of the aggregation being recorded into.
+    SameAggregation,
+}
+
+/// Times 100-span record calls for `secs` beside `neighbour`; returns the latencies and
+/// the neighbour's longest lock hold per scrape + tick.
+fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Duration>) {
     let (agg, plan, _) = loaded();
+    let scraped = match neighbour {
+        Neighbour::OtherAggregation => loaded().0,
+        _ => agg.clone(),
+    };
     // 100 spans over 25 of the services: their series exist already.
     let small = Shape {
         resources: 25,
@@ -95,21 +118,22 @@ fn record_latencies(scrape: bool, secs: u64) -> (Vec<Duration>, u64) {
     let mut batch = TraceBatch::default();
     walk_traces(&body, plan.keys(), &mut batch).unwrap();
     let stop = AtomicBool::new(false);
-    let mut scrapes = 0;
+    let mut holds = Vec::new();
     let mut latencies = Vec::new();
     std::thread::scope(|s| {
-        let scraper = scrape.then(|| {
+        let scraper = (neighbour != Neighbour::None).then(|| {
             s.spawn(|| {
                 let mut out = String::new();
                 let mut scratch = Scratch::default();
-                let mut n = 0u64;
+                let mut holds = Vec::new();
+                scraped.take_longest_lock_hold();
                 while !stop.load(Ordering::Relaxed) {
                     out.clear();
-                    agg.render(&mut Encoder::new(&mut out), &mut scratch);
-                    agg.tick();
-                    n += 1;
+                    scraped.render(&mut Encoder::new(&mut out), &mut scratch);
+                    scraped.tick();
+                    holds.push(scraped.take_longest_lock_hold());
                 }
-                n
+                holds
             })
         });
         let end = Instant::now() + Duration::from_secs(secs);
@@ -120,22 +144,32 @@ fn record_latencies(scrape: bool, secs: u64) -> (Vec<Duration>, u64) {
         }
         stop.store(true, Ordering::Relaxed);
         if let Some(h) = scraper {
-            scrapes = h.join().unwrap();
+            holds = h.join().unwrap();
         }
     });
-    (latencies, scrapes)
+    (latencies, holds)
 }
 
 fn stalls() {
-    let (alone, _) = record_latencies(false, 3);
-    let (scraped, scrapes) = record_latencies(true, 3);
+    let (alone, _) = record_latencies(Neighbour::None, 3);
+    let (beside, _) = record_latencies(Neighbour::OtherAggregation, 3);
+    let (scraped, holds) = record_latencies(Neighbour::SameAggregation, 3);
+    let scrapes = holds.len();
     eprintln!(
-        "stall: 100-span record calls, alone:          {}",
+        "stall: 100-span record calls, alone:                         {}",
         percentiles(alone)
     );
     eprintln!(
-        "stall: 100-span record calls, while scraping: {} ({scrapes} scrapes + ticks)",
+        "stall: 100-span record calls, beside another aggregation's scrapes: {}",
+        percentiles(beside)
+    );
+    eprintln!(
+        "stall: 100-span record calls, while scraping the same one:   {} ({scrapes} scrapes + ticks)",
         percentiles(scraped)
+    );
+    eprintln!(
+        "stall: longest shard lock hold per scrape + tick: {}",
+        percentiles(holds)
     );
 }
 

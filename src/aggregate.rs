@@ -396,6 +396,22 @@ impl Aggregator {
         );
     }
 
+    /// The longest time a scrape or the tick held one series shard lock (of any family,
+    /// SLOs included) since the last call, and resets it: how long ingest into that
+    /// shard could have waited on them. `render` reads it for
+    /// `sloxide_series_lock_hold_max_seconds`.
+    pub fn take_longest_lock_hold(&self) -> std::time::Duration {
+        [
+            self.spans.take_longest_hold(),
+            self.durations.take_longest_hold(),
+            self.logs.take_longest_hold(),
+            self.slos.take_longest_hold(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+    }
+
     /// Durations outside the quantile histograms' 1 µs .. 1 h range, recorded at the bound.
     pub fn clamped(&self) -> u64 {
         self.clamped.load(Ordering::Relaxed)

@@ -297,6 +297,11 @@ impl SloEngine {
             .clone()
     }
 
+    /// The longest time the tick held one SLO shard lock since the last call.
+    pub fn take_longest_hold(&self) -> std::time::Duration {
+        self.series.take_longest_hold()
+    }
+
     /// Writes the `sloxide_slo_*` families from the latest snapshot.
     pub fn render(&self, enc: &mut Encoder<'_>) {
         if self.slos.is_empty() {

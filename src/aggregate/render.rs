@@ -41,6 +41,8 @@ const STATUS: [&str; 3] = ["unset", "ok", "error"];
 impl Aggregator {
     /// Writes the span, log and cardinality families.
     pub fn render(&self, enc: &mut Encoder<'_>, scratch: &mut Scratch) {
+        // Read before this scrape's own holds: they show in the next scrape.
+        let longest_hold = self.take_longest_lock_hold();
         let Scratch {
             spans,
             numbers,
@@ -220,6 +222,9 @@ impl Aggregator {
         for (family, _, overflowed) in families {
             enc.sample_u64(name, &[("family", family)], overflowed);
         }
+        let name = "sloxide_series_lock_hold_max_seconds";
+        enc.family(name, MetricType::Gauge, "Longest time a scrape or the tick held one series shard lock (ingest into that shard waits meanwhile), since the previous scrape.");
+        enc.sample_f64(name, &[], longest_hold.as_secs_f64());
         let name = "sloxide_span_duration_clamped_total";
         enc.family(name, MetricType::Counter, "Span durations outside the quantile histograms' 1us..1h range, recorded at the nearest bound.");
         enc.sample_u64(name, &[], self.clamped());

@@ -7,7 +7,9 @@
 //! `hashbrown::HashTable` per shard behind a `Mutex`.
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
 
@@ -31,6 +33,10 @@ pub struct Sharded<T> {
     shards: Box<[Mutex<HashTable<Entry<T>>>]>,
     mask: u64,
     hasher: foldhash::fast::FixedState,
+    /// The longest time, in nanoseconds, that a visit (a scrape, the tick) held one
+    /// shard's lock since [`Sharded::take_longest_hold`] last read it: how long ingest
+    /// into that shard could have waited. Ingest's own updates are not timed.
+    longest_hold: AtomicU64,
 }
 
 /// How many shards: a power of two, at least four per core and at least 16.
@@ -47,6 +53,7 @@ impl<T> Sharded<T> {
             shards: (0..n).map(|_| Mutex::new(HashTable::new())).collect(),
             mask: n as u64 - 1,
             hasher: foldhash::fast::FixedState::with_seed(0x5107_1de5),
+            longest_hold: AtomicU64::new(0),
         }
     }
 
@@ -116,13 +123,34 @@ impl<T> Sharded<T> {
     /// that shard's visits.
     pub fn for_each(&self, mut f: impl FnMut(&mut Entry<T>)) {
         for shard in self.shards.iter() {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for entry in shard.iter_mut() {
-                f(entry);
-            }
+            self.hold(shard, |table| {
+                for entry in table.iter_mut() {
+                    f(entry);
+                }
+            });
         }
+    }
+
+    /// Runs `f` on a shard under its lock, timing the hold.
+    fn hold<R>(
+        &self,
+        shard: &Mutex<HashTable<Entry<T>>>,
+        f: impl FnOnce(&mut HashTable<Entry<T>>) -> R,
+    ) -> R {
+        let mut table = shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = Instant::now();
+        let r = f(&mut table);
+        let held = start.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        drop(table);
+        self.longest_hold.fetch_max(held, Ordering::Relaxed);
+        r
+    }
+
+    /// The longest time a visit held one shard's lock since the last call, and resets it.
+    pub fn take_longest_hold(&self) -> Duration {
+        Duration::from_nanos(self.longest_hold.swap(0, Ordering::Relaxed))
     }
 
     /// Visits every series, holding a shard's lock for at most `chunk` series at a time,
@@ -132,14 +160,14 @@ impl<T> Sharded<T> {
         for shard in self.shards.iter() {
             let mut done = 0;
             loop {
-                let mut table = shard
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let mut visited = 0;
-                for entry in table.iter_mut().skip(done).take(chunk) {
-                    f(entry);
-                    visited += 1;
-                }
+                let visited = self.hold(shard, |table| {
+                    let mut visited = 0;
+                    for entry in table.iter_mut().skip(done).take(chunk) {
+                        f(entry);
+                        visited += 1;
+                    }
+                    visited
+                });
                 done += visited;
                 // Entries added or removed between chunks may be visited twice or
                 // missed once; the next tick visits them again.
@@ -157,15 +185,14 @@ impl<T> Sharded<T> {
         mut removed: impl FnMut(&Entry<T>),
     ) {
         for shard in self.shards.iter() {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            shard.retain(|e| {
-                let k = keep(e);
-                if !k {
-                    removed(e);
-                }
-                k
+            self.hold(shard, |table| {
+                table.retain(|e| {
+                    let k = keep(e);
+                    if !k {
+                        removed(e);
+                    }
+                    k
+                })
             });
         }
     }

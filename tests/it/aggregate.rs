@@ -676,6 +676,8 @@ fn golden_page() -> String {
     );
     clock.advance(Duration::from_secs(60));
     agg.tick();
+    // The tick's lock holds take unpredictable time; reset them so the page shows 0.
+    agg.take_longest_lock_hold();
     let exporter = Exporter::new(
         Arc::new(Telemetry::default()),
         agg,
@@ -684,6 +686,33 @@ fn golden_page() -> String {
     let mut out = String::new();
     exporter.render_into(&mut out, &mut Scratch::default());
     out
+}
+
+/// Scrapes and ticks report how long they held a shard lock, once: the gauge shows
+/// the holds since the previous scrape.
+#[test]
+fn lock_holds_of_scrapes_and_ticks_are_measured_and_reset() {
+    let (agg, _) = setup("");
+    agg.take_longest_lock_hold(); // the SLO engine publishes once when it starts
+    feed(&agg, &traces(&Shape::default()));
+    assert_eq!(
+        agg.take_longest_lock_hold(),
+        Duration::ZERO,
+        "ingest is not timed"
+    );
+    agg.tick();
+    assert!(
+        agg.take_longest_lock_hold() > Duration::ZERO,
+        "the tick held locks"
+    );
+    assert_eq!(agg.take_longest_lock_hold(), Duration::ZERO, "read once");
+    let gauge = |page: &str| sample(page, "sloxide_series_lock_hold_max_seconds", &[]);
+    assert_eq!(gauge(&render(&agg)), Some(0.0));
+    let second = gauge(&render(&agg)).unwrap();
+    assert!(
+        second > 0.0 && second < 1.0,
+        "the first scrape's holds: {second}"
+    );
 }
 
 #[test]
