@@ -12,8 +12,8 @@ pub enum DecodeError {
     /// The buffer ended inside a field.
     #[error("truncated message: a field runs past the end of its buffer")]
     Truncated,
-    /// A varint longer than ten bytes.
-    #[error("malformed varint: more than 10 bytes")]
+    /// A varint longer than ten bytes, or one whose value exceeds 64 bits.
+    #[error("malformed varint: more than 10 bytes or more than 64 bits")]
     VarintOverflow,
     /// Field number 0, or one above 2^29 - 1.
     #[error("invalid field number {0}")]
@@ -112,6 +112,10 @@ impl<'a> Reader<'a> {
             };
             self.rest = rest;
             let b = *b;
+            // The tenth byte holds bit 63 only; more is an overflow, as prost says.
+            if i == 9 && b > 1 {
+                return Err(DecodeError::VarintOverflow);
+            }
             value |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
                 return Ok(value);
@@ -226,6 +230,15 @@ mod tests {
         assert_eq!(
             Reader::new(&eleven).varint(),
             Err(DecodeError::VarintOverflow)
+        );
+        let mut max = [0xff; 10];
+        max[9] = 0x01;
+        assert_eq!(Reader::new(&max).varint(), Ok(u64::MAX));
+        max[9] = 0x02;
+        assert_eq!(
+            Reader::new(&max).varint(),
+            Err(DecodeError::VarintOverflow),
+            "bits beyond 64"
         );
         assert_eq!(Reader::new(&[0x80]).varint(), Err(DecodeError::Truncated));
     }
