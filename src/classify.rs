@@ -227,10 +227,12 @@ impl Plan {
                 let _ = write!(inline, "{i}");
                 Some(Label::Inline(inline))
             }
-            Value::Double(d) => {
-                let _ = write!(inline, "{d}");
-                Some(Label::Inline(inline))
-            }
+            Value::Double(d) => Some(if write!(inline, "{d}").is_ok() {
+                Label::Inline(inline)
+            } else {
+                // Too long for the inline buffer (1e40 is written out in full).
+                Label::Owned(cut(&d.to_string(), self.max_label_bytes).to_owned())
+            }),
             Value::Bool(b) => Some(Label::Borrowed(if b { "true" } else { "false" })),
             Value::Missing | Value::Other => None,
         }
@@ -273,6 +275,11 @@ mod tests {
         let l = |v: Value<'_>| plan.label(&v).map(|l| l.as_str().to_owned());
         assert_eq!(l(Value::Int(-42)).as_deref(), Some("-42"));
         assert_eq!(l(Value::Double(0.5)).as_deref(), Some("0.5"));
+        assert_eq!(
+            l(Value::Double(1e40)).as_deref(),
+            Some("1000000000000000"),
+            "a long number is cut to max_label_bytes (16 here), not lost"
+        );
         assert_eq!(l(Value::Bool(true)).as_deref(), Some("true"));
         assert_eq!(l(Value::Other), None);
         assert_eq!(l(Value::Str(b"")), None, "an empty string is no value");

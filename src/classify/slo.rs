@@ -243,6 +243,7 @@ fn pick<'a>(event: &[Value<'a>], resource: &[Value<'a>], index: usize) -> Value<
 #[inline]
 fn holds(c: &Condition, event: &[Value<'_>], resource: &[Value<'_>]) -> bool {
     let mut inline = InlineStr::new();
+    let long: String;
     let text: &[u8] = match pick(event, resource, c.index) {
         Value::Str(s) => s,
         Value::Int(i) => {
@@ -250,8 +251,13 @@ fn holds(c: &Condition, event: &[Value<'_>], resource: &[Value<'_>]) -> bool {
             inline.as_str().as_bytes()
         }
         Value::Double(d) => {
-            let _ = write!(inline, "{d}");
-            inline.as_str().as_bytes()
+            if write!(inline, "{d}").is_ok() {
+                inline.as_str().as_bytes()
+            } else {
+                // Too long for the inline buffer: 1e40 is written out in full.
+                long = d.to_string();
+                long.as_bytes()
+            }
         }
         Value::Bool(true) => b"true",
         Value::Bool(false) => b"false",
@@ -320,6 +326,35 @@ mod tests {
             status,
             attrs: 0,
         }
+    }
+
+    #[test]
+    fn numbers_too_long_for_the_inline_buffer_are_compared_in_full() {
+        let (keys, slos) = compile(
+            r#"
+slos:
+  - name: a
+    service: s
+    objective: 99
+    filter: {attributes: {x: ["1", "10000000000000000000000000000000000000000"]}}
+    indicator: {availability: {}}
+"#,
+        );
+        let x = keys.index_of("x").unwrap();
+        let with = |v: Value<'static>| {
+            let mut r = vec![Value::Missing; keys.len()];
+            r[x] = v;
+            r
+        };
+        let res = vec![Value::Missing; keys.len()];
+        let judge = |v| slos[0].classify_span(&span(2, b"op", 1, 0), &with(v), &res);
+        assert_eq!(judge(Value::Double(1.0)), Some(false), "1 is accepted");
+        assert_eq!(
+            judge(Value::Double(1e40)),
+            Some(false),
+            "written out in full"
+        );
+        assert_eq!(judge(Value::Double(1e32)), None, "not cut down to \"1\"");
     }
 
     #[test]
