@@ -510,7 +510,9 @@ fn keep_value<'a, E>(
     Ok(())
 }
 
-/// [`key_value`] for any field order and layout.
+/// [`key_value`] for any field order and layout. A repeated `value` field merges, as
+/// protobuf merges repeated embedded messages: the payloads are read in order onto one
+/// value, so an empty one after `"a"` leaves `"a"`.
 #[inline(never)]
 fn key_value_general<'a, E>(
     msg: &'a [u8],
@@ -520,7 +522,7 @@ fn key_value_general<'a, E>(
 ) -> Result<(), DecodeError> {
     let mut r = Reader::new(msg);
     let mut key: &[u8] = &[];
-    let mut value: Option<&'a [u8]> = None;
+    let mut values = 0;
     while let Some((field, wire)) = r.tag()? {
         match field {
             1 => {
@@ -529,15 +531,30 @@ fn key_value_general<'a, E>(
             }
             2 => {
                 expect(field, wire, WireType::Len)?;
-                value = Some(r.bytes()?);
+                r.bytes()?;
+                values += 1;
             }
             _ => r.skip(field, wire)?,
         }
     }
-    match (keys.find(key), value) {
-        (Some(index), Some(value)) => keep_value(value, row, index, out),
-        _ => Ok(()),
+    let Some(index) = keys.find(key) else {
+        return Ok(());
+    };
+    let mut value = Value::Missing;
+    if values > 0 {
+        let mut r = Reader::new(msg);
+        while let Some((field, wire)) = r.tag()? {
+            if field == 2 {
+                value = any_value_onto(r.bytes()?, value)?;
+            } else {
+                r.skip(field, wire)?;
+            }
+        }
     }
+    if value != Value::Missing {
+        out.set_first(row, index, value);
+    }
+    Ok(())
 }
 
 /// Reads an `AnyValue` oneof; the last field present wins, as in protobuf. Always
@@ -545,8 +562,13 @@ fn key_value_general<'a, E>(
 /// offsets, and those moves took half of `key_value`'s time (perf annotate).
 #[inline(always)]
 fn any_value(msg: &[u8]) -> Result<Value<'_>, DecodeError> {
+    any_value_onto(msg, Value::Missing)
+}
+
+/// Reads an `AnyValue` message merged onto `value` (what an earlier occurrence set).
+#[inline(always)]
+fn any_value_onto<'a>(msg: &'a [u8], mut value: Value<'a>) -> Result<Value<'a>, DecodeError> {
     let mut r = Reader::new(msg);
-    let mut value = Value::Missing;
     while let Some((field, wire)) = r.tag()? {
         value = match field {
             1 => {

@@ -453,6 +453,61 @@ proptest! {
     }
 }
 
+/// A `KeyValue` whose `value` field repeats: protobuf merges the two messages, so a
+/// trailing empty `AnyValue` keeps the string, and a later string replaces it.
+#[test]
+fn a_repeated_attribute_value_merges_as_in_prost() {
+    let kv = |values: Vec<Payload>| {
+        let mut fields = vec![(1, s("service.name"))];
+        fields.extend(values.into_iter().map(|v| (2, v)));
+        Payload::Msg(fields)
+    };
+    let cases = [
+        (
+            vec![Payload::Msg(vec![(1, s("a"))]), Payload::Msg(vec![])],
+            "a",
+        ),
+        (
+            vec![
+                Payload::Msg(vec![(1, s("a"))]),
+                Payload::Msg(vec![(1, s("b"))]),
+            ],
+            "b",
+        ),
+        (
+            vec![Payload::Msg(vec![]), Payload::Msg(vec![(1, s("c"))])],
+            "c",
+        ),
+    ];
+    for (values, want) in cases {
+        let resource = Payload::Msg(vec![(1, kv(values))]);
+        let span = Payload::Msg(vec![(7, Payload::Fixed64(1)), (8, Payload::Fixed64(2))]);
+        let rs = vec![(1, resource), (2, Payload::Msg(vec![(2, span)]))];
+        let mut bytes = Vec::new();
+        encode(&[(1, Payload::Msg(rs))], &mut bytes);
+        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        let attrs = &decoded.resource_spans[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes;
+        assert_eq!(
+            attrs[0].value.as_ref().and_then(|v| v.value.clone()),
+            Some(any_value::Value::StringValue(want.into())),
+            "prost"
+        );
+        let keys = keys();
+        let mut batch = TraceBatch::default();
+        walk_traces(&bytes, &keys, &mut batch).unwrap();
+        let run = batch.resources[0].clone();
+        assert_eq!(
+            batch.resource_attrs(&run)[0],
+            Value::Str(want.as_bytes()),
+            "walker"
+        );
+    }
+}
+
 #[test]
 fn resource_after_its_scopes_still_applies() {
     let mut m = Mangler(7);
