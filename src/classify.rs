@@ -213,30 +213,48 @@ impl Plan {
     /// region), so it falls through to the next source, like an absent attribute.
     #[inline]
     pub fn label<'a>(&self, value: &Value<'a>) -> Option<Label<'a>> {
-        let mut inline = InlineStr::new();
+        let max = self.max_label_bytes;
         match *value {
             Value::Str(b"") => None,
             Value::Str(bytes) => Some(match std::str::from_utf8(bytes) {
-                Ok(s) => Label::Borrowed(cut(s, self.max_label_bytes)),
+                Ok(s) => Label::Borrowed(cut(s, max)),
                 Err(_) => {
                     let repaired = String::from_utf8_lossy(bytes);
-                    Label::Owned(cut(&repaired, self.max_label_bytes).to_owned())
+                    Label::Owned(cut(&repaired, max).to_owned())
                 }
             }),
-            Value::Int(i) => {
-                let _ = write!(inline, "{i}");
-                Some(Label::Inline(inline))
-            }
-            Value::Double(d) => Some(if write!(inline, "{d}").is_ok() {
-                Label::Inline(inline)
-            } else {
-                // Too long for the inline buffer (1e40 is written out in full).
-                Label::Owned(cut(&d.to_string(), self.max_label_bytes).to_owned())
+            _ => scalar_text(value).map(|text| match text {
+                Label::Inline(mut s) => {
+                    s.len = cut(s.as_str(), max).len() as u8;
+                    Label::Inline(s)
+                }
+                Label::Owned(s) => Label::Owned(cut(&s, max).to_owned()),
+                borrowed => borrowed,
             }),
-            Value::Bool(b) => Some(Label::Borrowed(if b { "true" } else { "false" })),
-            Value::Missing | Value::Other => None,
         }
     }
+}
+
+/// A number or boolean written out, as labels and SLO filters see it: inline when it
+/// fits (every integer does), owned otherwise (`1e40` is written out in full). `None`
+/// for strings and for values that are not scalars.
+pub(crate) fn scalar_text(value: &Value<'_>) -> Option<Label<'static>> {
+    let mut inline = InlineStr::new();
+    Some(match *value {
+        Value::Int(i) => {
+            let _ = write!(inline, "{i}");
+            Label::Inline(inline)
+        }
+        Value::Double(d) => {
+            if write!(inline, "{d}").is_ok() {
+                Label::Inline(inline)
+            } else {
+                Label::Owned(d.to_string())
+            }
+        }
+        Value::Bool(b) => Label::Borrowed(if b { "true" } else { "false" }),
+        Value::Str(_) | Value::Missing | Value::Other => return None,
+    })
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
@@ -274,6 +292,11 @@ mod tests {
         let plan = Plan::compile(&config);
         let l = |v: Value<'_>| plan.label(&v).map(|l| l.as_str().to_owned());
         assert_eq!(l(Value::Int(-42)).as_deref(), Some("-42"));
+        assert_eq!(
+            l(Value::Int(i64::MIN)).as_deref(),
+            Some("-922337203685477"),
+            "integers are cut to max_label_bytes too"
+        );
         assert_eq!(l(Value::Double(0.5)).as_deref(), Some("0.5"));
         assert_eq!(
             l(Value::Double(1e40)).as_deref(),

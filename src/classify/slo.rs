@@ -1,8 +1,6 @@
 //! SLO filters and indicators compiled into checks over extracted attribute rows.
 
-use std::fmt::Write as _;
-
-use super::InlineStr;
+use super::scalar_text;
 use crate::config::slo::{AttributeMatch, Indicator, Severity, Slo, Source, SpanKind};
 use crate::otlp::logs::LogView;
 use crate::otlp::spans::SpanView;
@@ -242,28 +240,17 @@ fn pick<'a>(event: &[Value<'a>], resource: &[Value<'a>], index: usize) -> Value<
 
 #[inline]
 fn holds(c: &Condition, event: &[Value<'_>], resource: &[Value<'_>]) -> bool {
-    let mut inline = InlineStr::new();
-    let long: String;
+    let scalar;
     let text: &[u8] = match pick(event, resource, c.index) {
         Value::Str(s) => s,
-        Value::Int(i) => {
-            let _ = write!(inline, "{i}");
-            inline.as_str().as_bytes()
-        }
-        Value::Double(d) => {
-            if write!(inline, "{d}").is_ok() {
-                inline.as_str().as_bytes()
-            } else {
-                // Too long for the inline buffer: 1e40 is written out in full.
-                long = d.to_string();
-                long.as_bytes()
+        other => match scalar_text(&other) {
+            Some(t) => {
+                scalar = t;
+                scalar.as_str().as_bytes()
             }
-        }
-        Value::Bool(true) => b"true",
-        Value::Bool(false) => b"false",
-        Value::Missing | Value::Other => return false,
+            None => return false,
+        },
     };
-    // Copy out of the inline buffer's borrow before comparing.
     c.accepted.iter().any(|a| a.as_bytes() == text)
 }
 
