@@ -31,6 +31,10 @@ struct TierRule {
     threshold: f64,
 }
 
+/// How the render reads an event count off a row, and a setting off an SLO.
+type CountOf = fn(&Row) -> u64;
+type SettingOf = fn(&SloRuntime) -> f64;
+
 /// What the engine knows of one configured SLO.
 #[derive(Debug, Clone)]
 struct SloRuntime {
@@ -328,50 +332,51 @@ impl SloEngine {
             enc.sample_f64(name, &pairs[..n], value);
         };
 
-        let name = "sloxide_slo_events_total";
-        enc.family(
-            name,
-            MetricType::Counter,
-            "Events that the SLO's filter selected, per region.",
-        );
-        for row in snap.rows.iter().filter(|r| r.region.is_some()) {
-            let rt = &self.slos[row.slo];
-            emit(
-                enc,
-                name,
-                rt,
-                row.region.as_deref(),
-                None,
-                row.events as f64,
-            );
+        // Event counts: per region only (no roll-up row), so that sum() is right.
+        let counts: [(&str, &str, CountOf); 2] = [
+            (
+                "sloxide_slo_events_total",
+                "Events that the SLO's filter selected, per region.",
+                |r| r.events,
+            ),
+            (
+                "sloxide_slo_bad_events_total",
+                "The bad events among sloxide_slo_events_total.",
+                |r| r.bad,
+            ),
+        ];
+        for (name, help, count) in counts {
+            enc.family(name, MetricType::Counter, help);
+            for row in snap.rows.iter().filter(|r| r.region.is_some()) {
+                let rt = &self.slos[row.slo];
+                emit(
+                    enc,
+                    name,
+                    rt,
+                    row.region.as_deref(),
+                    None,
+                    count(row) as f64,
+                );
+            }
         }
-        let name = "sloxide_slo_bad_events_total";
-        enc.family(
-            name,
-            MetricType::Counter,
-            "The bad events among sloxide_slo_events_total.",
-        );
-        for row in snap.rows.iter().filter(|r| r.region.is_some()) {
-            let rt = &self.slos[row.slo];
-            emit(enc, name, rt, row.region.as_deref(), None, row.bad as f64);
-        }
-        let name = "sloxide_slo_objective_ratio";
-        enc.family(
-            name,
-            MetricType::Gauge,
-            "The SLO's objective as a ratio, e.g. 0.999.",
-        );
-        for rt in &self.slos {
-            emit(enc, name, rt, None, None, rt.budget.objective_ratio());
-        }
-        let name = "sloxide_slo_period_seconds";
-        enc.family(
-            name,
-            MetricType::Gauge,
-            "The rolling period of the SLO's error budget.",
-        );
-        for rt in &self.slos {
-            emit(enc, name, rt, None, None, rt.period_secs);
+        // Configuration: one series per SLO.
+        let settings: [(&str, &str, SettingOf); 2] = [
+            (
+                "sloxide_slo_objective_ratio",
+                "The SLO's objective as a ratio, e.g. 0.999.",
+                |rt| rt.budget.objective_ratio(),
+            ),
+            (
+                "sloxide_slo_period_seconds",
+                "The rolling period of the SLO's error budget.",
+                |rt| rt.period_secs,
+            ),
+        ];
+        for (name, help, setting) in settings {
+            enc.family(name, MetricType::Gauge, help);
+            for rt in &self.slos {
+                emit(enc, name, rt, None, None, setting(rt));
+            }
         }
         let name = "sloxide_slo_sli_ratio";
         enc.family(name, MetricType::Gauge, "Good / total events over the window; absent while the window holds no event. No region label: all regions together.");
