@@ -15,14 +15,13 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
-use sloxide::aggregate::Aggregator;
-use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
 use sloxide::fixture::{self, Shape};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
 use sloxide::otlp::wire::Reader;
+use sloxide::pipeline::Pipeline;
 
 /// What the baseline keeps per series.
 #[derive(Default)]
@@ -147,9 +146,9 @@ fn pipeline(c: &mut Criterion) {
     );
     let config = Config::from_yaml(include_str!("../config/example.yaml"), "example.yaml")
         .expect("config/example.yaml is valid");
-    let plan = Arc::new(Plan::compile(&config));
     let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
-    let aggregator = Aggregator::new(&config, plan.clone(), clock);
+    let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
+    let (plan, aggregator) = (&pipeline.plan, &pipeline.aggregator);
 
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(spans));

@@ -10,22 +10,24 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use sloxide::aggregate::Aggregator;
-use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
 use sloxide::fixture::{self, Shape};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::pipeline::Pipeline;
 
 const BATCHES_PER_THREAD: usize = 40;
 
-fn aggregator(config: &Config, plan: &Arc<Plan>, now: u64) -> Aggregator {
-    Aggregator::new(config, plan.clone(), Arc::new(ManualClock::new(now)))
+fn aggregator(config: &Config, now: u64) -> Arc<Aggregator> {
+    Pipeline::new(config, Arc::new(ManualClock::new(now)))
+        .unwrap()
+        .aggregator
 }
 
 fn record(c: &mut Criterion) {
     let config = Config::embedded_default();
-    let plan = Arc::new(Plan::compile(&config));
+    let plan = aggregator(&config, 0).plan().clone();
     let shape = Shape::default();
     let now = shape.end_unix_nanos + 1_000_000_000;
     // One body per thread: the same services for "same", thread-specific ones for
@@ -58,10 +60,9 @@ fn record(c: &mut Criterion) {
             for (state, shared) in [("sharded", true), ("per_thread", false)] {
                 let id = format!("{state}/{series}/{threads}_threads");
                 g.bench_function(id, |b| {
-                    let shared_agg = aggregator(&config, &plan, now);
-                    let own: Vec<Aggregator> = (0..threads)
-                        .map(|_| aggregator(&config, &plan, now))
-                        .collect();
+                    let shared_agg = aggregator(&config, now);
+                    let own: Vec<Arc<Aggregator>> =
+                        (0..threads).map(|_| aggregator(&config, now)).collect();
                     b.iter(|| {
                         std::thread::scope(|s| {
                             for t in 0..threads {

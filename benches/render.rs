@@ -19,21 +19,18 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
-use sloxide::aggregate::Aggregator;
-use sloxide::aggregate::render::Scratch;
-use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
-use sloxide::export::text::Encoder;
+use sloxide::export::render::Renderer;
 use sloxide::fixture::{self, Shape};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::pipeline::Pipeline;
 
 /// 2500 services x 4 routes (a dimension) = 10 000 span histogram series, 2500
 /// quantile series.
-fn loaded() -> (Arc<Aggregator>, Arc<Plan>, Shape) {
+fn loaded() -> (Arc<Pipeline>, Config) {
     let config = Config::from_yaml("dimensions: [http.route]", "bench.yaml").unwrap();
-    let plan = Arc::new(Plan::compile(&config));
     let shape = Shape {
         resources: 2500,
         per_resource: 4,
@@ -41,30 +38,29 @@ fn loaded() -> (Arc<Aggregator>, Arc<Plan>, Shape) {
         ..Shape::default()
     };
     let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
-    let agg = Arc::new(Aggregator::new(&config, plan.clone(), clock.clone()));
+    let pipeline = Arc::new(Pipeline::new(&config, clock.clone()).unwrap());
     let body = fixture::traces(&shape).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, plan.keys(), &mut batch).unwrap();
-    agg.record_traces(&batch);
+    walk_traces(&body, pipeline.plan.keys(), &mut batch).unwrap();
+    pipeline.aggregator.record_traces(&batch);
     // Complete the minute so that every quantile series has quantiles to render.
     clock.advance(Duration::from_secs(60));
-    agg.tick();
-    (agg, plan, shape)
+    pipeline.tick();
+    (pipeline, config)
 }
 
 fn render(c: &mut Criterion) {
-    let (agg, _, _) = loaded();
+    let (p, config) = loaded();
     let mut out = String::new();
-    let mut scratch = Scratch::default();
-    agg.render(&mut Encoder::new(&mut out), &mut scratch);
+    let mut renderer = Renderer::new(&config);
+    renderer.render(&p.aggregator, &p.telemetry, &mut out);
     let lines = out.lines().filter(|l| !l.starts_with('#')).count() as u64;
     eprintln!("render: {lines} sample lines, {} bytes", out.len());
     let mut g = c.benchmark_group("render");
     g.throughput(Throughput::Elements(lines));
     g.bench_function("10k_histogram_series", |b| {
         b.iter(|| {
-            out.clear();
-            agg.render(&mut Encoder::new(&mut out), &mut scratch);
+            renderer.render(&p.aggregator, &p.telemetry, &mut out);
             black_box(out.len());
         })
     });
@@ -102,11 +98,12 @@ enum Neighbour {
 /// Times 100-span record calls for `secs` beside `neighbour`; returns the latencies and
 /// the neighbour's longest lock hold per scrape + tick.
 fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Duration>) {
-    let (agg, plan, _) = loaded();
+    let (p, config) = loaded();
     let scraped = match neighbour {
         Neighbour::OtherAggregation => loaded().0,
-        _ => agg.clone(),
+        _ => p.clone(),
     };
+    let agg = &p.aggregator;
     // 100 spans over 25 of the services: their series exist already.
     let small = Shape {
         resources: 25,
@@ -116,7 +113,7 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
     };
     let body = fixture::traces(&small).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, plan.keys(), &mut batch).unwrap();
+    walk_traces(&body, p.plan.keys(), &mut batch).unwrap();
     let stop = AtomicBool::new(false);
     let mut holds = Vec::new();
     let mut latencies = Vec::new();
@@ -124,12 +121,12 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
         let scraper = (neighbour != Neighbour::None).then(|| {
             s.spawn(|| {
                 let mut out = String::new();
-                let mut scratch = Scratch::default();
+                let mut renderer = Renderer::new(&config);
                 let mut holds = Vec::new();
+                let scraped = &scraped.aggregator;
                 scraped.take_longest_lock_hold();
                 while !stop.load(Ordering::Relaxed) {
-                    out.clear();
-                    scraped.render(&mut Encoder::new(&mut out), &mut scratch);
+                    renderer.render(scraped, &p.telemetry, &mut out);
                     scraped.tick();
                     holds.push(scraped.take_longest_lock_hold());
                 }

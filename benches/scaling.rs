@@ -15,6 +15,7 @@ use sloxide::config::Config;
 use sloxide::fixture::{self, Shape};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::pipeline::Pipeline;
 
 /// Sets every span's `http.route` to `route(i)` for the i-th span of the request.
 fn with_routes(
@@ -39,18 +40,18 @@ fn with_routes(
 }
 
 struct Setup {
-    agg: Aggregator,
+    agg: Arc<Aggregator>,
     plan: Arc<Plan>,
     bodies: Vec<Vec<u8>>,
 }
 
 fn setup(yaml: &str, bodies: Vec<Vec<u8>>) -> Setup {
     let config = Config::from_yaml(yaml, "bench.yaml").unwrap();
-    let plan = Arc::new(Plan::compile(&config));
     let clock = Arc::new(ManualClock::new(
         Shape::default().end_unix_nanos + 1_000_000_000,
     ));
-    let agg = Aggregator::new(&config, plan.clone(), clock);
+    let pipeline = Pipeline::new(&config, clock).unwrap();
+    let (plan, agg) = (pipeline.plan, pipeline.aggregator);
     // Create every series before timing.
     let mut batch = TraceBatch::default();
     for body in &bodies {

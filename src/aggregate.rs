@@ -8,110 +8,27 @@
 //! computes the quantiles of the last complete minute and expires idle series; a scrape
 //! copies each shard's numbers out under its lock and formats them afterwards.
 
-pub mod render;
 pub mod series;
-pub mod shards;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::classify::{Dimension, Label, MAX_SPAN_LABELS, Plan};
+use crate::classify::{Dimension, Label, MAX_SPAN_LABELS, Plan, Verdict};
 use crate::clock::{Clock, slot_time};
 use crate::config::Config;
 use crate::config::MAX_DIMENSIONS;
-use crate::config::slo::{Severity, Source, SpanKind};
+use crate::config::slo::Source;
 use crate::ingest::Recorder;
-use crate::otlp::Value;
 use crate::otlp::logs::LogBatch;
 use crate::otlp::spans::TraceBatch;
+use crate::otlp::{Severity, SpanKind, StatusCode, Value};
 use crate::slo::SloEngine;
+use crate::store::{Family, Fold, MAX_LABELS};
 use series::{QuantileSeries, Recorded, SpanSeries};
-use shards::{Sharded, default_shards};
-
-/// The label value every label but `service` (or every label) takes in an overflow series.
-pub const OVERFLOW: &str = "__overflow__";
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// The label-set limits of one family, and its overflow count.
-#[derive(Debug)]
-pub struct Cardinality {
-    max_series: usize,
-    max_per_service: usize,
-    active: AtomicUsize,
-    per_service: Mutex<HashMap<Box<str>, usize>>,
-    overflow: AtomicU64,
-}
-
-/// Whether a new label set gets a series of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// It does.
-    Own,
-    /// Its service has `max_series_per_service` label sets: fold into the service's
-    /// overflow series.
-    ServiceOverflow,
-    /// The family has `max_series` label sets: fold into the family's overflow series.
-    FamilyOverflow,
-}
-
-impl Cardinality {
-    /// Limits of `max_series` label sets, `max_per_service` of them per service.
-    pub fn new(max_series: usize, max_per_service: usize) -> Self {
-        Self {
-            max_series,
-            max_per_service,
-            active: AtomicUsize::new(0),
-            per_service: Mutex::new(HashMap::new()),
-            overflow: AtomicU64::new(0),
-        }
-    }
-
-    /// Admits a new label set of `service`, or says where it overflows to.
-    pub fn admit(&self, service: &str) -> Admission {
-        // The map's lock serialises admissions, so the limits hold exactly.
-        let mut per = self
-            .per_service
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Relaxed: `active` is only changed under the `per_service` lock.
-        if self.active.load(Ordering::Relaxed) >= self.max_series {
-            return Admission::FamilyOverflow;
-        }
-        if per.get(service).is_some_and(|n| *n >= self.max_per_service) {
-            return Admission::ServiceOverflow;
-        }
-        *per.entry(service.into()).or_insert(0) += 1;
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Admission::Own
-    }
-
-    /// Gives back the slot of an expired series of `service`.
-    pub fn release(&self, service: &str) {
-        let mut per = self
-            .per_service
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = per.get_mut(service) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(service);
-            }
-            self.active.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts records folded into an overflow series.
-    pub fn count_overflow(&self, n: u64) {
-        self.overflow.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Records counted in an overflow series so far.
-    pub fn overflowed(&self) -> u64 {
-        self.overflow.load(Ordering::Relaxed)
-    }
-}
+const _: () = assert!(MAX_SPAN_LABELS <= MAX_LABELS);
 
 /// Every series sloxide keeps, and the rules that fill them.
 #[derive(Debug)]
@@ -119,18 +36,17 @@ pub struct Aggregator {
     plan: Arc<Plan>,
     clock: Arc<dyn Clock>,
     bounds_nanos: Box<[u64]>,
-    le_labels: Box<[String]>,
     quantiles: Box<[f64]>,
-    quantile_labels: Box<[String]>,
     late_slack: u64,
     max_skew: u64,
     idle_expiry_secs: u64,
-    spans: Sharded<SpanSeries>,
-    span_limits: Cardinality,
-    durations: Sharded<QuantileSeries>,
-    duration_limits: Cardinality,
-    logs: Sharded<u64>,
-    log_limits: Cardinality,
+    /// `sloxide_spans_total` and `sloxide_span_duration_seconds`: (service, region,
+    /// span kind, dimensions...).
+    spans: Family<SpanSeries>,
+    /// `sloxide_span_duration_quantile_seconds`: (service, region, span kind).
+    durations: Family<QuantileSeries>,
+    /// `sloxide_log_records_total`: (service, region, severity).
+    logs: Family<u64>,
     clamped: AtomicU64,
     slos: SloEngine,
 }
@@ -138,8 +54,10 @@ pub struct Aggregator {
 impl Aggregator {
     /// The aggregation for `config`, reading time from `clock`.
     pub fn new(config: &Config, plan: Arc<Plan>, clock: Arc<dyn Clock>) -> Self {
-        let limits = &config.limits;
-        let card = || Cardinality::new(limits.max_series, limits.max_series_per_service);
+        let (max, per_service) = (
+            config.limits.max_series,
+            config.limits.max_series_per_service,
+        );
         Self {
             bounds_nanos: config
                 .histogram
@@ -147,29 +65,13 @@ impl Aggregator {
                 .iter()
                 .map(|b| (b * 1e9).round() as u64)
                 .collect(),
-            le_labels: config
-                .histogram
-                .buckets
-                .iter()
-                .map(|b| shortest(*b))
-                .chain(["+Inf".to_owned()])
-                .collect(),
             quantiles: config.histogram.quantiles.clone().into_boxed_slice(),
-            quantile_labels: config
-                .histogram
-                .quantiles
-                .iter()
-                .map(|q| shortest(*q))
-                .collect(),
             late_slack: config.timing.late_slack.as_nanos() as u64,
             max_skew: config.timing.max_skew.as_nanos() as u64,
-            idle_expiry_secs: limits.series_idle_expiry.as_secs().max(1),
-            spans: Sharded::new(default_shards()),
-            span_limits: card(),
-            durations: Sharded::new(default_shards()),
-            duration_limits: card(),
-            logs: Sharded::new(default_shards()),
-            log_limits: card(),
+            idle_expiry_secs: config.limits.series_idle_expiry.as_secs().max(1),
+            spans: Family::new(max, per_service, Fold::Service),
+            durations: Family::new(max, per_service, Fold::Service),
+            logs: Family::new(max, per_service, Fold::Service),
             clamped: AtomicU64::new(0),
             slos: SloEngine::new(config),
             plan,
@@ -191,40 +93,19 @@ impl Aggregator {
     /// series): one lookup and one shard lock for the whole run.
     fn record_spans(&self, labels: &[&str], spans: &[Pending], run: &[u16], now_secs: u64) {
         let n = self.bounds_nanos.len();
-        let count = run.len() as u64;
-        let apply = |s: &mut SpanSeries| {
-            for &i in run {
-                let p = &spans[usize::from(i)];
-                s.record(usize::from(p.status), p.bucket as usize, p.duration);
-            }
-        };
-        let mut verdict = Admission::Own;
-        let counted = self.spans.update(
+        self.spans.record(
             labels,
+            labels[0],
             now_secs,
-            true,
-            || {
-                verdict = self.span_limits.admit(labels[0]);
-                (verdict == Admission::Own).then(|| SpanSeries::new(n))
+            run.len() as u64,
+            || SpanSeries::new(n),
+            |s| {
+                for &i in run {
+                    let p = &spans[usize::from(i)];
+                    s.record(p.status, p.bucket as usize, p.duration);
+                }
             },
-            apply,
         );
-        if !counted {
-            self.span_limits
-                .overflow
-                .fetch_add(count, Ordering::Relaxed);
-            let mut folded = [OVERFLOW; MAX_SPAN_LABELS];
-            if verdict == Admission::ServiceOverflow {
-                folded[0] = labels[0];
-            }
-            self.spans.update(
-                &folded[..labels.len()],
-                now_secs,
-                false,
-                || Some(SpanSeries::new(n)),
-                apply,
-            );
-        }
     }
 
     /// Records the durations of a run into the quantile series of `labels`
@@ -238,43 +119,21 @@ impl Aggregator {
         now_secs: u64,
     ) {
         let mut clamped = 0;
-        let count = run.len() as u64;
-        let mut apply = |q: &mut QuantileSeries| {
-            for &i in run {
-                let p = &spans[usize::from(i)];
-                if q.record(p.duration, p.minute, now_minute) == Recorded::Clamped {
-                    clamped += 1;
-                }
-            }
-        };
-        let mut verdict = Admission::Own;
-        let counted = self.durations.update(
+        self.durations.record(
             labels,
+            labels[0],
             now_secs,
-            true,
-            || {
-                verdict = self.duration_limits.admit(labels[0]);
-                (verdict == Admission::Own).then(QuantileSeries::default)
+            run.len() as u64,
+            QuantileSeries::default,
+            |q| {
+                for &i in run {
+                    let p = &spans[usize::from(i)];
+                    if q.record(p.duration, p.minute, now_minute) == Recorded::Clamped {
+                        clamped += 1;
+                    }
+                }
             },
-            &mut apply,
         );
-        if !counted {
-            self.duration_limits
-                .overflow
-                .fetch_add(count, Ordering::Relaxed);
-            let service = if verdict == Admission::ServiceOverflow {
-                labels[0]
-            } else {
-                OVERFLOW
-            };
-            self.durations.update(
-                &[service, OVERFLOW, OVERFLOW],
-                now_secs,
-                false,
-                || Some(QuantileSeries::default()),
-                &mut apply,
-            );
-        }
         if clamped > 0 {
             self.clamped.fetch_add(clamped, Ordering::Relaxed);
         }
@@ -329,32 +188,8 @@ impl Aggregator {
     }
 
     fn record_log(&self, labels: &[&str; 3], now_secs: u64) {
-        let mut verdict = Admission::Own;
-        let counted = self.logs.update(
-            labels,
-            now_secs,
-            true,
-            || {
-                verdict = self.log_limits.admit(labels[0]);
-                (verdict == Admission::Own).then_some(0)
-            },
-            |c| *c += 1,
-        );
-        if !counted {
-            self.log_limits.overflow.fetch_add(1, Ordering::Relaxed);
-            let service = if verdict == Admission::ServiceOverflow {
-                labels[0]
-            } else {
-                OVERFLOW
-            };
-            self.logs.update(
-                &[service, OVERFLOW, OVERFLOW],
-                now_secs,
-                false,
-                || Some(0),
-                |c| *c += 1,
-            );
-        }
+        self.logs
+            .record(labels, labels[0], now_secs, 1, || 0, |c| *c += 1);
     }
 
     /// Once a second: computes the SLO values and the quantiles of the last complete
@@ -369,31 +204,9 @@ impl Aggregator {
         self.durations
             .for_each_chunked(8, |e| e.value.compute(last_complete, &self.quantiles));
         let cutoff = now_secs.saturating_sub(self.idle_expiry_secs);
-        let keep = |last_seen: u64| last_seen > cutoff;
-        self.spans.retain(
-            |e| keep(e.last_seen),
-            |e| {
-                if e.own {
-                    self.span_limits.release(&e.labels[0]);
-                }
-            },
-        );
-        self.durations.retain(
-            |e| keep(e.last_seen),
-            |e| {
-                if e.own {
-                    self.duration_limits.release(&e.labels[0]);
-                }
-            },
-        );
-        self.logs.retain(
-            |e| keep(e.last_seen),
-            |e| {
-                if e.own {
-                    self.log_limits.release(&e.labels[0]);
-                }
-            },
-        );
+        self.spans.expire_idle(cutoff);
+        self.durations.expire_idle(cutoff);
+        self.logs.expire_idle(cutoff);
     }
 
     /// The longest time a scrape or the tick held one series shard lock (of any family,
@@ -416,6 +229,21 @@ impl Aggregator {
     pub fn clamped(&self) -> u64 {
         self.clamped.load(Ordering::Relaxed)
     }
+
+    /// The span series (counters and classic buckets).
+    pub fn spans(&self) -> &Family<SpanSeries> {
+        &self.spans
+    }
+
+    /// The span quantile series.
+    pub fn durations(&self) -> &Family<QuantileSeries> {
+        &self.durations
+    }
+
+    /// The log record series.
+    pub fn logs(&self) -> &Family<u64> {
+        &self.logs
+    }
 }
 
 /// String equality that first checks for the very same bytes: labels borrowed from one
@@ -431,10 +259,10 @@ const GROUPS: usize = 8;
 const GROUPED_SPANS: usize = 256;
 
 /// What one span adds to its series.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Pending {
     group: u8,
-    status: u8,
+    status: StatusCode,
     bucket: u32,
     duration: u64,
     minute: u64,
@@ -477,7 +305,13 @@ impl<'a, 'p> SpanGroups<'a, 'p> {
                 dims: std::array::from_fn(|_| Label::Borrowed("")),
             }),
             n_groups: 0,
-            spans: [Pending::default(); GROUPED_SPANS],
+            spans: [Pending {
+                group: 0,
+                status: StatusCode::Unset,
+                bucket: 0,
+                duration: 0,
+                minute: 0,
+            }; GROUPED_SPANS],
             len: 0,
         }
     }
@@ -529,18 +363,35 @@ impl<'a, 'p> SpanGroups<'a, 'p> {
     }
 }
 
+/// The SLO events of one (SLO, region, second) group, summed before they are recorded.
+#[derive(Debug, Clone)]
+struct Tally<'a> {
+    slo: usize,
+    region: Label<'a>,
+    /// Unix second the events are placed at.
+    at: u64,
+    total: u64,
+    bad: u64,
+}
+
 /// SLO events of one resource, summed per (SLO, region, second) before they are
 /// recorded, so that a resource costs one series update per such group, not per event.
 /// A fixed array: the hot path does not allocate.
 struct Tallies<'a> {
-    open: [(usize, Label<'a>, u64, u64, u64); Tallies::CAPACITY],
+    open: [Tally<'a>; Tallies::CAPACITY],
     len: usize,
 }
 
 impl Default for Tallies<'_> {
     fn default() -> Self {
         Self {
-            open: std::array::from_fn(|_| (0, Label::Borrowed(""), 0, 0, 0)),
+            open: std::array::from_fn(|_| Tally {
+                slo: 0,
+                region: Label::Borrowed(""),
+                at: 0,
+                total: 0,
+                bad: 0,
+            }),
             len: 0,
         }
     }
@@ -550,46 +401,50 @@ impl<'a> Tallies<'a> {
     /// At most this many groups are held before they are recorded.
     const CAPACITY: usize = 16;
 
+    /// Counts one event of `slo` in `region` at Unix second `at`, unless `verdict`
+    /// ignores it.
     #[inline]
     fn add(
         &mut self,
-        agg: &Aggregator,
+        slos: &SloEngine,
         slo: usize,
         region: &Label<'a>,
-        t: u64,
-        bad: bool,
+        at: u64,
+        verdict: Verdict,
         now_secs: u64,
     ) {
-        let bad = u64::from(bad);
+        let bad = match verdict {
+            Verdict::Ignored => return,
+            Verdict::Good => 0,
+            Verdict::Bad => 1,
+        };
         if let Some(open) = self.open[..self.len]
             .iter_mut()
-            .find(|o| o.0 == slo && o.2 == t && same(o.1.as_str(), region.as_str()))
+            .find(|o| o.slo == slo && o.at == at && same(o.region.as_str(), region.as_str()))
         {
-            open.3 += 1;
-            open.4 += bad;
+            open.total += 1;
+            open.bad += bad;
             return;
         }
         if self.len == Self::CAPACITY {
-            self.flush(agg, now_secs);
+            self.flush(slos, now_secs);
         }
-        self.open[self.len] = (slo, region.clone(), t, 1, bad);
+        self.open[self.len] = Tally {
+            slo,
+            region: region.clone(),
+            at,
+            total: 1,
+            bad,
+        };
         self.len += 1;
     }
 
-    fn flush(&mut self, agg: &Aggregator, now_secs: u64) {
-        for (slo, region, t, total, bad) in &self.open[..self.len] {
-            agg.slos
-                .record(*slo, region.as_str(), *t, *total, *bad, now_secs);
+    fn flush(&mut self, slos: &SloEngine, now_secs: u64) {
+        for t in &self.open[..self.len] {
+            slos.record(t.slo, t.region.as_str(), t.at, t.total, t.bad, now_secs);
         }
         self.len = 0;
     }
-}
-
-/// A float label value in its shortest form (`0.5`, `0.999`, `16.384`).
-fn shortest(v: f64) -> String {
-    let mut s = String::new();
-    crate::export::text::write_f64(v, &mut s);
-    s
 }
 
 impl Recorder for Aggregator {
@@ -633,25 +488,21 @@ impl Recorder for Aggregator {
                     }
                 };
                 for slo in slos.iter().filter(|s| s.source == Source::Spans) {
-                    if let Some(bad) = slo.classify_span(span, attrs, resource) {
-                        let region = &groups.keys[usize::from(g)].region;
-                        tallies.add(self, slo.index, region, at / NANOS_PER_SEC, bad, now_secs);
-                    }
+                    let verdict = slo.classify_span(span, attrs, resource);
+                    let region = &groups.keys[usize::from(g)].region;
+                    let second = at / NANOS_PER_SEC;
+                    tallies.add(&self.slos, slo.index, region, second, verdict, now_secs);
                 }
                 groups.push(Pending {
                     group: g,
-                    status: match span.status {
-                        1 => 1,
-                        2 => 2,
-                        _ => 0,
-                    },
+                    status: StatusCode::from_otlp(span.status),
                     bucket: self.bounds_nanos.partition_point(|b| *b < duration) as u32,
                     duration,
                     minute: at / NANOS_PER_SEC / 60,
                 });
             }
             self.flush(service.as_str(), &mut groups, now_minute, now_secs);
-            tallies.flush(self, now_secs);
+            tallies.flush(&self.slos, now_secs);
         }
     }
 
@@ -672,12 +523,12 @@ impl Recorder for Aggregator {
                 self.record_log(&[service.as_str(), region.as_str(), severity], now_secs);
                 let at = slot_time(record.event_time(), now, self.late_slack, self.max_skew);
                 for slo in slos.iter().filter(|s| s.source == Source::Logs) {
-                    if let Some(bad) = slo.classify_log(record, attrs, resource) {
-                        tallies.add(self, slo.index, &region, at / NANOS_PER_SEC, bad, now_secs);
-                    }
+                    let verdict = slo.classify_log(record, attrs, resource);
+                    let second = at / NANOS_PER_SEC;
+                    tallies.add(&self.slos, slo.index, &region, second, verdict, now_secs);
                 }
             }
-            tallies.flush(self, now_secs);
+            tallies.flush(&self.slos, now_secs);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use crate::config::{Config, dimension_label};
 use crate::otlp::{AttrKeys, SERVICE_NAME, Value};
 use slo::CompiledSlo;
+pub use slo::Verdict;
 
 /// The service label when a resource carries no `service.name`.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
@@ -75,6 +76,16 @@ impl std::fmt::Write for InlineStr {
     }
 }
 
+/// Why a configuration could not be compiled into a plan. Validation makes this
+/// unreachable for a checked [`Config`]; it is an error rather than a silent default
+/// so that a bug shows as one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A key the plan reads is not among the keys the walkers extract.
+    #[error("attribute key {0:?} is read but not extracted")]
+    UnknownKey(String),
+}
+
 /// The compiled plan for labels.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -98,7 +109,7 @@ pub struct Dimension {
 
 impl Plan {
     /// Compiles `config`.
-    pub fn compile(config: &Config) -> Self {
+    pub fn compile(config: &Config) -> Result<Self, PlanError> {
         let keys = AttrKeys::new(
             config
                 .region
@@ -113,24 +124,37 @@ impl Plan {
             .iter()
             .enumerate()
             .map(|(i, s)| CompiledSlo::compile(i, s, &keys))
-            .collect();
+            .collect::<Result<_, _>>()?;
         slos.sort_by(|a, b| a.service.cmp(&b.service).then(a.index.cmp(&b.index)));
-        let index = |k: &str| keys.index_of(k).unwrap_or(0);
-        Self {
-            region_keys: config.region.attributes.iter().map(|k| index(k)).collect(),
+        let index = |k: &str| {
+            keys.index_of(k)
+                .ok_or_else(|| PlanError::UnknownKey(k.to_owned()))
+        };
+        if index(SERVICE_NAME)? != 0 {
+            return Err(PlanError::UnknownKey(SERVICE_NAME.to_owned()));
+        }
+        Ok(Self {
+            region_keys: config
+                .region
+                .attributes
+                .iter()
+                .map(|k| index(k))
+                .collect::<Result<_, _>>()?,
             region_default: config.region.default.clone(),
             dimensions: config
                 .dimensions
                 .iter()
-                .map(|d| Dimension {
-                    index: index(d),
-                    label: dimension_label(d),
+                .map(|d| {
+                    Ok(Dimension {
+                        index: index(d)?,
+                        label: dimension_label(d),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, PlanError>>()?,
             max_label_bytes: config.limits.max_label_bytes,
             keys,
             slos,
-        }
+        })
     }
 
     /// The SLOs of `service` (of both sources): look them up once per resource.
@@ -160,7 +184,7 @@ impl Plan {
     /// The service of a resource row.
     #[inline]
     pub fn service<'a>(&self, resource: &[Value<'a>]) -> Label<'a> {
-        debug_assert_eq!(self.keys.index_of(SERVICE_NAME), Some(0));
+        // `compile` checked that service.name is key 0.
         self.label(&resource[0])
             .unwrap_or(Label::Borrowed(UNKNOWN_SERVICE))
     }
@@ -289,7 +313,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let plan = Plan::compile(&config);
+        let plan = Plan::compile(&config).unwrap();
         let l = |v: Value<'_>| plan.label(&v).map(|l| l.as_str().to_owned());
         assert_eq!(l(Value::Int(-42)).as_deref(), Some("-42"));
         assert_eq!(

@@ -3,8 +3,8 @@
 //!
 //! Reading happens in two steps. serde fills `Raw*` structs, in which every key is
 //! optional and carries its line and column ([`Spanned`]). Validation then turns them
-//! into the checked types below, filling in the defaults of SPEC section 2, so an error
-//! names the file, the position, the key path and the fix.
+//! into the checked types below, filling in the defaults that `docs/reference.md`
+//! lists, so an error names the file, the position, the key path and the fix.
 
 pub mod duration;
 pub mod slo;
@@ -848,6 +848,24 @@ fn positive_count(
 }
 
 /// A list of distinct, non-empty strings.
+/// Refuses `value`, at `location` and `key`, when `seen` holds it already: the one
+/// check behind every "listed twice" error.
+fn not_listed_twice<T: PartialEq + std::fmt::Display>(
+    seen: &[T],
+    value: &T,
+    location: &Location,
+    key: impl FnOnce() -> String,
+) -> Result<(), Invalid> {
+    if seen.contains(value) {
+        return Err(Invalid::new(
+            location,
+            key(),
+            format!("`{value}` is listed twice; remove one"),
+        ));
+    }
+    Ok(())
+}
+
 fn distinct_names(values: Vec<Spanned<String>>, key: &str) -> Result<Vec<String>, Invalid> {
     let mut names: Vec<String> = Vec::with_capacity(values.len());
     for (
@@ -865,13 +883,7 @@ fn distinct_names(values: Vec<Spanned<String>>, key: &str) -> Result<Vec<String>
                 "an empty name is not allowed; give an attribute key such as cloud.region",
             ));
         }
-        if names.contains(&value) {
-            return Err(Invalid::new(
-                &referenced,
-                key(),
-                format!("`{value}` is listed twice; remove one"),
-            ));
-        }
+        not_listed_twice(&names, &value, &referenced, key)?;
         names.push(value);
     }
     Ok(names)
@@ -1021,9 +1033,9 @@ fn validate_dimensions(dimensions: Vec<Spanned<String>>) -> Result<Vec<String>, 
                 "`{value}` would become the label `{label}`, and names starting with __ are reserved by prometheus; remove it"
             ));
         }
-        if names.contains(&value) {
-            return fail(format!("`{value}` is listed twice; remove one"));
-        }
+        not_listed_twice(&names, &value, &referenced, || {
+            format!("dimensions[{index}]")
+        })?;
         if let Some(other) = labels.iter().position(|other| *other == label) {
             return fail(format!(
                 "`{value}` and `{}` would both become the label `{label}`; keep one",

@@ -1,6 +1,7 @@
 //! The metrics port: `GET /metrics` in the Prometheus text format, `/healthz` and
 //! `/readyz`.
 
+pub mod render;
 pub mod text;
 
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use axum::routing::get;
 use tokio::sync::Mutex;
 
 use crate::aggregate::Aggregator;
-use crate::aggregate::render::Scratch;
+use crate::config::Config;
 use crate::telemetry::Telemetry;
-use text::Encoder;
+use render::Renderer;
 
 /// Where the daemon is in its life, as `/readyz` reports it.
 #[derive(Debug, Default)]
@@ -59,12 +60,14 @@ pub struct Exporter {
     aggregator: Arc<Aggregator>,
     readiness: Arc<Readiness>,
     // Reused between scrapes; concurrent scrapes take turns.
-    buffers: Mutex<(String, Scratch)>,
+    buffers: Mutex<(String, Renderer)>,
 }
 
 impl Exporter {
-    /// An exporter of `aggregator`'s series and `telemetry`, reporting `readiness`.
+    /// An exporter of `aggregator`'s series and `telemetry` (configured by `config`),
+    /// reporting `readiness`.
     pub fn new(
+        config: &Config,
         telemetry: Arc<Telemetry>,
         aggregator: Arc<Aggregator>,
         readiness: Arc<Readiness>,
@@ -73,16 +76,8 @@ impl Exporter {
             telemetry,
             aggregator,
             readiness,
-            buffers: Mutex::new((String::new(), Scratch::default())),
+            buffers: Mutex::new((String::new(), Renderer::new(config))),
         }
-    }
-
-    /// Renders every family into `out` (cleared first).
-    pub fn render_into(&self, out: &mut String, scratch: &mut Scratch) {
-        out.clear();
-        let mut enc = Encoder::new(out);
-        self.aggregator.render(&mut enc, scratch);
-        self.telemetry.render(&mut enc);
     }
 
     /// The routes of the metrics port.
@@ -97,8 +92,8 @@ impl Exporter {
 
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
     let mut buffers = exporter.buffers.lock().await;
-    let (text, scratch) = &mut *buffers;
-    exporter.render_into(text, scratch);
+    let (text, renderer) = &mut *buffers;
+    renderer.render(&exporter.aggregator, &exporter.telemetry, text);
     let body = text.as_bytes().to_vec();
     drop(buffers);
     ([(header::CONTENT_TYPE, text::CONTENT_TYPE)], body).into_response()

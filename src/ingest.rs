@@ -13,6 +13,13 @@ use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::otlp::json::{self, JsonError};
@@ -115,6 +122,16 @@ impl IngestError {
             }
             Self::Overloaded => RefusalReason::Overloaded,
         }
+    }
+
+    /// The gRPC status this refusal is answered with.
+    pub fn grpc_status(&self) -> tonic::Status {
+        tonic::Status::new(self.reason().refusal().grpc, self.to_string())
+    }
+
+    /// The HTTP status this refusal is answered with.
+    pub fn http_status(&self) -> ::http::StatusCode {
+        self.reason().refusal().http
     }
 }
 
@@ -318,5 +335,40 @@ impl Accepted {
     /// The partial success's `error_message`, when something was rejected.
     pub fn message(&self) -> Option<&'static str> {
         self.reason.map(RejectReason::message)
+    }
+
+    /// The OTLP `Export*ServiceResponse` for `signal`, in `encoding`: empty, or a
+    /// partial success naming the records rejected one by one.
+    pub fn response(&self, signal: Signal, encoding: Encoding) -> Vec<u8> {
+        let rejected = self.rejected as i64;
+        let error_message = || self.message().unwrap_or_default().to_owned();
+        match signal {
+            Signal::Traces => encode(
+                &ExportTraceServiceResponse {
+                    partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                        rejected_spans: rejected,
+                        error_message: error_message(),
+                    }),
+                },
+                encoding,
+            ),
+            Signal::Logs => encode(
+                &ExportLogsServiceResponse {
+                    partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
+                        rejected_log_records: rejected,
+                        error_message: error_message(),
+                    }),
+                },
+                encoding,
+            ),
+        }
+    }
+}
+
+/// A response message as protobuf or as OTLP/JSON.
+fn encode<M: Message + serde::Serialize>(msg: &M, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::Protobuf => msg.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
     }
 }

@@ -1,26 +1,30 @@
 //! sloxide turns OpenTelemetry spans and logs into service level indicators.
 //!
+//! Data flows one way, and each stage imports only from the stages before it:
+//!
 //! ```text
-//! transport ──> body ──> decode ──> classify ──> record ──────────> shards
-//! (tonic gRPC,  (limits,  (wire walk  (compiled    (span and log            │ tick, once a second:
-//!  axum HTTP)    gunzip)   or JSON,    plan: labels, series; SLO rings)     │ quantiles, SLO windows,
-//!                          a Batch)    SLO checks)                          │ burn, budget, alerts
-//!                                                                           v
-//!                                      /metrics <── render <── snapshot and shards
+//! transport ──> body ──> decode ──> classify ──> record ──> tick ──> render
+//! (ingest::grpc, (ingest:  (otlp:     (classify:   (aggregate,  (aggregate,  (export:
+//!  ingest::http)  limits,   wire walk  labels,      slo, into    slo: windows, text,
+//!                 gunzip)   or JSON)   SLO checks)  the store)   quantiles)   render)
 //! ```
 //!
 //! - [`ingest`]: the transports and the body stage, shared by gRPC and HTTP.
-//! - [`classify`]: the configuration compiled into label rules.
-//! - [`aggregate`]: the sharded series, the tick, and their exposition.
-//! - [`clock`]: time, behind a trait that tests drive.
-//! - [`slo`]: window rings and the precomputed SLI, burn-rate, budget and alert values.
-//! - [`otlp`]: the zero-copy protobuf walkers and the JSON slow path.
-//! - [`export`]: the Prometheus text encoder and the metrics port.
-//! - [`telemetry`]: the daemon's own metrics.
+//! - [`otlp`]: the zero-copy protobuf walkers, the JSON slow path, the OTLP enums.
+//! - [`classify`]: the configuration compiled into label rules and SLO checks.
+//! - [`store`]: the family store under every series: sharded label sets, admission,
+//!   overflow, idle expiry, timed visits.
+//! - [`aggregate`]: the span and log families, recording and the tick.
+//! - [`slo`]: the SLO family: window rings and the precomputed SLI, burn-rate, budget
+//!   and alert values.
+//! - [`export`]: the metrics port, the text encoder and one renderer per family.
+//! - [`families`]: every metric family's name, type and help, declared once.
+//! - [`telemetry`]: the receivers' own counters and the refusal table.
+//! - [`pipeline`]: the stages wired from one configuration; [`daemon`]: build, serve,
+//!   drain.
 //! - [`config`]: the configuration, parsed then validated into checked types.
-//! - [`daemon`]: wiring the stages together, startup and graceful shutdown.
-//! - [`generate`]: what `sloxide rules` and `sloxide dashboard` print: Prometheus
-//!   alerting rules and a Grafana dashboard for the configured SLOs.
+//! - [`clock`]: time, behind a trait that tests drive.
+//! - [`generate`]: what `sloxide rules` and `sloxide dashboard` print.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -29,9 +33,12 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod export;
+pub mod families;
 pub mod fixture;
 pub mod generate;
 pub mod ingest;
 pub mod otlp;
+pub mod pipeline;
 pub mod slo;
+pub mod store;
 pub mod telemetry;

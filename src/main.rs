@@ -58,7 +58,7 @@ struct RunArgs {
     /// Prometheus /metrics listen address (overrides listen.metrics).
     #[arg(long, env = "SLOXIDE_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// State directory for checkpoints (overrides state.data_dir).
+    /// State directory (overrides state.data_dir); accepted, not used yet.
     #[arg(long, env = "SLOXIDE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.

@@ -6,12 +6,14 @@
 //! path). Everything after decoding sees only a [`Batch`].
 
 pub mod json;
+pub mod kinds;
 pub mod logs;
 pub mod spans;
 pub mod wire;
 
 use std::ops::Range;
 
+pub use kinds::{Severity, SpanKind, StatusCode};
 pub use logs::LogView;
 pub use spans::SpanView;
 use wire::{DecodeError, Reader, WireType};

@@ -12,12 +12,10 @@ pub mod ring;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::aggregate::shards::{Sharded, default_shards};
-use crate::aggregate::{Admission, Cardinality, OVERFLOW};
 use crate::config::Config;
 use crate::config::duration::format_duration;
 use crate::config::slo::AlertSeverity;
-use crate::export::text::{Encoder, MetricType};
+use crate::store::{Family, Fold};
 use ring::{Layout, Ring};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -31,19 +29,20 @@ struct TierRule {
     threshold: f64,
 }
 
-/// How the render reads an event count off a row, and a setting off an SLO.
-type CountOf = fn(&Row) -> u64;
-type SettingOf = fn(&SloRuntime) -> f64;
-
 /// What the engine knows of one configured SLO.
 #[derive(Debug, Clone)]
-struct SloRuntime {
-    name: Box<str>,
-    service: Box<str>,
-    budget: math::Budget,
-    period_secs: f64,
+pub struct SloRuntime {
+    /// The SLO's name (its `slo` label).
+    pub name: Box<str>,
+    /// The service it belongs to (its `service` label).
+    pub service: Arc<str>,
+    /// The objective, as an exact fraction.
+    pub budget: math::Budget,
+    /// The rolling period, in seconds.
+    pub period_secs: f64,
     layout: Layout,
-    window_labels: Vec<String>,
+    /// The `window` label of each window, in window order.
+    pub window_labels: Vec<String>,
     hour: usize,
     period: usize,
     tiers: Vec<TierRule>,
@@ -53,6 +52,8 @@ struct SloRuntime {
 #[derive(Debug, Clone)]
 pub struct SloSeries {
     slo: usize,
+    /// The SLO's service, under which the series was admitted.
+    service: Arc<str>,
     events: u64,
     bad: u64,
     rings: Box<[Ring]>,
@@ -79,7 +80,7 @@ pub struct Row {
     pub budget_remaining: f64,
     /// Seconds until the budget is spent at the 1h burn rate.
     pub exhaustion: Option<f64>,
-    /// Whether a page tier and a ticket tier hold.
+    /// Whether a tier of each severity holds, indexed by [`AlertSeverity`].
     pub alert: [bool; 2],
 }
 
@@ -94,8 +95,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct SloEngine {
     slos: Vec<SloRuntime>,
-    series: Sharded<SloSeries>,
-    limits: Cardinality,
+    /// Keyed by (SLO name, region); admitted under the SLO's service.
+    series: Family<SloSeries>,
     min_events: u64,
     snapshot: Mutex<Arc<Snapshot>>,
 }
@@ -133,10 +134,10 @@ impl SloEngine {
             .collect();
         let engine = Self {
             slos,
-            series: Sharded::new(default_shards()),
-            limits: Cardinality::new(
+            series: Family::new(
                 config.limits.max_series,
                 config.limits.max_series_per_service,
+                Fold::First,
             ),
             min_events: config.alerting.min_events,
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
@@ -166,44 +167,28 @@ impl SloEngine {
         };
         let fresh = || SloSeries {
             slo,
+            service: rt.service.clone(),
             events: 0,
             bad: 0,
             rings: rt.layout.rings(),
         };
-        let mut verdict = Admission::Own;
-        let counted = self.series.update(
+        self.series.record(
             &[&rt.name, region],
+            &rt.service,
             now_secs,
-            true,
-            || {
-                verdict = self.limits.admit(&rt.service);
-                (verdict == Admission::Own).then(fresh)
-            },
+            total,
+            fresh,
             apply,
         );
-        if !counted {
-            self.limits.count_overflow(total);
-            self.series.update(
-                &[&rt.name, OVERFLOW],
-                now_secs,
-                false,
-                || Some(fresh()),
-                apply,
-            );
-        }
     }
 
     /// Advances every ring to now, recomputes every row, publishes the snapshot, and
     /// forgets (SLO, region) series that saw nothing for a whole period.
     pub fn tick(&self, now_nanos: u64) {
         let now = now_nanos / NANOS_PER_SEC;
-        self.series.retain(
+        self.series.expire(
             |e| now.saturating_sub(e.last_seen) <= self.slos[e.value.slo].period_secs as u64,
-            |e| {
-                if e.own {
-                    self.limits.release(&self.slos[e.value.slo].service);
-                }
-            },
+            |e| &e.value.service,
         );
         self.publish(now);
     }
@@ -306,157 +291,23 @@ impl SloEngine {
         self.series.take_longest_hold()
     }
 
-    /// Writes the `sloxide_slo_*` families from the latest snapshot.
-    pub fn render(&self, enc: &mut Encoder<'_>) {
-        if self.slos.is_empty() {
-            return;
-        }
-        let snap = self.snapshot();
-        let emit = |enc: &mut Encoder<'_>,
-                    name: &str,
-                    rt: &SloRuntime,
-                    region: Option<&str>,
-                    extra: Option<(&str, &str)>,
-                    value: f64| {
-            let mut pairs = [
-                ("slo", &*rt.name),
-                ("service", &*rt.service),
-                ("", ""),
-                ("", ""),
-            ];
-            let mut n = 2;
-            for pair in [region.map(|r| ("region", r)), extra].into_iter().flatten() {
-                pairs[n] = pair;
-                n += 1;
-            }
-            enc.sample_f64(name, &pairs[..n], value);
-        };
+    /// The configured SLOs, in configuration order (a row's `slo` indexes this).
+    pub fn definitions(&self) -> &[SloRuntime] {
+        &self.slos
+    }
 
-        // Event counts: per region only (no roll-up row), so that sum() is right.
-        let counts: [(&str, &str, CountOf); 2] = [
-            (
-                "sloxide_slo_events_total",
-                "Events that the SLO's filter selected, per region.",
-                |r| r.events,
-            ),
-            (
-                "sloxide_slo_bad_events_total",
-                "The bad events among sloxide_slo_events_total.",
-                |r| r.bad,
-            ),
-        ];
-        for (name, help, count) in counts {
-            enc.family(name, MetricType::Counter, help);
-            for row in snap.rows.iter().filter(|r| r.region.is_some()) {
-                let rt = &self.slos[row.slo];
-                emit(
-                    enc,
-                    name,
-                    rt,
-                    row.region.as_deref(),
-                    None,
-                    count(row) as f64,
-                );
-            }
-        }
-        // Configuration: one series per SLO.
-        let settings: [(&str, &str, SettingOf); 2] = [
-            (
-                "sloxide_slo_objective_ratio",
-                "The SLO's objective as a ratio, e.g. 0.999.",
-                |rt| rt.budget.objective_ratio(),
-            ),
-            (
-                "sloxide_slo_period_seconds",
-                "The rolling period of the SLO's error budget.",
-                |rt| rt.period_secs,
-            ),
-        ];
-        for (name, help, setting) in settings {
-            enc.family(name, MetricType::Gauge, help);
-            for rt in &self.slos {
-                emit(enc, name, rt, None, None, setting(rt));
-            }
-        }
-        let name = "sloxide_slo_sli_ratio";
-        enc.family(name, MetricType::Gauge, "Good / total events over the window; absent while the window holds no event. No region label: all regions together.");
-        for row in &snap.rows {
-            let rt = &self.slos[row.slo];
-            for (w, sli) in rt.window_labels.iter().zip(&row.sli) {
-                if let Some(v) = sli {
-                    emit(
-                        enc,
-                        name,
-                        rt,
-                        row.region.as_deref(),
-                        Some(("window", w)),
-                        *v,
-                    );
-                }
-            }
-        }
-        let name = "sloxide_slo_burn_rate";
-        enc.family(
-            name,
-            MetricType::Gauge,
-            "(bad / total) / (1 - objective) over the window; 0 while the window holds no event.",
-        );
-        for row in &snap.rows {
-            let rt = &self.slos[row.slo];
-            for (w, burn) in rt.window_labels.iter().zip(&row.burn) {
-                emit(
-                    enc,
-                    name,
-                    rt,
-                    row.region.as_deref(),
-                    Some(("window", w)),
-                    *burn,
-                );
-            }
-        }
-        let name = "sloxide_slo_error_budget_remaining_ratio";
-        enc.family(name, MetricType::Gauge, "1 - bad / ((1 - objective) * total) over the period; 1 with no events, negative once overspent.");
-        for row in &snap.rows {
-            let rt = &self.slos[row.slo];
-            emit(
-                enc,
-                name,
-                rt,
-                row.region.as_deref(),
-                None,
-                row.budget_remaining,
-            );
-        }
-        let name = "sloxide_slo_budget_exhaustion_seconds";
-        enc.family(name, MetricType::Gauge, "Seconds until the remaining budget is spent if the 1h burn rate holds; absent while it is 0; 0 once spent.");
-        for row in &snap.rows {
-            if let Some(v) = row.exhaustion {
-                let rt = &self.slos[row.slo];
-                emit(enc, name, rt, row.region.as_deref(), None, v);
-            }
-        }
-        let name = "sloxide_slo_alert";
-        enc.family(
-            name,
-            MetricType::Gauge,
-            "1 while a multiwindow burn-rate tier of that severity holds, else 0.",
-        );
-        for row in &snap.rows {
-            let rt = &self.slos[row.slo];
-            for (i, severity) in [AlertSeverity::Page, AlertSeverity::Ticket]
-                .iter()
-                .enumerate()
-            {
-                let extra = Some(("severity", severity.as_str()));
-                emit(
-                    enc,
-                    name,
-                    rt,
-                    row.region.as_deref(),
-                    extra,
-                    f64::from(u8::from(row.alert[i])),
-                );
-            }
-        }
+    /// How many (SLO, region) series, overflow series included.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// True when no (SLO, region) series exists.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// Records folded into an (SLO, overflow) series so far.
+    pub fn overflowed(&self) -> u64 {
+        self.series.overflowed()
     }
 }

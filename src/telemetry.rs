@@ -1,12 +1,13 @@
-//! The daemon's own metrics: one named event per thing that happens to a request.
+//! The receivers' own metrics: one named event per thing that happens to a request,
+//! and the one table that says how each refusal is answered and counted.
 //!
 //! Every self-metric is an atomic counter in [`Telemetry`], bumped through one method
 //! per event (as Vector's `internal_events` do), so the events are easy to find and
-//! to test. Debug-level `tracing` events go with the refusals.
+//! to test. Debug-level `tracing` events go with the refusals. `export::render` writes
+//! them out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::export::text::{Encoder, MetricType};
 use crate::otlp::RejectReason;
 
 /// The transport a request arrived on.
@@ -19,7 +20,8 @@ pub enum Transport {
 }
 
 impl Transport {
-    const ALL: [Self; 2] = [Self::Grpc, Self::Http];
+    /// Both transports, in label order.
+    pub const ALL: [Self; 2] = [Self::Grpc, Self::Http];
 
     /// The `transport` label value.
     pub fn as_str(self) -> &'static str {
@@ -40,7 +42,8 @@ pub enum Signal {
 }
 
 impl Signal {
-    const ALL: [Self; 2] = [Self::Traces, Self::Logs];
+    /// Both signals, in label order.
+    pub const ALL: [Self; 2] = [Self::Traces, Self::Logs];
 
     /// The `signal` label value.
     pub fn as_str(self) -> &'static str {
@@ -49,42 +52,99 @@ impl Signal {
             Self::Logs => "logs",
         }
     }
-}
 
-/// Why a whole request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalReason {
-    /// The body could not be decoded (400 / INVALID_ARGUMENT).
-    Decode,
-    /// The body, or its decompressed form, was over the limit (413 / RESOURCE_EXHAUSTED).
-    TooLarge,
-    /// An unsupported content type or content encoding (415).
-    Unsupported,
-    /// Too many requests in flight (503 / UNAVAILABLE).
-    Overloaded,
-}
-
-impl RefusalReason {
-    const ALL: [Self; 4] = [
-        Self::Decode,
-        Self::TooLarge,
-        Self::Unsupported,
-        Self::Overloaded,
-    ];
-
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
+    /// Why a record of this signal can be rejected one by one.
+    pub fn reject_reason(self) -> RejectReason {
         match self {
-            Self::Decode => "decode",
-            Self::TooLarge => "too_large",
-            Self::Unsupported => "unsupported",
-            Self::Overloaded => "overloaded",
+            Self::Traces => RejectReason::InvalidSpanTime,
+            Self::Logs => RejectReason::MissingLogTime,
         }
     }
 }
 
-const RECORD_REASONS: [RejectReason; 2] =
-    [RejectReason::InvalidSpanTime, RejectReason::MissingLogTime];
+/// Why a whole request was refused. [`REFUSALS`] says how each is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The body could not be decoded.
+    Decode,
+    /// The body, or its decompressed form, was over the limit.
+    TooLarge,
+    /// An unsupported content type or content encoding.
+    Unsupported,
+    /// Too many requests in flight, or shutting down.
+    Overloaded,
+}
+
+/// How one refusal reason is answered on each transport and counted.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The reason.
+    pub reason: RefusalReason,
+    /// Its `reason` label on `sloxide_receiver_refused_requests_total`.
+    pub label: &'static str,
+    /// The OTLP/HTTP status.
+    pub http: http::StatusCode,
+    /// The OTLP/gRPC status code.
+    pub grpc: tonic::Code,
+}
+
+/// Every refusal, in [`RefusalReason`] order: the one place that maps a reason to its
+/// HTTP status, gRPC code and self-metric label.
+pub const REFUSALS: [Refusal; 4] = [
+    Refusal {
+        reason: RefusalReason::Decode,
+        label: "decode",
+        http: http::StatusCode::BAD_REQUEST,
+        grpc: tonic::Code::InvalidArgument,
+    },
+    Refusal {
+        reason: RefusalReason::TooLarge,
+        label: "too_large",
+        http: http::StatusCode::PAYLOAD_TOO_LARGE,
+        grpc: tonic::Code::ResourceExhausted,
+    },
+    Refusal {
+        reason: RefusalReason::Unsupported,
+        label: "unsupported",
+        http: http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        grpc: tonic::Code::Unimplemented,
+    },
+    Refusal {
+        reason: RefusalReason::Overloaded,
+        label: "overloaded",
+        http: http::StatusCode::SERVICE_UNAVAILABLE,
+        grpc: tonic::Code::Unavailable,
+    },
+];
+
+impl RefusalReason {
+    /// This reason's row of [`REFUSALS`].
+    pub fn refusal(self) -> &'static Refusal {
+        &REFUSALS[self as usize]
+    }
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        self.refusal().label
+    }
+
+    /// The reason behind a gRPC error that tonic produced itself, before sloxide's
+    /// service saw the message (framing, its gunzip, its message size limit). tonic
+    /// reports an oversize message as OUT_OF_RANGE; anything not in [`REFUSALS`] is a
+    /// body that could not be decoded.
+    pub fn of_grpc_code(code: tonic::Code) -> Option<Self> {
+        match code {
+            tonic::Code::Ok => None,
+            tonic::Code::OutOfRange => Some(Self::TooLarge),
+            code => Some(
+                REFUSALS
+                    .iter()
+                    .find(|r| r.grpc == code)
+                    .map_or(Self::Decode, |r| r.reason),
+            ),
+        }
+    }
+}
 
 /// The counters behind the `sloxide_receiver_*` families.
 ///
@@ -94,7 +154,7 @@ const RECORD_REASONS: [RejectReason; 2] =
 pub struct Telemetry {
     accepted: [[AtomicU64; 2]; 2],
     rejected: [[[AtomicU64; 2]; 2]; 2],
-    refused_requests: [[[AtomicU64; 4]; 2]; 2],
+    refused_requests: [[[AtomicU64; REFUSALS.len()]; 2]; 2],
 }
 
 impl Telemetry {
@@ -146,87 +206,41 @@ impl Telemetry {
         self.accepted[transport as usize][signal as usize].load(Ordering::Relaxed)
     }
 
-    /// Renders the receiver families and `sloxide_build_info`.
-    pub fn render(&self, enc: &mut Encoder<'_>) {
-        for (signal, accepted, rejected, noun) in [
-            (
-                Signal::Traces,
-                "sloxide_receiver_accepted_spans_total",
-                "sloxide_receiver_refused_spans_total",
-                "spans",
-            ),
-            (
-                Signal::Logs,
-                "sloxide_receiver_accepted_log_records_total",
-                "sloxide_receiver_refused_log_records_total",
-                "log records",
-            ),
-        ] {
-            enc.family(
-                accepted,
-                MetricType::Counter,
-                &format!("OTLP {noun} accepted and counted."),
-            );
-            for t in Transport::ALL {
-                enc.sample_u64(
-                    accepted,
-                    &[("transport", t.as_str())],
-                    self.accepted(t, signal),
-                );
-            }
-            enc.family(
-                rejected,
-                MetricType::Counter,
-                &format!("OTLP {noun} rejected one by one (reported in partial_success)."),
-            );
-            for t in Transport::ALL {
-                for reason in RECORD_REASONS {
-                    let reason_applies = matches!(
-                        (signal, reason),
-                        (Signal::Traces, RejectReason::InvalidSpanTime)
-                            | (Signal::Logs, RejectReason::MissingLogTime)
-                    );
-                    if reason_applies {
-                        let v = self.rejected[t as usize][signal as usize][reason as usize]
-                            .load(Ordering::Relaxed);
-                        enc.sample_u64(
-                            rejected,
-                            &[("transport", t.as_str()), ("reason", reason.as_str())],
-                            v,
-                        );
-                    }
-                }
-            }
+    /// Records of one transport and signal rejected one by one for `reason`.
+    pub fn rejected(&self, transport: Transport, signal: Signal, reason: RejectReason) -> u64 {
+        self.rejected[transport as usize][signal as usize][reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Requests of one transport and signal refused whole for `reason`.
+    pub fn refused_requests(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        reason: RefusalReason,
+    ) -> u64 {
+        self.refused_requests[transport as usize][signal as usize][reason as usize]
+            .load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_table_is_in_reason_order_and_reads_back() {
+        for (i, r) in REFUSALS.iter().enumerate() {
+            assert_eq!(r.reason as usize, i);
+            assert_eq!(RefusalReason::of_grpc_code(r.grpc), Some(r.reason));
         }
-        let name = "sloxide_receiver_refused_requests_total";
-        enc.family(
-            name,
-            MetricType::Counter,
-            "OTLP requests refused whole; nothing in them was counted.",
+        assert_eq!(RefusalReason::of_grpc_code(tonic::Code::Ok), None);
+        assert_eq!(
+            RefusalReason::of_grpc_code(tonic::Code::Internal),
+            Some(RefusalReason::Decode)
         );
-        for t in Transport::ALL {
-            for s in Signal::ALL {
-                for r in RefusalReason::ALL {
-                    let v = self.refused_requests[t as usize][s as usize][r as usize]
-                        .load(Ordering::Relaxed);
-                    let labels = [
-                        ("transport", t.as_str()),
-                        ("signal", s.as_str()),
-                        ("reason", r.as_str()),
-                    ];
-                    enc.sample_u64(name, &labels, v);
-                }
-            }
-        }
-        enc.family(
-            "sloxide_build_info",
-            MetricType::Gauge,
-            "Always 1; the version label names the running build.",
-        );
-        enc.sample_u64(
-            "sloxide_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
+        assert_eq!(
+            RefusalReason::of_grpc_code(tonic::Code::OutOfRange),
+            Some(RefusalReason::TooLarge)
         );
     }
 }

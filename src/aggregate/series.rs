@@ -3,6 +3,8 @@
 
 use hdrhistogram::Histogram;
 
+use crate::otlp::StatusCode;
+
 /// Lowest value the quantile histograms hold: 1 µs.
 pub const HDR_LOW_MICROS: u64 = 1;
 /// Highest value the quantile histograms hold: 1 h.
@@ -13,7 +15,7 @@ pub const HDR_SIGFIG: u8 = 2;
 /// Counters and classic buckets of one `(service, region, span_kind, dimensions)` set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanSeries {
-    /// Spans by status code: unset, ok, error.
+    /// Spans by status code, indexed by [`StatusCode`]: unset, ok, error.
     pub by_status: [u64; 3],
     /// Spans per bucket, not cumulative; the last slot is above the highest bound.
     pub buckets: Box<[u64]>,
@@ -33,8 +35,8 @@ impl SpanSeries {
 
     /// Counts one span. `bucket` is the index of the first bound at or above its duration.
     #[inline]
-    pub fn record(&mut self, status: usize, bucket: usize, duration_nanos: u64) {
-        self.by_status[status] += 1;
+    pub fn record(&mut self, status: StatusCode, bucket: usize, duration_nanos: u64) {
+        self.by_status[status as usize] += 1;
         self.buckets[bucket] += 1;
         self.sum_nanos += u128::from(duration_nanos);
     }

@@ -1,10 +1,10 @@
 //! SLO filters and indicators compiled into checks over extracted attribute rows.
 
-use super::scalar_text;
-use crate::config::slo::{AttributeMatch, Indicator, Severity, Slo, Source, SpanKind};
+use super::{PlanError, scalar_text};
+use crate::config::slo::{AttributeMatch, Indicator, Slo, Source};
 use crate::otlp::logs::LogView;
 use crate::otlp::spans::SpanView;
-use crate::otlp::{AttrKeys, Value};
+use crate::otlp::{AttrKeys, Severity, SpanKind, StatusCode, Value};
 
 /// The HTTP status attribute of current semantic conventions.
 pub const HTTP_STATUS: &str = "http.response.status_code";
@@ -15,6 +15,34 @@ pub const GRPC_STATUS: &str = "rpc.grpc.status_code";
 /// gRPC codes that count as bad: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
 /// UNAVAILABLE, DATA_LOSS.
 pub const BAD_GRPC_CODES: [i64; 6] = [2, 4, 12, 13, 14, 15];
+
+/// What an SLO makes of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not counted: the filter does not select it, or the indicator cannot judge it
+    /// (a latency attribute that is missing or not a number).
+    Ignored,
+    /// A good event.
+    Good,
+    /// A bad event.
+    Bad,
+}
+
+impl Verdict {
+    fn of_bad(bad: Option<bool>) -> Self {
+        match bad {
+            None => Verdict::Ignored,
+            Some(false) => Verdict::Good,
+            Some(true) => Verdict::Bad,
+        }
+    }
+}
+
+/// The row index of an attribute key, which the plan's keys must hold.
+fn index_of(keys: &AttrKeys, key: &str) -> Result<usize, PlanError> {
+    keys.index_of(key)
+        .ok_or_else(|| PlanError::UnknownKey(key.to_owned()))
+}
 
 /// One attribute condition: the row index and the accepted values.
 #[derive(Debug, Clone)]
@@ -82,20 +110,23 @@ pub fn keys_of(slo: &Slo) -> Vec<&str> {
     keys
 }
 
-fn conditions(matches: &AttributeMatch, keys: &AttrKeys) -> Vec<Condition> {
+fn conditions(matches: &AttributeMatch, keys: &AttrKeys) -> Result<Vec<Condition>, PlanError> {
     matches
         .iter()
-        .map(|(key, values)| Condition {
-            index: keys.index_of(key).unwrap_or(0),
-            accepted: values.iter().map(|v| v.as_str().into()).collect(),
+        .map(|(key, values)| {
+            Ok(Condition {
+                index: index_of(keys, key)?,
+                accepted: values.iter().map(|v| v.as_str().into()).collect(),
+            })
         })
         .collect()
 }
 
 impl CompiledSlo {
-    /// Compiles `slo` against the extracted `keys` (which must include [`keys_of`]).
-    pub fn compile(index: usize, slo: &Slo, keys: &AttrKeys) -> Self {
-        let at = |k: &str| keys.index_of(k).unwrap_or(0);
+    /// Compiles `slo` against the extracted `keys`, which must include [`keys_of`]:
+    /// a key they lack is an error, never a silent index.
+    pub fn compile(index: usize, slo: &Slo, keys: &AttrKeys) -> Result<Self, PlanError> {
+        let at = |k: &str| index_of(keys, k);
         let check = match &slo.indicator {
             Indicator::Latency {
                 threshold,
@@ -110,20 +141,20 @@ impl CompiledSlo {
                 unit,
             } => Check::AttributeLatency {
                 threshold: threshold.as_nanos() as u64,
-                index: at(a),
+                index: at(a)?,
                 unit: unit.nanos(),
             },
             Indicator::Availability => Check::Availability {
-                http: at(HTTP_STATUS),
-                http_old: at(HTTP_STATUS_OLD),
-                grpc: at(GRPC_STATUS),
+                http: at(HTTP_STATUS)?,
+                http_old: at(HTTP_STATUS_OLD)?,
+                grpc: at(GRPC_STATUS)?,
             },
             Indicator::Events { bad } => Check::Events {
                 severity_at_least: bad.severity_at_least,
-                conditions: conditions(&bad.attributes, keys),
+                conditions: conditions(&bad.attributes, keys)?,
             },
         };
-        Self {
+        Ok(Self {
             index,
             service: slo.service.as_str().into(),
             source: slo.source,
@@ -138,56 +169,57 @@ impl CompiledSlo {
                 .iter()
                 .map(|n| n.as_bytes().into())
                 .collect(),
-            conditions: conditions(&slo.filter.attributes, keys),
+            conditions: conditions(&slo.filter.attributes, keys)?,
             check,
-        }
+        })
     }
 
-    /// Whether the SLO selects this span, and if so whether it is bad.
+    /// Whether the SLO counts this span, and if so whether it is good or bad.
     #[inline]
     pub fn classify_span(
         &self,
         span: &SpanView<'_>,
         event: &[Value<'_>],
         resource: &[Value<'_>],
-    ) -> Option<bool> {
+    ) -> Verdict {
         let kind = SpanKind::from_otlp(span.kind) as u8;
         if self.kinds != 0 && self.kinds & (1 << kind) == 0 {
-            return None;
+            return Verdict::Ignored;
         }
         if !self.names.is_empty() && !self.names.iter().any(|n| **n == *span.name) {
-            return None;
+            return Verdict::Ignored;
         }
         if !self.selects(event, resource) {
-            return None;
+            return Verdict::Ignored;
         }
-        self.judge(
+        Verdict::of_bad(self.judge(
             Some(span.duration_nanos()),
-            span.status == 2,
+            StatusCode::from_otlp(span.status) == StatusCode::Error,
             None,
             event,
             resource,
-        )
+        ))
     }
 
-    /// Whether the SLO selects this log record, and if so whether it is bad.
+    /// Whether the SLO counts this log record, and if so whether it is good or bad.
     #[inline]
     pub fn classify_log(
         &self,
         record: &LogView,
         event: &[Value<'_>],
         resource: &[Value<'_>],
-    ) -> Option<bool> {
+    ) -> Verdict {
         if !self.selects(event, resource) {
-            return None;
+            return Verdict::Ignored;
         }
         let severity = Severity::from_otlp(record.severity);
-        self.judge(None, false, Some(severity), event, resource)
+        Verdict::of_bad(self.judge(None, false, Some(severity), event, resource))
     }
 
-    /// Good or bad by the indicator, for an event the filter selected. `duration` is a
-    /// span's own (logs have none: a span-latency check counts nothing for them);
-    /// `status_error` is a span's ERROR status; `severity` is a log record's.
+    /// Whether an event the filter selected is bad by the indicator (`None`: it cannot
+    /// be judged). `duration` is a span's own (logs have none: a span-latency check
+    /// counts nothing for them); `status_error` is a span's ERROR status; `severity` is
+    /// a log record's.
     #[inline]
     fn judge(
         &self,
@@ -299,7 +331,7 @@ mod tests {
             .slos
             .iter()
             .enumerate()
-            .map(|(i, s)| CompiledSlo::compile(i, s, &keys))
+            .map(|(i, s)| CompiledSlo::compile(i, s, &keys).unwrap())
             .collect();
         (keys, slos)
     }
@@ -335,13 +367,17 @@ slos:
         };
         let res = vec![Value::Missing; keys.len()];
         let judge = |v| slos[0].classify_span(&span(2, b"op", 1, 0), &with(v), &res);
-        assert_eq!(judge(Value::Double(1.0)), Some(false), "1 is accepted");
+        assert_eq!(judge(Value::Double(1.0)), Verdict::Good, "1 is accepted");
         assert_eq!(
             judge(Value::Double(1e40)),
-            Some(false),
+            Verdict::Good,
             "written out in full"
         );
-        assert_eq!(judge(Value::Double(1e32)), None, "not cut down to \"1\"");
+        assert_eq!(
+            judge(Value::Double(1e32)),
+            Verdict::Ignored,
+            "not cut down to \"1\""
+        );
     }
 
     #[test]
@@ -372,57 +408,57 @@ slos:
         let (lat, avail) = (&slos[0], &slos[1]);
         assert_eq!(
             lat.classify_span(&span(2, b"POST /checkout", 300, 0), &routed, &res),
-            Some(false)
+            Verdict::Good
         );
         assert_eq!(
             lat.classify_span(&span(2, b"POST /checkout", 301, 0), &routed, &res),
-            Some(true)
+            Verdict::Bad
         );
         assert_eq!(
             lat.classify_span(&span(3, b"POST /checkout", 1, 0), &routed, &res),
-            None,
+            Verdict::Ignored,
             "client spans are not selected by default"
         );
         assert_eq!(
             lat.classify_span(&span(2, b"GET /", 1, 0), &routed, &res),
-            None
+            Verdict::Ignored
         );
         assert_eq!(
             lat.classify_span(&span(2, b"POST /checkout", 1, 0), &res, &res),
-            None,
+            Verdict::Ignored,
             "route missing"
         );
         // The resource's attribute applies when the span has none.
         assert_eq!(
             lat.classify_span(&span(2, b"POST /checkout", 1, 0), &res, &routed),
-            Some(false)
+            Verdict::Good
         );
 
         let bad = |pairs: &[(&str, Value<'static>)], status| {
             avail.classify_span(&span(5, b"x", 1, status), &row(pairs), &res)
         };
-        assert_eq!(bad(&[], 0), Some(false));
-        assert_eq!(bad(&[], 2), Some(true), "status ERROR");
+        assert_eq!(bad(&[], 0), Verdict::Good);
+        assert_eq!(bad(&[], 2), Verdict::Bad, "status ERROR");
         assert_eq!(
             bad(&[("http.response.status_code", Value::Int(503))], 0),
-            Some(true)
+            Verdict::Bad
         );
         assert_eq!(
             bad(&[("http.response.status_code", Value::Int(404))], 0),
-            Some(false)
+            Verdict::Good
         );
         assert_eq!(
             bad(&[("http.status_code", Value::Str(b"500"))], 0),
-            Some(true),
+            Verdict::Bad,
             "older convention, as a string"
         );
         assert_eq!(
             bad(&[("rpc.grpc.status_code", Value::Int(14))], 0),
-            Some(true)
+            Verdict::Bad
         );
         assert_eq!(
             bad(&[("rpc.grpc.status_code", Value::Int(5))], 0),
-            Some(false),
+            Verdict::Good,
             "NOT_FOUND is not bad"
         );
     }
@@ -464,20 +500,20 @@ slos:
             ("event.name", Value::Str(b"deployment")),
             ("deployment.outcome", Value::Str(b"failure")),
         ]);
-        assert_eq!(dep.classify_log(&rec(17), &failed, &res), Some(true));
+        assert_eq!(dep.classify_log(&rec(17), &failed, &res), Verdict::Bad);
         assert_eq!(
             dep.classify_log(&rec(13), &failed, &res),
-            Some(false),
+            Verdict::Good,
             "warn is below error"
         );
         let ok = row(&[
             ("event.name", Value::Str(b"deployment")),
             ("deployment.outcome", Value::Str(b"success")),
         ]);
-        assert_eq!(dep.classify_log(&rec(17), &ok, &res), Some(false));
+        assert_eq!(dep.classify_log(&rec(17), &ok, &res), Verdict::Good);
         assert_eq!(
             dep.classify_log(&rec(17), &res, &res),
-            None,
+            Verdict::Ignored,
             "not a deployment"
         );
 
@@ -485,19 +521,19 @@ slos:
         let ms = |v| row(&[("provisioning.duration_ms", v)]);
         assert_eq!(
             prov.classify_log(&rec(9), &ms(Value::Int(120_000)), &res),
-            Some(false)
+            Verdict::Good
         );
         assert_eq!(
             prov.classify_log(&rec(9), &ms(Value::Double(120_000.5)), &res),
-            Some(true)
+            Verdict::Bad
         );
         assert_eq!(
             prov.classify_log(&rec(9), &ms(Value::Str(b"90000")), &res),
-            Some(false)
+            Verdict::Good
         );
         assert_eq!(
             prov.classify_log(&rec(9), &res, &res),
-            None,
+            Verdict::Ignored,
             "no duration: not counted"
         );
     }

@@ -1,4 +1,4 @@
-//! SLO definitions and alert tiers (SPEC section 5): the serde input types, the checked
+//! SLO definitions and alert tiers (docs/reference.md, "SLOs"): the serde input types, the checked
 //! types, and the validation between them.
 
 use std::fmt;
@@ -8,7 +8,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 use serde_saphyr::{Location, Spanned};
 
-use super::{Invalid, Text, TextVisitor, checked, duration_in, format_duration, join_key};
+use super::{
+    Invalid, Text, TextVisitor, checked, duration_in, format_duration, join_key, not_listed_twice,
+};
+use crate::otlp::{Severity, SpanKind};
 
 /// The shortest accepted SLO period.
 pub const MIN_PERIOD: Duration = Duration::from_secs(3_600);
@@ -55,16 +58,6 @@ pub struct Slo {
 }
 
 impl Slo {
-    /// The objective as a ratio, e.g. 0.999.
-    pub fn objective_ratio(&self) -> f64 {
-        self.objective / 100.0
-    }
-
-    /// The share of events that may be bad, e.g. 0.001.
-    pub fn error_budget_ratio(&self) -> f64 {
-        1.0 - self.objective_ratio()
-    }
-
     /// The windows this SLO reports, ascending and without repeats: the
     /// [`STANDARD_WINDOWS`], every alert tier's long and short window, and the period.
     pub fn windows(&self, alerting: &Alerting) -> Vec<Duration> {
@@ -154,121 +147,6 @@ impl Source {
 }
 
 impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An OTLP span kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpanKind {
-    /// `SPAN_KIND_UNSPECIFIED` (0).
-    Unspecified,
-    /// `SPAN_KIND_INTERNAL` (1).
-    Internal,
-    /// `SPAN_KIND_SERVER` (2).
-    Server,
-    /// `SPAN_KIND_CLIENT` (3).
-    Client,
-    /// `SPAN_KIND_PRODUCER` (4).
-    Producer,
-    /// `SPAN_KIND_CONSUMER` (5).
-    Consumer,
-}
-
-impl SpanKind {
-    /// Every kind, in OTLP order.
-    pub const ALL: [SpanKind; 6] = [
-        SpanKind::Unspecified,
-        SpanKind::Internal,
-        SpanKind::Server,
-        SpanKind::Client,
-        SpanKind::Producer,
-        SpanKind::Consumer,
-    ];
-
-    /// The kind of an OTLP `Span.kind` value; unknown values are `Unspecified`.
-    pub fn from_otlp(kind: i32) -> SpanKind {
-        match kind {
-            1 => SpanKind::Internal,
-            2 => SpanKind::Server,
-            3 => SpanKind::Client,
-            4 => SpanKind::Producer,
-            5 => SpanKind::Consumer,
-            _ => SpanKind::Unspecified,
-        }
-    }
-
-    /// The lowercase name: the config spelling and the `span_kind` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SpanKind::Unspecified => "unspecified",
-            SpanKind::Internal => "internal",
-            SpanKind::Server => "server",
-            SpanKind::Client => "client",
-            SpanKind::Producer => "producer",
-            SpanKind::Consumer => "consumer",
-        }
-    }
-}
-
-impl fmt::Display for SpanKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A log severity, ordered from least to most severe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// No severity given (number 0).
-    Unspecified,
-    /// Numbers 1 to 4.
-    Trace,
-    /// Numbers 5 to 8.
-    Debug,
-    /// Numbers 9 to 12.
-    Info,
-    /// Numbers 13 to 16.
-    Warn,
-    /// Numbers 17 to 20.
-    Error,
-    /// Numbers 21 to 24.
-    Fatal,
-}
-
-impl Severity {
-    /// The severity of an OTLP `LogRecord.severity_number`; values outside 1..=24 are
-    /// `Unspecified`.
-    pub fn from_otlp(number: i32) -> Severity {
-        match number {
-            1..=4 => Severity::Trace,
-            5..=8 => Severity::Debug,
-            9..=12 => Severity::Info,
-            13..=16 => Severity::Warn,
-            17..=20 => Severity::Error,
-            21..=24 => Severity::Fatal,
-            _ => Severity::Unspecified,
-        }
-    }
-
-    /// The lowercase name: the config spelling and the `severity` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Unspecified => "unspecified",
-            Severity::Trace => "trace",
-            Severity::Debug => "debug",
-            Severity::Info => "info",
-            Severity::Warn => "warn",
-            Severity::Error => "error",
-            Severity::Fatal => "fatal",
-        }
-    }
-}
-
-impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -859,13 +737,9 @@ impl RawFilter {
                 }
                 let mut checked: Vec<SpanKind> = Vec::with_capacity(kinds.len());
                 for (index, kind) in kinds.into_iter().enumerate() {
-                    if checked.contains(&kind.value) {
-                        return Err(Invalid::new(
-                            &kind.referenced,
-                            format!("{key}[{index}]"),
-                            format!("`{}` is listed twice; remove one", kind.value),
-                        ));
-                    }
+                    not_listed_twice(&checked, &kind.value, &kind.referenced, || {
+                        format!("{key}[{index}]")
+                    })?;
                     checked.push(kind.value);
                 }
                 checked
@@ -893,13 +767,9 @@ impl RawFilter {
                 }
                 let mut checked: Vec<String> = Vec::with_capacity(names.len());
                 for (index, name) in names.into_iter().enumerate() {
-                    if checked.contains(&name.value) {
-                        return Err(Invalid::new(
-                            &name.referenced,
-                            format!("{key}[{index}]"),
-                            format!("`{}` is listed twice; remove one", name.value),
-                        ));
-                    }
+                    not_listed_twice(&checked, &name.value, &name.referenced, || {
+                        format!("{key}[{index}]")
+                    })?;
                     checked.push(name.value);
                 }
                 checked
@@ -956,13 +826,9 @@ impl RawAttributes {
                             referenced,
                             ..
                         } = value;
-                        if values.contains(&value) {
-                            return Err(Invalid::new(
-                                &referenced,
-                                format!("{key}[{index}]"),
-                                format!("`{value}` is listed twice; remove one"),
-                            ));
-                        }
+                        not_listed_twice(&values, &value, &referenced, || {
+                            format!("{key}[{index}]")
+                        })?;
                         values.push(value);
                     }
                     values

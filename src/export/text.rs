@@ -2,32 +2,10 @@
 
 use std::fmt::Write;
 
+use crate::families::Metric;
+
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// A metric family's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricType {
-    /// A monotonic counter; the family name ends in `_total`.
-    Counter,
-    /// A gauge.
-    Gauge,
-    /// A histogram (`_bucket`, `_sum`, `_count`).
-    Histogram,
-    /// A summary (quantile samples, `_sum`, `_count`).
-    Summary,
-}
-
-impl MetricType {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Counter => "counter",
-            Self::Gauge => "gauge",
-            Self::Histogram => "histogram",
-            Self::Summary => "summary",
-        }
-    }
-}
 
 /// Writes families and samples. The caller keeps the buffer between scrapes.
 #[derive(Debug)]
@@ -44,35 +22,58 @@ impl<'b> Encoder<'b> {
     /// Writes the `# HELP` and `# TYPE` lines of a family. In the 0.0.4 text format a
     /// counter's family name is its sample name, `_total` included (only OpenMetrics
     /// drops the suffix), which is what `promtool check metrics` expects.
-    pub fn family(&mut self, name: &str, kind: MetricType, help: &str) {
-        let family = name;
+    pub fn family(&mut self, metric: &Metric) {
         self.out.push_str("# HELP ");
-        self.out.push_str(family);
+        self.out.push_str(metric.name);
         self.out.push(' ');
-        escape_help(help, self.out);
+        escape_help(metric.help, self.out);
         self.out.push_str("\n# TYPE ");
-        self.out.push_str(family);
+        self.out.push_str(metric.name);
         self.out.push(' ');
-        self.out.push_str(kind.as_str());
+        self.out.push_str(metric.kind.as_str());
         self.out.push('\n');
     }
 
-    /// Writes one sample line with an integer value.
-    pub fn sample_u64(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
-        self.head(name, labels);
+    /// Writes one sample line of `metric` with an integer value.
+    pub fn sample_u64(&mut self, metric: &Metric, labels: &[(&str, &str)], value: u64) {
+        self.series_u64(metric, "", labels, value);
+    }
+
+    /// Writes one sample line of `metric` with a float value (`+Inf`, `-Inf` and `NaN`
+    /// spelled as the format wants).
+    pub fn sample_f64(&mut self, metric: &Metric, labels: &[(&str, &str)], value: f64) {
+        self.series_f64(metric, "", labels, value);
+    }
+
+    /// Writes one sample line of `metric`'s series `suffix` (`_bucket`, `_sum`,
+    /// `_count`) with an integer value.
+    pub fn series_u64(
+        &mut self,
+        metric: &Metric,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        value: u64,
+    ) {
+        self.head(metric.name, suffix, labels);
         let _ = writeln!(self.out, "{value}");
     }
 
-    /// Writes one sample line with a float value (`+Inf`, `-Inf` and `NaN` spelled as
-    /// the format wants).
-    pub fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.head(name, labels);
+    /// Writes one sample line of `metric`'s series `suffix` with a float value.
+    pub fn series_f64(
+        &mut self,
+        metric: &Metric,
+        suffix: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.head(metric.name, suffix, labels);
         write_f64(value, self.out);
         self.out.push('\n');
     }
 
-    fn head(&mut self, name: &str, labels: &[(&str, &str)]) {
+    fn head(&mut self, name: &str, suffix: &str, labels: &[(&str, &str)]) {
         self.out.push_str(name);
+        self.out.push_str(suffix);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (key, value)) in labels.iter().enumerate() {
@@ -129,21 +130,32 @@ fn escape_help(value: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::families::MetricType;
 
     #[test]
     fn families_and_samples_render_in_text_format() {
         let mut out = String::new();
         let mut enc = Encoder::new(&mut out);
-        enc.family("x_total", MetricType::Counter, "a \\ help\nline");
-        enc.sample_u64("x_total", &[("a", "q\"u\\o\nte"), ("b", "ok")], 7);
-        enc.family("g", MetricType::Gauge, "gauge");
-        enc.sample_f64("g", &[], f64::INFINITY);
-        enc.sample_f64("g", &[], 0.25);
+        let x = Metric {
+            name: "x_total",
+            kind: MetricType::Counter,
+            help: "a \\ help\nline",
+        };
+        let g = Metric {
+            name: "g",
+            kind: MetricType::Gauge,
+            help: "gauge",
+        };
+        enc.family(&x);
+        enc.sample_u64(&x, &[("a", "q\"u\\o\nte"), ("b", "ok")], 7);
+        enc.family(&g);
+        enc.sample_f64(&g, &[], f64::INFINITY);
+        enc.series_f64(&g, "_sum", &[], 0.25);
         assert_eq!(
             out,
             "# HELP x_total a \\\\ help\\nline\n# TYPE x_total counter\n\
              x_total{a=\"q\\\"u\\\\o\\nte\",b=\"ok\"} 7\n\
-             # HELP g gauge\n# TYPE g gauge\ng +Inf\ng 0.25\n"
+             # HELP g gauge\n# TYPE g gauge\ng +Inf\ng_sum 0.25\n"
         );
     }
 }

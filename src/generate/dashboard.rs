@@ -13,6 +13,7 @@ use super::promql::{Matcher, number, selector};
 use crate::config::Config;
 use crate::config::duration::format_duration;
 use crate::config::slo::{AlertSeverity, Slo};
+use crate::families;
 
 /// The dashboard's uid, stable so that a re-import replaces it.
 const UID: &str = "sloxide-slo";
@@ -101,12 +102,23 @@ pub fn dashboard(config: &Config) -> String {
                 "regex": "",
                 "skipUrlSync": false,
             }),
-            query_variable("slo", "SLO", "label_values(sloxide_slo_objective_ratio, slo)"),
-            query_variable("service", "Service", "label_values(sloxide_spans_total, service)"),
+            query_variable(
+                "slo",
+                "SLO",
+                &format!("label_values({}, slo)", families::SLO_OBJECTIVE.name),
+            ),
+            query_variable(
+                "service",
+                "Service",
+                &format!("label_values({}, service)", families::SPANS.name),
+            ),
             query_variable(
                 "region",
                 "Region",
-                r#"label_values(sloxide_spans_total{service=~"$service"}, region)"#,
+                &format!(
+                    r#"label_values({}{{service=~"$service"}}, region)"#,
+                    families::SPANS.name
+                ),
             ),
         ]},
         "panels": panels.list,
@@ -272,14 +284,14 @@ fn slo_table(slos: &[Slo]) -> Value {
     let rollup = Matcher::Eq("region", "");
     let mut targets = vec![table_target(
         "A",
-        &per_slo(&selector("sloxide_slo_objective_ratio", &[slo])),
+        &per_slo(&selector(families::SLO_OBJECTIVE.name, &[slo])),
     )];
     // The SLI's window is the period, which differs per SLO.
     let sli: Vec<String> = slos
         .iter()
         .map(|s| {
             selector(
-                "sloxide_slo_sli_ratio",
+                families::SLO_SLI.name,
                 &[
                     Matcher::Eq("slo", &s.name),
                     Matcher::Eq("service", &s.service),
@@ -296,7 +308,7 @@ fn slo_table(slos: &[Slo]) -> Value {
     targets.push(table_target(
         "C",
         &per_slo(&selector(
-            "sloxide_slo_error_budget_remaining_ratio",
+            families::SLO_BUDGET_REMAINING.name,
             &[slo, rollup],
         )),
     ));
@@ -304,7 +316,7 @@ fn slo_table(slos: &[Slo]) -> Value {
         targets.push(table_target(
             ref_id,
             &per_slo(&selector(
-                "sloxide_slo_burn_rate",
+                families::SLO_BURN_RATE.name,
                 &[slo, rollup, Matcher::Eq("window", window)],
             )),
         ));
@@ -380,7 +392,7 @@ fn slo_table(slos: &[Slo]) -> Value {
 /// The error budget left over each SLO's period, with a line at 0 (overspent below).
 fn budget_remaining() -> Value {
     let expr = per_slo(&selector(
-        "sloxide_slo_error_budget_remaining_ratio",
+        families::SLO_BUDGET_REMAINING.name,
         &[Matcher::Re("slo", "$slo"), Matcher::Eq("region", "")],
     ));
     with_threshold_lines(
@@ -398,7 +410,7 @@ fn budget_remaining() -> Value {
 /// Seconds until each SLO's budget is spent if the 1h burn rate holds.
 fn budget_exhaustion() -> Value {
     let expr = per_slo(&selector(
-        "sloxide_slo_budget_exhaustion_seconds",
+        families::SLO_BUDGET_EXHAUSTION.name,
         &[Matcher::Re("slo", "$slo"), Matcher::Eq("region", "")],
     ));
     json!({
@@ -448,7 +460,7 @@ fn burn_rate(slo: &Slo, config: &Config) -> Value {
     let expr = format!(
         "max by (window) ({})",
         selector(
-            "sloxide_slo_burn_rate",
+            families::SLO_BURN_RATE.name,
             &[
                 Matcher::Eq("slo", &slo.name),
                 Matcher::Eq("service", &slo.service),
@@ -536,7 +548,7 @@ fn latency_summary() -> Value {
         .into_iter()
         .map(|(ref_id, quantile, name)| {
             let expr = spans(
-                "sloxide_span_duration_quantile_seconds",
+                families::SPAN_DURATION_QUANTILES.name,
                 &[Matcher::Eq("quantile", quantile)],
             );
             target(
@@ -556,7 +568,7 @@ fn latency_summary() -> Value {
 
 /// p50 and p99 per region from the histogram buckets.
 fn latency_histogram() -> Value {
-    let buckets = spans("sloxide_span_duration_seconds_bucket", &[]);
+    let buckets = spans(&format!("{}_bucket", families::SPAN_DURATION.name), &[]);
     let targets = [("A", "0.5", "p50"), ("B", "0.99", "p99")]
         .into_iter()
         .map(|(ref_id, quantile, name)| {
@@ -576,11 +588,8 @@ fn latency_histogram() -> Value {
 
 /// The share of spans with status ERROR, per region.
 fn error_rate() -> Value {
-    let errors = spans(
-        "sloxide_spans_total",
-        &[Matcher::Eq("status_code", "error")],
-    );
-    let all = spans("sloxide_spans_total", &[]);
+    let errors = spans(families::SPANS.name, &[Matcher::Eq("status_code", "error")]);
+    let all = spans(families::SPANS.name, &[]);
     let expr = format!(
         "sum by (region) (rate({errors}[$__rate_interval])) / sum by (region) (rate({all}[$__rate_interval]))"
     );
@@ -597,7 +606,7 @@ fn regional_burn_rate() -> Value {
     let expr = format!(
         "max by (slo, region) ({})",
         selector(
-            "sloxide_slo_burn_rate",
+            families::SLO_BURN_RATE.name,
             &[
                 Matcher::Re("slo", "$slo"),
                 Matcher::Re("region", "$region"),

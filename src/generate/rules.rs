@@ -1,6 +1,6 @@
 //! `sloxide rules`: Prometheus alerting rules for the configured SLOs, as YAML.
 //!
-//! The alerts read the series that the daemon has already computed (SPEC section 4),
+//! The alerts read the series that the daemon has already computed (docs/reference.md),
 //! the burn rates on the roll-up across regions (`region=""`), so no recording rule is
 //! needed. The YAML is written by hand: every string is double-quoted with JSON's
 //! escapes, which YAML reads as they are.
@@ -12,6 +12,7 @@ use super::promql::{Matcher, number, quote, selector};
 use crate::config::Config;
 use crate::config::duration::format_duration;
 use crate::config::slo::{AlertSeverity, Alerting, Slo, Source, Tier};
+use crate::families;
 
 /// The name of the one rule group.
 const GROUP: &str = "sloxide-slo-alerts";
@@ -239,7 +240,7 @@ fn labels(slo: &Slo, severity: AlertSeverity) -> Vec<(&'static str, String)> {
 /// The roll-up burn rate of `slo` over `window`.
 fn burn_rate_selector(slo: &Slo, window: Duration) -> String {
     selector(
-        "sloxide_slo_burn_rate",
+        families::SLO_BURN_RATE.name,
         &[
             Matcher::Eq("slo", &slo.name),
             Matcher::Eq("service", &slo.service),
@@ -252,7 +253,7 @@ fn burn_rate_selector(slo: &Slo, window: Duration) -> String {
 /// The per-region event counters of `slo`; they have no roll-up, so callers sum them.
 fn events_selector(slo: &Slo) -> String {
     selector(
-        "sloxide_slo_events_total",
+        families::SLO_EVENTS.name,
         &[
             Matcher::Eq("slo", &slo.name),
             Matcher::Eq("service", &slo.service),
@@ -264,7 +265,7 @@ fn events_selector(slo: &Slo) -> String {
 /// or "an unknown share" when Prometheus has none.
 fn budget_remaining(slo: &Slo) -> String {
     let query = selector(
-        "sloxide_slo_error_budget_remaining_ratio",
+        families::SLO_BUDGET_REMAINING.name,
         &[
             Matcher::Eq("slo", &slo.name),
             Matcher::Eq("service", &slo.service),

@@ -13,13 +13,6 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
-use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
@@ -142,7 +135,7 @@ impl Export {
             Ok(permit) => permit,
             Err(err) => {
                 self.ingest.refused(Transport::Grpc, self.signal, &err);
-                return Ok(status_of(&err).into_http());
+                return Ok(err.grpc_status().into_http());
             }
         };
         let limits = self.ingest.limits();
@@ -155,8 +148,10 @@ impl Export {
         let ingest = self.ingest.clone();
         let signal = self.signal;
         let response = grpc.unary(self, req).await;
-        // Refusals come from our codec path, from the body limit, or from tonic's own
-        // framing and gunzip; the status is the one place all of them meet.
+        // Refusals come from our service, from the body limit, or from tonic's own
+        // framing, gunzip and size limit, which happen before our service sees the
+        // message and tell us nothing but the status. So every refusal is counted here,
+        // once, from the status it was answered with.
         if let Some(reason) = refusal_of(&response) {
             ingest.telemetry().request_refused(
                 Transport::Grpc,
@@ -179,27 +174,10 @@ impl UnaryService<Bytes> for Export {
             .ingest
             .export(Transport::Grpc, self.signal, Encoding::Protobuf, &body)
             .map(|accepted| {
-                let rejected = accepted.rejected as i64;
-                let error_message = accepted.message().unwrap_or_default().to_owned();
-                let bytes = match self.signal {
-                    Signal::Traces => ExportTraceServiceResponse {
-                        partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
-                            rejected_spans: rejected,
-                            error_message,
-                        }),
-                    }
-                    .encode_to_vec(),
-                    Signal::Logs => ExportLogsServiceResponse {
-                        partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
-                            rejected_log_records: rejected,
-                            error_message,
-                        }),
-                    }
-                    .encode_to_vec(),
-                };
+                let bytes = accepted.response(self.signal, Encoding::Protobuf);
                 Response::new(Bytes::from(bytes))
             })
-            .map_err(|err| status_of(&err));
+            .map_err(|err| err.grpc_status());
         std::future::ready(out)
     }
 }
@@ -208,31 +186,7 @@ impl UnaryService<Bytes> for Export {
 /// only on trailers-only error responses; a success carries it in the trailers).
 fn refusal_of(response: &HttpResponse) -> Option<RefusalReason> {
     let code = response.headers().get("grpc-status")?.to_str().ok()?;
-    match tonic::Code::from_bytes(code.as_bytes()) {
-        tonic::Code::Ok => None,
-        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => Some(RefusalReason::TooLarge),
-        tonic::Code::Unimplemented => Some(RefusalReason::Unsupported),
-        tonic::Code::Unavailable => Some(RefusalReason::Overloaded),
-        _ => Some(RefusalReason::Decode),
-    }
-}
-
-/// The gRPC status for a refused request.
-pub fn status_of(err: &IngestError) -> Status {
-    let msg = err.to_string();
-    match err {
-        IngestError::Decode(_)
-        | IngestError::Json(_)
-        | IngestError::Gzip(_)
-        | IngestError::BodyRead(_) => Status::invalid_argument(msg),
-        IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
-            Status::resource_exhausted(msg)
-        }
-        IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
-            Status::unimplemented(msg)
-        }
-        IngestError::Overloaded => Status::unavailable(msg),
-    }
+    RefusalReason::of_grpc_code(tonic::Code::from_bytes(code.as_bytes()))
 }
 
 /// Counts the bytes of a gRPC request body as received and fails the stream with
@@ -259,7 +213,7 @@ impl LimitedBody {
 
     fn over_limit(&mut self) -> Status {
         self.failed = true;
-        status_of(&IngestError::BodyTooLarge { limit: self.limit })
+        IngestError::BodyTooLarge { limit: self.limit }.grpc_status()
     }
 }
 

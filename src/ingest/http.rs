@@ -13,12 +13,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
 use prost::Message;
 
 use super::{Accepted, Encoding, Ingest, IngestError};
@@ -55,7 +49,11 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     let encoding = content_type(&parts.headers);
     let reply_in = encoding.as_ref().copied().unwrap_or(Encoding::Protobuf);
     match receive(&ingest, signal, &parts.headers, encoding, body).await {
-        Ok(accepted) => success(signal, reply_in, &accepted),
+        Ok(accepted) => reply(
+            StatusCode::OK,
+            reply_in,
+            accepted.response(signal, reply_in),
+        ),
         Err(err) => {
             ingest.refused(Transport::Http, signal, &err);
             failure(reply_in, &err)
@@ -128,59 +126,10 @@ fn content_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
     }
 }
 
-fn success(signal: Signal, encoding: Encoding, accepted: &Accepted) -> Response {
-    let rejected = accepted.rejected as i64;
-    let error_message = accepted.message().unwrap_or_default().to_owned();
-    let body = match (signal, encoding) {
-        (Signal::Traces, enc) => {
-            let msg = ExportTraceServiceResponse {
-                partial_success: (rejected > 0).then_some(ExportTracePartialSuccess {
-                    rejected_spans: rejected,
-                    error_message,
-                }),
-            };
-            match enc {
-                Encoding::Protobuf => msg.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(&msg).unwrap_or_default(),
-            }
-        }
-        (Signal::Logs, enc) => {
-            let msg = ExportLogsServiceResponse {
-                partial_success: (rejected > 0).then_some(ExportLogsPartialSuccess {
-                    rejected_log_records: rejected,
-                    error_message,
-                }),
-            };
-            match enc {
-                Encoding::Protobuf => msg.encode_to_vec(),
-                Encoding::Json => serde_json::to_vec(&msg).unwrap_or_default(),
-            }
-        }
-    };
-    reply(StatusCode::OK, encoding, body)
-}
-
-/// The HTTP status of a refused request.
-pub fn status_of(err: &IngestError) -> StatusCode {
-    match err {
-        IngestError::Decode(_)
-        | IngestError::Json(_)
-        | IngestError::Gzip(_)
-        | IngestError::BodyRead(_) => StatusCode::BAD_REQUEST,
-        IngestError::BodyTooLarge { .. } | IngestError::DecompressedTooLarge { .. } => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-        IngestError::UnsupportedContentType(_) | IngestError::UnsupportedEncoding(_) => {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE
-        }
-        IngestError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
 /// An error body is a `google.rpc.Status` (code, message), as OTLP/HTTP specifies.
 fn failure(encoding: Encoding, err: &IngestError) -> Response {
-    let status = status_of(err);
-    let grpc_code = super::grpc::status_of(err).code() as i32;
+    let status = err.http_status();
+    let grpc_code = err.reason().refusal().grpc as i32;
     let message = err.to_string();
     let body = match encoding {
         Encoding::Protobuf => RpcStatus {

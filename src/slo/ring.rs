@@ -2,9 +2,9 @@
 //!
 //! Each window `W` of an SLO is answered by a ring of slots of `max(10 s, W / 60)`
 //! (whole seconds), so a window's sum covers between `W - slot` and `W` of the most
-//! recent time: the error is at most one slot, `max(10 s, W / 60)`, as the spec allows.
+//! recent time: the error is at most one slot, `max(10 s, W / 60)` (`docs/slo.md`).
 //! Windows with the same slot size share a ring. For the default windows of a 30-day SLO
-//! that is eight rings and about 490 slots: 7.8 KiB per (SLO, region).
+//! that is eight rings and 472 slots: 7,552 bytes of slots per (SLO, region).
 
 use std::time::Duration;
 

@@ -11,16 +11,13 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
-use sloxide::aggregate::Aggregator;
-use sloxide::aggregate::render::Scratch;
-use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
-use sloxide::export::text::Encoder;
 use sloxide::fixture::{Shape, kv_int, kv_str, traces};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::logs::{LogBatch, walk_logs};
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::pipeline::Pipeline;
 
 use crate::harness::sample;
 
@@ -28,34 +25,29 @@ use crate::harness::sample;
 const T0: u64 = 1_699_999_980 * 1_000_000_000;
 const MS: u64 = 1_000_000;
 
-fn setup(yaml: &str) -> (Arc<Aggregator>, Arc<ManualClock>) {
+fn setup(yaml: &str) -> (Arc<Pipeline>, Arc<ManualClock>) {
     let config = Config::from_yaml(yaml, "test.yaml").unwrap();
     let clock = Arc::new(ManualClock::new(T0 + 30_000 * MS));
-    let plan = Arc::new(Plan::compile(&config));
-    (
-        Arc::new(Aggregator::new(&config, plan, clock.clone())),
-        clock,
-    )
+    let pipeline = Pipeline::new(&config, clock.clone()).unwrap();
+    (Arc::new(pipeline), clock)
 }
 
-fn feed(agg: &Aggregator, req: &ExportTraceServiceRequest) {
+fn feed(agg: &Pipeline, req: &ExportTraceServiceRequest) {
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
-    agg.record_traces(&batch);
+    walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
+    agg.aggregator.record_traces(&batch);
 }
 
-fn feed_logs(agg: &Aggregator, req: &ExportLogsServiceRequest) {
+fn feed_logs(agg: &Pipeline, req: &ExportLogsServiceRequest) {
     let body = req.encode_to_vec();
     let mut batch = LogBatch::default();
-    walk_logs(&body, agg.plan().keys(), &mut batch).unwrap();
-    agg.record_logs(&batch);
+    walk_logs(&body, agg.plan.keys(), &mut batch).unwrap();
+    agg.aggregator.record_logs(&batch);
 }
 
-fn render(agg: &Aggregator) -> String {
-    let mut out = String::new();
-    agg.render(&mut Encoder::new(&mut out), &mut Scratch::default());
-    out
+fn render(agg: &Pipeline) -> String {
+    agg.render()
 }
 
 fn span(kind: i32, duration: u64, status: i32, end: u64) -> Span {
@@ -472,9 +464,9 @@ fn concurrent_recording_keeps_exact_totals() {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut batch = TraceBatch::default();
-                walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+                walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
                 for _ in 0..rounds {
-                    agg.record_traces(&batch);
+                    agg.aggregator.record_traces(&batch);
                 }
             });
         }
@@ -641,8 +633,6 @@ fn cardinality_limits_fold_into_overflow_series_and_keep_totals() {
 
 /// The whole `/metrics` page for a fixed input, as the exporter renders it.
 fn golden_page() -> String {
-    use sloxide::export::{Exporter, Readiness};
-    use sloxide::telemetry::Telemetry;
     let (agg, clock) = setup(
         "dimensions: [http.route]\nhistogram: {buckets: [0.005, 0.05, 0.5], quantiles: [0.5, 0.99]}",
     );
@@ -677,15 +667,8 @@ fn golden_page() -> String {
     clock.advance(Duration::from_secs(60));
     agg.tick();
     // The tick's lock holds take unpredictable time; reset them so the page shows 0.
-    agg.take_longest_lock_hold();
-    let exporter = Exporter::new(
-        Arc::new(Telemetry::default()),
-        agg,
-        Arc::new(Readiness::default()),
-    );
-    let mut out = String::new();
-    exporter.render_into(&mut out, &mut Scratch::default());
-    out
+    agg.aggregator.take_longest_lock_hold();
+    agg.render()
 }
 
 /// Scrapes and ticks report how long they held a shard lock, once: the gauge shows
@@ -693,19 +676,23 @@ fn golden_page() -> String {
 #[test]
 fn lock_holds_of_scrapes_and_ticks_are_measured_and_reset() {
     let (agg, _) = setup("");
-    agg.take_longest_lock_hold(); // the SLO engine publishes once when it starts
+    agg.aggregator.take_longest_lock_hold(); // the SLO engine publishes once when it starts
     feed(&agg, &traces(&Shape::default()));
     assert_eq!(
-        agg.take_longest_lock_hold(),
+        agg.aggregator.take_longest_lock_hold(),
         Duration::ZERO,
         "ingest is not timed"
     );
     agg.tick();
     assert!(
-        agg.take_longest_lock_hold() > Duration::ZERO,
+        agg.aggregator.take_longest_lock_hold() > Duration::ZERO,
         "the tick held locks"
     );
-    assert_eq!(agg.take_longest_lock_hold(), Duration::ZERO, "read once");
+    assert_eq!(
+        agg.aggregator.take_longest_lock_hold(),
+        Duration::ZERO,
+        "read once"
+    );
     let gauge = |page: &str| sample(page, "sloxide_series_lock_hold_max_seconds", &[]);
     assert_eq!(gauge(&render(&agg)), Some(0.0));
     let second = gauge(&render(&agg)).unwrap();

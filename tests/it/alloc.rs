@@ -134,20 +134,18 @@ fn walking_a_1000_record_logs_request_allocates_nothing() {
 
 #[test]
 fn ingest_export_of_a_known_shape_allocates_nothing_after_warm_up() {
-    use sloxide::ingest::{BodyLimits, Discard, Encoding, Ingest};
-    use sloxide::telemetry::{Signal, Telemetry, Transport};
+    use sloxide::clock::ManualClock;
+    use sloxide::config::Config;
+    use sloxide::ingest::Encoding;
+    use sloxide::pipeline::Pipeline;
+    use sloxide::telemetry::{Signal, Transport};
     use std::sync::Arc;
 
-    let ingest = Ingest::new(
-        AttrKeys::new(["cloud.region"]),
-        BodyLimits {
-            max_request_bytes: 16 << 20,
-            max_decompressed_bytes: 64 << 20,
-        },
-        4,
-        Arc::new(Telemetry::default()),
-        Arc::new(Discard),
-    );
+    let clock = Arc::new(ManualClock::new(
+        Shape::default().end_unix_nanos + 1_000_000_000,
+    ));
+    let pipeline = Pipeline::new(&Config::embedded_default(), clock).unwrap();
+    let ingest = &pipeline.ingest;
     let traces = fixture::traces(&Shape::default()).encode_to_vec();
     let logs = fixture::logs(&Shape::default()).encode_to_vec();
     // Warm up this thread's reusable batches.
@@ -172,12 +170,11 @@ fn ingest_export_of_a_known_shape_allocates_nothing_after_warm_up() {
 
 #[test]
 fn walking_classifying_and_recording_known_series_allocates_nothing() {
-    use sloxide::aggregate::Aggregator;
-    use sloxide::classify::Plan;
     use sloxide::clock::ManualClock;
     use sloxide::config::Config;
-    use sloxide::ingest::{BodyLimits, Encoding, Ingest};
-    use sloxide::telemetry::{Signal, Telemetry, Transport};
+    use sloxide::ingest::Encoding;
+    use sloxide::pipeline::Pipeline;
+    use sloxide::telemetry::{Signal, Transport};
     use std::sync::Arc;
 
     // Dimensions read a string and an integer attribute, and the SLOs of
@@ -192,20 +189,10 @@ fn walking_classifying_and_recording_known_series_allocates_nothing() {
     );
     let config = Config::from_yaml(&yaml, "example.yaml").unwrap();
     assert!(!config.slos.is_empty());
-    let plan = Arc::new(Plan::compile(&config));
     let shape = Shape::default();
     let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
-    let aggregator = Arc::new(Aggregator::new(&config, plan.clone(), clock));
-    let ingest = Ingest::new(
-        plan.keys().clone(),
-        BodyLimits {
-            max_request_bytes: 16 << 20,
-            max_decompressed_bytes: 64 << 20,
-        },
-        4,
-        Arc::new(Telemetry::default()),
-        aggregator.clone(),
-    );
+    let pipeline = Pipeline::new(&config, clock).unwrap();
+    let ingest = &pipeline.ingest;
     let shape = Shape {
         service_names: ["checkout", "api-gateway", "deployer", "provisioner"]
             .map(String::from)
@@ -365,16 +352,14 @@ fn now_nanos() -> u64 {
 /// allocated, table growth included.
 #[test]
 fn series_memory_stays_within_its_budget() {
-    use sloxide::aggregate::Aggregator;
-    use sloxide::classify::Plan;
     use sloxide::clock::ManualClock;
     use sloxide::config::Config;
     use sloxide::ingest::Recorder;
+    use sloxide::pipeline::Pipeline;
     use sloxide::slo::SloEngine;
     use std::sync::Arc;
 
     let config = Config::embedded_default();
-    let plan = Arc::new(Plan::compile(&config));
     let n = 2000usize;
     // One span per service: n span series and n quantile series.
     let shape = Shape {
@@ -392,14 +377,15 @@ fn series_memory_stays_within_its_budget() {
     let second = fixture::traces(&later).encode_to_vec();
     let mut batch = TraceBatch::default();
     let (kept, agg) = bytes_kept(|| {
-        let agg = Aggregator::new(&config, plan.clone(), clock.clone());
+        let pipeline = Pipeline::new(&config, clock.clone()).unwrap();
+        let (plan, agg) = (&pipeline.plan, &pipeline.aggregator);
         walk_traces(&first, plan.keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
         // The next minute: every quantile series now holds both minute histograms.
         clock.advance(std::time::Duration::from_secs(60));
         walk_traces(&second, plan.keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
-        agg
+        pipeline
     });
     let per_series = kept as f64 / n as f64;
     eprintln!(

@@ -1,5 +1,5 @@
-//! Every error case of SPEC section 3, over both transports: status, partial success,
-//! liveness, and counters that show only the valid records.
+//! Every refusal and rejection that `docs/reference.md` lists, over both transports:
+//! status, partial success, liveness, and counters that show only the valid records.
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;

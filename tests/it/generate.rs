@@ -289,3 +289,65 @@ fn min_events_holds_a_tier_back_until_its_long_window_has_enough_events() {
     std::fs::write(dir.path().join("min_events_test.yaml"), test).unwrap();
     promtool(dir.path(), &["test", "rules", "min_events_test.yaml"]);
 }
+
+/// The sample names `/metrics` serves, read off a rendered page's `# TYPE` lines: a
+/// histogram serves `_bucket`, `_sum` and `_count`, a summary itself, `_sum` and
+/// `_count`, any other family itself.
+fn served_sample_names(page: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+        let suffixes: &[&str] = match kind {
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "summary" => &["", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    names
+}
+
+/// Every `sloxide_*` name that the generated rules and dashboard query is a series
+/// that `/metrics` serves, for a configuration with SLOs of both sources. Needs no
+/// outside program, so a renamed family breaks it on every machine.
+#[test]
+fn generated_rules_and_dashboard_name_only_served_families() {
+    use sloxide::clock::ManualClock;
+    use sloxide::config::Config;
+    use sloxide::pipeline::Pipeline;
+    use std::sync::Arc;
+
+    let config = Config::load(&example()).unwrap();
+    assert!(!config.slos.is_empty());
+    let pipeline = Pipeline::new(&config, Arc::new(ManualClock::new(0))).unwrap();
+    pipeline.tick();
+    let served = served_sample_names(&pipeline.render());
+    assert!(
+        served.contains("sloxide_slo_burn_rate") && served.contains("sloxide_spans_total"),
+        "{served:?}"
+    );
+    let generated = sloxide::generate::rules(&config) + &sloxide::generate::dashboard(&config);
+    let mut named = std::collections::BTreeSet::new();
+    let mut rest = generated.as_str();
+    while let Some(at) = rest.find("sloxide_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        named.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    // Rule names and the like are CamelCase (`SloxideBurnRate`) and never match.
+    assert!(
+        named.len() >= 8,
+        "the generators name too few series: {named:?}"
+    );
+    let unserved: Vec<_> = named.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "generated rules or dashboard query series /metrics does not serve: {unserved:?}"
+    );
+}

@@ -8,15 +8,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
-use sloxide::aggregate::Aggregator;
-use sloxide::aggregate::render::Scratch;
-use sloxide::classify::Plan;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
-use sloxide::export::text::Encoder;
 use sloxide::fixture::kv_str;
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::pipeline::Pipeline;
 
 use crate::e2e::{python_available, python_send};
 use crate::harness::{Daemon, sample};
@@ -35,15 +32,14 @@ alerting:
   ticket: [{long: 6h, short: 30m, budget_percent: 5}]
 "#;
 
-fn setup(yaml: &str) -> (Aggregator, Arc<ManualClock>) {
+fn setup(yaml: &str) -> (Pipeline, Arc<ManualClock>) {
     let config = Config::from_yaml(yaml, "test.yaml").unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let plan = Arc::new(Plan::compile(&config));
-    (Aggregator::new(&config, plan, clock.clone()), clock)
+    (Pipeline::new(&config, clock.clone()).unwrap(), clock)
 }
 
 /// One minute of traffic at `at`: `n` server spans of `payments`, `bad` of them errors.
-fn minute(agg: &Aggregator, clock: &ManualClock, at: u64, n: usize, bad: usize) {
+fn minute(agg: &Pipeline, clock: &ManualClock, at: u64, n: usize, bad: usize) {
     clock.set(at);
     let spans = (0..n)
         .map(|i| Span {
@@ -76,15 +72,13 @@ fn minute(agg: &Aggregator, clock: &ManualClock, at: u64, n: usize, bad: usize) 
     };
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
-    agg.record_traces(&batch);
+    walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
+    agg.aggregator.record_traces(&batch);
 }
 
-fn metrics(agg: &Aggregator) -> String {
+fn metrics(agg: &Pipeline) -> String {
     agg.tick();
-    let mut out = String::new();
-    agg.render(&mut Encoder::new(&mut out), &mut Scratch::default());
-    out
+    agg.render()
 }
 
 fn alert(text: &str, severity: &str) -> Option<f64> {
@@ -526,4 +520,35 @@ async fn python_sdk_traffic_gives_exact_slo_values_per_region_and_rolled_up() {
         None
     );
     let _ = Duration::from_secs(0);
+}
+
+/// (SLO, region) series are bounded like every other family: a label set over
+/// `max_series_per_service` folds into that SLO's own overflow series, and the fold
+/// shows in the cardinality self-metrics.
+#[test]
+fn slo_series_over_the_limit_fold_into_a_per_slo_overflow_series_that_is_counted() {
+    let (agg, clock) = setup(
+        "limits: {max_series_per_service: 1}
+slos:
+  - {name: pay, service: payments, objective: 99.9, indicator: {availability: {}}}
+  - {name: pay2, service: payments, objective: 99, indicator: {availability: {}}}
+",
+    );
+    minute(&agg, &clock, T0, 10, 1);
+    let text = metrics(&agg);
+    let events = |slo, region| {
+        sample(
+            &text,
+            "sloxide_slo_events_total",
+            &[("slo", slo), ("region", region)],
+        )
+    };
+    assert_eq!(events("pay", "eu"), Some(10.0));
+    assert_eq!(events("pay2", "eu"), None);
+    assert_eq!(events("pay2", "__overflow__"), Some(10.0));
+    let family = [("family", "sloxide_slo_events_total")];
+    let overflowed = sample(&text, "sloxide_series_overflow_total", &family);
+    assert_eq!(overflowed, Some(10.0));
+    let active = sample(&text, "sloxide_series_active", &family);
+    assert_eq!(active, Some(2.0));
 }
