@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, Once, mpsc};
 use std::time::Duration;
 
 /// True when CI asked that tests needing outside programs fail instead of skipping.
@@ -22,7 +22,65 @@ pub fn require(available: bool, what: &str) -> bool {
         "SLOXIDE_REQUIRE_E2E=1 but {what} is not available"
     );
     eprintln!("SKIPPED: {what} is not available");
+    record_skip(what);
     false
+}
+
+/// Every skip so far: (test name, what was missing).
+static SKIPS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Registers [`report_skips`] with `atexit` on the first skip.
+static REPORT_AT_EXIT: Once = Once::new();
+
+/// Records a skip, for the summary printed when the test binary exits. libtest captures
+/// the `eprintln!` of a passing test, so without this a skip would be invisible.
+fn record_skip(what: &str) {
+    // libtest names each test's thread after the test.
+    let test = std::thread::current()
+        .name()
+        .filter(|name| *name != "main")
+        .unwrap_or("(unnamed test)")
+        .to_owned();
+    SKIPS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push((test, what.to_owned()));
+    REPORT_AT_EXIT.call_once(|| {
+        // SAFETY: `report_skips` is a plain `extern "C" fn()` that never unwinds.
+        let failed = unsafe { libc::atexit(report_skips) } != 0;
+        if failed {
+            eprintln!("SKIPPED: could not register the skip summary with atexit");
+        }
+    });
+}
+
+/// Prints the skips to stderr after libtest's summary, so they are the last lines of
+/// `cargo test`. Runs from `atexit`: it must not panic, and ignores write errors.
+extern "C" fn report_skips() {
+    let _ = std::panic::catch_unwind(|| {
+        use std::io::Write;
+        let skips = match SKIPS.lock() {
+            Ok(skips) => skips,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut tests: Vec<&str> = skips.iter().map(|(test, _)| test.as_str()).collect();
+        tests.sort_unstable();
+        tests.dedup();
+        let mut text = format!(
+            "\nSKIPPED: {} {} skipped because outside programs are missing \
+             (run bash tests/run to install them):\n",
+            tests.len(),
+            if tests.len() == 1 { "test" } else { "tests" },
+        );
+        let mut lines: Vec<String> = skips
+            .iter()
+            .map(|(test, what)| format!("  {test}: {what} is not available\n"))
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        text.extend(lines);
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    });
 }
 
 /// A running daemon; killed when dropped.
