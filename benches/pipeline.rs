@@ -148,7 +148,7 @@ fn pipeline(c: &mut Criterion) {
         .expect("config/example.yaml is valid");
     let clock = Arc::new(ManualClock::new(shape.end_unix_nanos + 1_000_000_000));
     let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
-    let (plan, aggregator) = (&pipeline.plan, &pipeline.aggregator);
+    let (plan, aggregator) = (&pipeline.plan(), &pipeline.aggregator());
 
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(spans));

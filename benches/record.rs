@@ -22,7 +22,7 @@ const BATCHES_PER_THREAD: usize = 40;
 fn aggregator(config: &Config, now: u64) -> Arc<Aggregator> {
     Pipeline::new(config, Arc::new(ManualClock::new(now)))
         .unwrap()
-        .aggregator
+        .aggregator()
 }
 
 fn record(c: &mut Criterion) {

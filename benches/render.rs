@@ -41,8 +41,8 @@ fn loaded() -> (Arc<Pipeline>, Config) {
     let pipeline = Arc::new(Pipeline::new(&config, clock.clone()).unwrap());
     let body = fixture::traces(&shape).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, pipeline.plan.keys(), &mut batch).unwrap();
-    pipeline.aggregator.record_traces(&batch);
+    walk_traces(&body, pipeline.plan().keys(), &mut batch).unwrap();
+    pipeline.aggregator().record_traces(&batch);
     // Complete the minute so that every quantile series has quantiles to render.
     clock.advance(Duration::from_secs(60));
     pipeline.tick();
@@ -52,15 +52,15 @@ fn loaded() -> (Arc<Pipeline>, Config) {
 fn render(c: &mut Criterion) {
     let (p, config) = loaded();
     let mut out = String::new();
-    let mut renderer = Renderer::new(&config);
-    renderer.render(&p.aggregator, &p.telemetry, &mut out);
+    let mut renderer = Renderer::new(Arc::new(config.clone()));
+    renderer.render(&p.aggregator(), &p.telemetry, &p.state, &mut out);
     let lines = out.lines().filter(|l| !l.starts_with('#')).count() as u64;
     eprintln!("render: {lines} sample lines, {} bytes", out.len());
     let mut g = c.benchmark_group("render");
     g.throughput(Throughput::Elements(lines));
     g.bench_function("10k_histogram_series", |b| {
         b.iter(|| {
-            renderer.render(&p.aggregator, &p.telemetry, &mut out);
+            renderer.render(&p.aggregator(), &p.telemetry, &p.state, &mut out);
             black_box(out.len());
         })
     });
@@ -103,7 +103,7 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
         Neighbour::OtherAggregation => loaded().0,
         _ => p.clone(),
     };
-    let agg = &p.aggregator;
+    let agg = p.aggregator();
     // 100 spans over 25 of the services: their series exist already.
     let small = Shape {
         resources: 25,
@@ -113,7 +113,7 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
     };
     let body = fixture::traces(&small).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, p.plan.keys(), &mut batch).unwrap();
+    walk_traces(&body, p.plan().keys(), &mut batch).unwrap();
     let stop = AtomicBool::new(false);
     let mut holds = Vec::new();
     let mut latencies = Vec::new();
@@ -121,12 +121,13 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
         let scraper = (neighbour != Neighbour::None).then(|| {
             s.spawn(|| {
                 let mut out = String::new();
-                let mut renderer = Renderer::new(&config);
+                let mut renderer = Renderer::new(Arc::new(config.clone()));
                 let mut holds = Vec::new();
-                let scraped = &scraped.aggregator;
+                let state = scraped.state.clone();
+                let scraped = scraped.aggregator();
                 scraped.take_longest_lock_hold();
                 while !stop.load(Ordering::Relaxed) {
-                    renderer.render(scraped, &p.telemetry, &mut out);
+                    renderer.render(&scraped, &p.telemetry, &state, &mut out);
                     scraped.tick();
                     holds.push(scraped.take_longest_lock_hold());
                 }

@@ -51,7 +51,7 @@ fn setup(yaml: &str, bodies: Vec<Vec<u8>>) -> Setup {
         Shape::default().end_unix_nanos + 1_000_000_000,
     ));
     let pipeline = Pipeline::new(&config, clock).unwrap();
-    let (plan, agg) = (pipeline.plan, pipeline.aggregator);
+    let (plan, agg) = (pipeline.plan(), pipeline.aggregator());
     // Create every series before timing.
     let mut batch = TraceBatch::default();
     for body in &bodies {

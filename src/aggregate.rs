@@ -230,6 +230,11 @@ impl Aggregator {
         self.clamped.load(Ordering::Relaxed)
     }
 
+    /// Adds clamped durations saved by a checkpoint.
+    pub fn add_clamped(&self, n: u64) {
+        self.clamped.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The span series (counters and classic buckets).
     pub fn spans(&self) -> &Family<SpanSeries> {
         &self.spans

@@ -1,12 +1,14 @@
 //! The daemon's life in three steps, as linkerd2-proxy's `main` → `App::spawn` →
-//! drain: [`App::build`] makes the pipeline (no I/O), [`App::serve`] binds the three
-//! listeners and spawns the servers and the tick, and [`Running::drain`] shuts down
-//! gracefully.
+//! drain: [`App::build`] makes the pipeline, opens `state.data_dir` and restores the
+//! checkpoint; [`App::serve`] binds the three listeners and spawns the servers, the tick
+//! and the checkpoints; [`Running::drain`] shuts down gracefully and writes the final
+//! checkpoint. In between, [`run_with`] answers [`Event`]s: signals and config changes.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
@@ -19,6 +21,9 @@ use crate::config::Config;
 use crate::export::{Exporter, Readiness};
 use crate::ingest::grpc::OtlpGrpc;
 use crate::pipeline::Pipeline;
+use crate::state::file::{self, Generation};
+use crate::state::snapshot::{RestoreReport, Scope, SloDecision};
+use crate::state::{DataDir, Outcome, StateError};
 
 /// How often the aggregation ticks (quantiles, expiry).
 pub const TICK: Duration = Duration::from_secs(1);
@@ -32,6 +37,9 @@ pub enum DaemonError {
     /// The configuration could not be compiled.
     #[error("cannot compile the configuration: {0}")]
     Plan(#[from] PlanError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({key}): {source}")]
     Bind {
@@ -70,26 +78,143 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Daemon
         .map_err(|source| DaemonError::Bind { key, addr, source })
 }
 
-/// Runs the daemon until `shutdown` completes, then drains and returns.
+/// Runs the daemon until `shutdown` completes, then drains and returns: no reload, no
+/// other signal (the load generator and tests that need nothing else).
 /// `on_bound` is told the bound addresses once all three listeners are up.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> Result<(), DaemonError> {
+    let events = ShutdownOnly(Some(Box::pin(shutdown)));
+    run_with(config, events, None, on_bound).await
+}
+
+/// Something the daemon is told while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Drain and stop (SIGTERM, SIGINT, SIGQUIT).
+    Shutdown(&'static str),
+    /// Re-read the configuration (SIGHUP, or the watched file changed).
+    Reload(&'static str),
+    /// Write a checkpoint now (SIGUSR1).
+    Checkpoint(&'static str),
+    /// A signal that means nothing to sloxide; logged, not fatal (SIGUSR2).
+    Ignored(&'static str),
+}
+
+/// Where events come from.
+pub trait Events {
+    /// The next event.
+    fn next(&mut self) -> impl Future<Output = Event>;
+}
+
+/// Events of a future that completes once: shutdown, then nothing.
+struct ShutdownOnly<F>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: Future<Output = ()>> Events for ShutdownOnly<F> {
+    async fn next(&mut self) -> Event {
+        match self.0.take() {
+            Some(f) => {
+                f.await;
+                Event::Shutdown("shutdown")
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Reads the configuration again for a reload: the file with the command line's
+/// overrides. Its error is the message `sloxide check` prints (file:line:column).
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// How the daemon rereads its configuration.
+pub struct Reload {
+    /// Reads it.
+    pub read: Reloader,
+    /// Polls this file every so often and reloads when its bytes change (for
+    /// Kubernetes ConfigMaps, which change files and send no signal).
+    pub watch: Option<(PathBuf, Duration)>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("watch", &self.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the daemon, answering `events` (and, with `reload`, rereading the configuration
+/// on [`Event::Reload`] and when the watched file changes) until a shutdown event; then
+/// drains and returns.
+pub async fn run_with(
+    config: Config,
+    mut events: impl Events,
+    reload: Option<Reload>,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> Result<(), DaemonError> {
     let app = App::build(&config)?;
     let running = app.serve(&config).await?;
     on_bound(running.bound);
-    shutdown.await;
+    let watch = reload.as_ref().and_then(|r| r.watch.clone());
+    let mut seen = watch.as_ref().map(|(path, _)| file_digest(path));
+    let mut poll = tokio::time::interval(watch.as_ref().map_or(Duration::from_secs(3600), |w| w.1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = poll.tick(), if watch.is_some() => {
+                let Some((path, _)) = &watch else { continue };
+                let now = file_digest(path);
+                if seen.as_ref() == Some(&now) {
+                    continue;
+                }
+                seen = Some(now);
+                Event::Reload("a change of the watched configuration file")
+            }
+        };
+        match event {
+            Event::Shutdown(why) => {
+                tracing::info!("received {why}");
+                break;
+            }
+            Event::Reload(why) => match &reload {
+                Some(reload) => running.reload(why, &reload.read).await,
+                None => tracing::warn!(
+                    "{why}: this daemon runs on the embedded default configuration, there is no file to reread"
+                ),
+            },
+            Event::Checkpoint(why) => {
+                tracing::info!("{why}: writing a checkpoint now");
+                running.checkpoint_now().await;
+            }
+            Event::Ignored(why) => {
+                tracing::info!("received {why}; it means nothing to sloxide and is ignored")
+            }
+        }
+    }
     running.drain().await
+}
+
+/// The bytes of `path`, hashed (or the read error's text), to notice a change.
+fn file_digest(path: &std::path::Path) -> Result<u64, String> {
+    std::fs::read(path)
+        .map(|bytes| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// The daemon's stages and what serves them, built but not yet listening.
 #[derive(Debug)]
 pub struct App {
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
     readiness: Arc<Readiness>,
     exporter: Arc<Exporter>,
+    checkpoints: Option<Arc<Checkpoints>>,
 }
 
 /// A serving daemon: its addresses, and what [`Running::drain`] stops.
@@ -104,28 +229,48 @@ pub struct Running {
     http: JoinHandle<Result<(), DaemonError>>,
     metrics: JoinHandle<Result<(), DaemonError>>,
     tick: JoinHandle<()>,
+    periodic: Option<JoinHandle<()>>,
 }
 
 impl App {
-    /// Builds the pipeline and the metrics port for `config`, on the system clock.
+    /// Builds the pipeline and the metrics port for `config`, on the system clock; with
+    /// a `state.data_dir`, opens (and locks) it and restores the newest readable
+    /// checkpoint. Nothing listens yet, so `/readyz` cannot say ready before the
+    /// restore is done.
     pub fn build(config: &Config) -> Result<Self, DaemonError> {
-        let pipeline = Pipeline::new(config, Arc::new(SystemClock))?;
+        let pipeline = Arc::new(Pipeline::new(config, Arc::new(SystemClock))?);
+        let checkpoints = match &config.state.data_dir {
+            Some(dir) => {
+                let dir = DataDir::open(dir)?;
+                restore(&pipeline, &dir);
+                Some(Arc::new(Checkpoints {
+                    dir,
+                    pipeline: pipeline.clone(),
+                    writing: tokio::sync::Mutex::new(()),
+                }))
+            }
+            None => {
+                pipeline.state.set_outcome(Outcome::Disabled);
+                None
+            }
+        };
         let readiness = Arc::new(Readiness::default());
-        let exporter = Arc::new(Exporter::new(
-            config,
-            pipeline.telemetry.clone(),
-            pipeline.aggregator.clone(),
-            readiness.clone(),
-        ));
+        let exporter = Arc::new(Exporter::new(pipeline.clone(), readiness.clone()));
         Ok(Self {
             pipeline,
             readiness,
             exporter,
+            checkpoints,
         })
     }
 
-    /// Binds the three listeners and spawns the receivers, the metrics port and the
-    /// tick; ready once it returns.
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Binds the three listeners and spawns the receivers, the metrics port, the tick
+    /// and the periodic checkpoints; ready once it returns.
     pub async fn serve(self, config: &Config) -> Result<Running, DaemonError> {
         let grpc_listener = bind("listen.otlp_grpc", config.listen.otlp_grpc).await?;
         let http_listener = bind("listen.otlp_http", config.listen.otlp_http).await?;
@@ -157,20 +302,18 @@ impl App {
             self.exporter.clone().router(),
             until(metrics_stopped),
         ));
-        let tick = tokio::spawn(tick(self.pipeline.aggregator.clone(), until(otlp_stopped)));
+        let tick = tokio::spawn(tick(self.pipeline.clone(), until(otlp_stopped.clone())));
+        let periodic = self.checkpoints.clone().map(|c| {
+            tokio::spawn(c.periodic(config.state.checkpoint_interval, until(otlp_stopped)))
+        });
 
-        if let Some(dir) = &config.state.data_dir {
-            tracing::warn!(
-                data_dir = %dir.display(),
-                "state.data_dir is set, but checkpoint and restore are not built yet: counters and windows start empty at each start"
-            );
-        }
         self.readiness.set_ready();
         tracing::info!(
             otlp_grpc = %bound.otlp_grpc,
             otlp_http = %bound.otlp_http,
             metrics = %bound.metrics,
             slos = config.slos.len(),
+            data_dir = ?config.state.data_dir,
             "sloxide listening"
         );
         Ok(Running {
@@ -182,13 +325,209 @@ impl App {
             http,
             metrics,
             tick,
+            periodic,
         })
     }
 }
 
+/// Loads the newest readable checkpoint of `dir` into `pipeline`, logging what it
+/// found and did; bad files are moved aside and never stop the start.
+fn restore(pipeline: &Pipeline, dir: &DataDir) {
+    let now_secs = pipeline.clock().now_nanos() / 1_000_000_000;
+    let loaded = dir.load(now_secs);
+    for refused in &loaded.refused {
+        pipeline.state.rejected(refused.why.reason());
+        tracing::error!(
+            file = %refused.file.display(),
+            moved_to = ?refused.moved_to,
+            "checkpoint refused: {}",
+            refused.why
+        );
+    }
+    let Some((checkpoint, generation)) = loaded.checkpoint else {
+        let outcome = if loaded.refused.is_empty() {
+            tracing::info!(data_dir = %dir.path().display(), "no checkpoint: starting empty");
+            Outcome::FirstStart
+        } else {
+            tracing::error!(data_dir = %dir.path().display(), "no readable checkpoint: starting empty");
+            Outcome::Discarded
+        };
+        pipeline.state.set_outcome(outcome);
+        return;
+    };
+    let report = pipeline.restore(&checkpoint);
+    let header = checkpoint.header.unwrap_or_default();
+    let written = header.written_unix_nanos / 1_000_000_000;
+    let outcome = if report.counters {
+        Outcome::Clean(generation)
+    } else {
+        Outcome::Crash(generation)
+    };
+    pipeline.state.set_outcome(outcome);
+    let age = now_secs.saturating_sub(written);
+    tracing::info!(
+        file = %dir.path().join(generation.file_name()).display(),
+        written_by = %header.sloxide_version,
+        age_secs = age,
+        clean_shutdown = header.clean_shutdown,
+        span_series = report.series[0],
+        quantile_series = report.series[1],
+        log_series = report.series[2],
+        slo_series = report.series[3],
+        "restored checkpoint{}",
+        if generation == Generation::Previous { " (the previous generation: the newest could not be read)" } else { "" }
+    );
+    if !report.counters {
+        tracing::warn!(
+            "the last run did not shut down cleanly: SLO windows restored, cumulative counters start from zero (a reset Prometheus handles)"
+        );
+    }
+    log_decisions("restore", &report);
+}
+
+/// Logs, once per SLO, what a restore or reload did with its saved state.
+fn log_decisions(when: &str, report: &RestoreReport) {
+    if let Some(why) = &report.spans_skipped {
+        tracing::warn!("{when}: span series start empty: {why}");
+    }
+    for (slo, decision) in &report.slos {
+        match decision {
+            SloDecision::Kept => tracing::debug!(slo, "{when}: SLO keeps its counts"),
+            SloDecision::New => tracing::info!(slo, "{when}: new SLO starts empty"),
+            SloDecision::Reset => tracing::warn!(
+                slo,
+                "{when}: SLO's filter or indicator changed: it starts empty, its saved events were judged by another rule"
+            ),
+            SloDecision::Removed => tracing::info!(
+                slo,
+                "{when}: SLO no longer configured: its state is dropped"
+            ),
+        }
+    }
+}
+
+/// Writes checkpoints of one pipeline into one data directory, one at a time.
+#[derive(Debug)]
+struct Checkpoints {
+    dir: DataDir,
+    pipeline: Arc<Pipeline>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Checkpoints {
+    /// Takes a checkpoint and writes it, off the async workers; logs and counts a
+    /// failure. The snapshot copies each shard under its lock; encoding and I/O happen
+    /// after, so a slow disk delays checkpoints, never requests.
+    async fn write(self: &Arc<Self>, scope: Scope, clean: bool) {
+        let _one_at_a_time = self.writing.lock().await;
+        let this = self.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let checkpoint = this.pipeline.checkpoint(scope, clean);
+            let bytes = file::encode(&checkpoint);
+            this.dir
+                .write(&bytes)
+                .map(|()| (start.elapsed(), bytes.len() as u64))
+        })
+        .await;
+        let state = &self.pipeline.state;
+        match written {
+            Ok(Ok((took, size))) => {
+                state.written(self.pipeline.clock().now_nanos(), took, size);
+                tracing::debug!(
+                    bytes = size,
+                    took_ms = took.as_millis() as u64,
+                    clean,
+                    "checkpoint written"
+                );
+            }
+            Ok(Err(e)) => {
+                state.write_failed(&e);
+                tracing::error!(data_dir = %self.dir.path().display(), "checkpoint not written (retried at the next interval): {e}");
+            }
+            Err(e) => tracing::error!("checkpoint task failed: {e}"),
+        }
+    }
+
+    /// Writes a windows-only checkpoint every `interval` until `stop`.
+    async fn periodic(self: Arc<Self>, interval: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        every.tick().await; // the first tick is immediate; the state was just restored
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.write(Scope::Windows, false).await,
+                () = &mut stop => break,
+            }
+        }
+    }
+}
+
 impl Running {
-    /// Stops taking requests, drains those in flight for up to [`DRAIN_TIMEOUT`], then
-    /// stops the tick and the metrics port.
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.app.pipeline
+    }
+
+    /// Writes a windows-only checkpoint now, if there is a data directory.
+    pub async fn checkpoint_now(&self) {
+        match &self.app.checkpoints {
+            Some(c) => c.write(Scope::Windows, false).await,
+            None => tracing::warn!("no state.data_dir: there is nowhere to write a checkpoint"),
+        }
+    }
+
+    /// Rereads the configuration and applies it; a configuration that fails validation
+    /// is logged with the same message as `sloxide check`, and the old one stays.
+    pub async fn reload(&self, why: &str, read: &Reloader) {
+        tracing::info!("{why}: rereading the configuration");
+        let pipeline = &self.app.pipeline;
+        let mut next = match read() {
+            Ok(config) => config,
+            Err(message) => {
+                pipeline.state.reload_failed();
+                tracing::error!("configuration not reloaded, the old one stays: {message}");
+                return;
+            }
+        };
+        let old = pipeline.config();
+        let mut kept = Vec::new();
+        if next.listen != old.listen {
+            kept.push("listen");
+            next.listen = old.listen.clone();
+        }
+        if next.state != old.state {
+            kept.push("state");
+            next.state = old.state.clone();
+        }
+        if !kept.is_empty() {
+            tracing::warn!(
+                "reload: {} cannot change while running; the old values stay until a restart",
+                kept.join(" and ")
+            );
+        }
+        let pipeline = pipeline.clone();
+        let applied = tokio::task::spawn_blocking(move || pipeline.reload(&next)).await;
+        match applied {
+            Ok(Ok(report)) => {
+                log_decisions("reload", &report);
+                tracing::info!("configuration reloaded");
+            }
+            Ok(Err(e)) => {
+                self.app.pipeline.state.reload_failed();
+                tracing::error!("configuration not reloaded, the old one stays: {e}");
+            }
+            Err(e) => {
+                self.app.pipeline.state.reload_failed();
+                tracing::error!("reload task failed: {e}");
+            }
+        }
+    }
+
+    /// Stops taking requests, drains those in flight for up to [`DRAIN_TIMEOUT`], stops
+    /// the tick and the periodic checkpoints, writes the final (clean) checkpoint, then
+    /// stops the metrics port.
     pub async fn drain(self) -> Result<(), DaemonError> {
         tracing::info!("shutting down: draining in-flight requests");
         self.app.readiness.set_stopping();
@@ -200,6 +539,15 @@ impl Running {
         })
         .await;
         let _ = self.tick.await;
+        if let Some(periodic) = self.periodic {
+            let _ = periodic.await;
+        }
+        let clean = drained.is_ok();
+        if let Some(c) = &self.app.checkpoints {
+            // After a drain that timed out, requests may still be recording: such a
+            // checkpoint is not clean, and its counters will not be restored.
+            c.write(Scope::Everything, clean).await;
+        }
         let _ = self.stop_metrics.send(true);
         let metrics = tokio::time::timeout(Duration::from_secs(1), self.metrics).await;
         match drained {
@@ -259,17 +607,17 @@ async fn serve_axum(
         .map_err(|e| server_error(server, e))
 }
 
-/// Ticks the aggregation every [`TICK`] until `stop`.
-async fn tick(aggregator: Arc<crate::aggregate::Aggregator>, stop: impl Future<Output = ()>) {
+/// Ticks the aggregation in force every [`TICK`] until `stop`.
+async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = every.tick() => {
-                let aggregator = aggregator.clone();
+                let pipeline = pipeline.clone();
                 // The tick walks every series: keep it off the I/O workers.
-                let _ = tokio::task::spawn_blocking(move || aggregator.tick()).await;
+                let _ = tokio::task::spawn_blocking(move || pipeline.tick()).await;
             }
             () = &mut stop => break,
         }
@@ -297,28 +645,62 @@ fn flatten(
     joined.unwrap_or_else(|e| Err(server_error("task", e)))
 }
 
-/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers now, and returns a future that
-/// completes on either. Installing them before the listeners are announced means a
-/// signal sent as soon as the daemon says it is listening is never missed (it would
-/// otherwise kill the process with the default action). Call it inside the runtime.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+/// The signals the daemon answers, installed before the listeners are announced, so
+/// that a signal sent as soon as the daemon says it is listening is never missed (it
+/// would otherwise take its default action, which for most is to end the process).
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => tracing::info!("received SIGINT"),
-                _ = terminate.recv() => tracing::info!("received SIGTERM"),
+    streams: Vec<(tokio::signal::unix::Signal, Event)>,
+}
+
+impl Signals {
+    /// Installs the handlers: SIGTERM, SIGINT and SIGQUIT shut down gracefully, SIGHUP
+    /// reloads the configuration, SIGUSR1 writes a checkpoint, SIGUSR2 is logged and
+    /// ignored. Call it inside the runtime.
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let table = [
+                (SignalKind::terminate(), Event::Shutdown("SIGTERM")),
+                (SignalKind::interrupt(), Event::Shutdown("SIGINT")),
+                (SignalKind::quit(), Event::Shutdown("SIGQUIT")),
+                (SignalKind::hangup(), Event::Reload("SIGHUP")),
+                (SignalKind::user_defined1(), Event::Checkpoint("SIGUSR1")),
+                (SignalKind::user_defined2(), Event::Ignored("SIGUSR2")),
+            ];
+            let mut streams = Vec::with_capacity(table.len());
+            for (kind, event) in table {
+                streams.push((signal(kind)?, event));
             }
-        })
+            Ok(Self { streams })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
     }
-    #[cfg(not(unix))]
-    {
-        Ok(async {
+}
+
+impl Events for Signals {
+    async fn next(&mut self) -> Event {
+        #[cfg(unix)]
+        {
+            std::future::poll_fn(|cx| {
+                for (stream, event) in &mut self.streams {
+                    if stream.poll_recv(cx).is_ready() {
+                        return std::task::Poll::Ready(*event);
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("received Ctrl-C");
-        })
+            Event::Shutdown("Ctrl-C")
+        }
     }
 }

@@ -14,10 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Mutex;
 
-use crate::aggregate::Aggregator;
-use crate::config::Config;
-use crate::telemetry::Telemetry;
 use render::Renderer;
+
+/// What the metrics port renders: the pipeline implements it. `renderer` is kept
+/// between scrapes; the source replaces it when the configuration it was made for is
+/// no longer in force.
+pub trait Scrape: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes every family into `out` (cleared first).
+    fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String);
+}
 
 /// Where the daemon is in its life, as `/readyz` reports it.
 #[derive(Debug, Default)]
@@ -56,27 +61,19 @@ impl Readiness {
 /// What the metrics port serves.
 #[derive(Debug)]
 pub struct Exporter {
-    telemetry: Arc<Telemetry>,
-    aggregator: Arc<Aggregator>,
+    source: Arc<dyn Scrape>,
     readiness: Arc<Readiness>,
     // Reused between scrapes; concurrent scrapes take turns.
-    buffers: Mutex<(String, Renderer)>,
+    buffers: Mutex<(String, Option<Renderer>)>,
 }
 
 impl Exporter {
-    /// An exporter of `aggregator`'s series and `telemetry` (configured by `config`),
-    /// reporting `readiness`.
-    pub fn new(
-        config: &Config,
-        telemetry: Arc<Telemetry>,
-        aggregator: Arc<Aggregator>,
-        readiness: Arc<Readiness>,
-    ) -> Self {
+    /// An exporter of what `source` renders, reporting `readiness`.
+    pub fn new(source: Arc<dyn Scrape>, readiness: Arc<Readiness>) -> Self {
         Self {
-            telemetry,
-            aggregator,
+            source,
             readiness,
-            buffers: Mutex::new((String::new(), Renderer::new(config))),
+            buffers: Mutex::new((String::new(), None)),
         }
     }
 
@@ -93,7 +90,7 @@ impl Exporter {
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
     let mut buffers = exporter.buffers.lock().await;
     let (text, renderer) = &mut *buffers;
-    renderer.render(&exporter.aggregator, &exporter.telemetry, text);
+    exporter.source.scrape(renderer, text);
     let body = text.as_bytes().to_vec();
     drop(buffers);
     ([(header::CONTENT_TYPE, text::CONTENT_TYPE)], body).into_response()

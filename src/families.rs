@@ -107,6 +107,18 @@ pub const SLO_BURN_RATE: Metric = metric(
     Gauge,
     "(bad / total) / (1 - objective) over the window; 0 while the window holds no event.",
 );
+/// Events in each window.
+pub const SLO_WINDOW_EVENTS: Metric = metric(
+    "sloxide_slo_window_events",
+    Gauge,
+    "Events the SLO counted over the window, per region and (no region label) all regions together. Sums across replicas are exact.",
+);
+/// Bad events in each window.
+pub const SLO_WINDOW_BAD_EVENTS: Metric = metric(
+    "sloxide_slo_window_bad_events",
+    Gauge,
+    "The bad events among sloxide_slo_window_events.",
+);
 /// Error budget left over the period.
 pub const SLO_BUDGET_REMAINING: Metric = metric(
     "sloxide_slo_error_budget_remaining_ratio",
@@ -179,6 +191,60 @@ pub const RECEIVER_REFUSED_REQUESTS: Metric = metric(
     Counter,
     "OTLP requests refused whole; nothing in them was counted.",
 );
+/// When the last checkpoint was written.
+pub const CHECKPOINT_LAST_SUCCESS: Metric = metric(
+    "sloxide_checkpoint_last_success_timestamp_seconds",
+    Gauge,
+    "Unix time of the last checkpoint written to state.data_dir; 0 before the first.",
+);
+/// How long the last checkpoint took.
+pub const CHECKPOINT_DURATION: Metric = metric(
+    "sloxide_checkpoint_duration_seconds",
+    Gauge,
+    "Wall time of the last checkpoint written, from the first shard copied to the synced rename.",
+);
+/// How big the last checkpoint was.
+pub const CHECKPOINT_SIZE: Metric = metric(
+    "sloxide_checkpoint_size_bytes",
+    Gauge,
+    "Size of the last checkpoint written.",
+);
+/// Checkpoint writes that failed.
+pub const CHECKPOINT_FAILURES: Metric = metric(
+    "sloxide_checkpoint_failures_total",
+    Counter,
+    "Checkpoint writes that failed (retried at the next interval), by reason.",
+);
+/// Checkpoint files refused at start.
+pub const CHECKPOINT_REJECTED: Metric = metric(
+    "sloxide_checkpoint_rejected_total",
+    Counter,
+    "Checkpoint files refused at start and moved aside (checkpoint.corrupt-<time>), by reason.",
+);
+/// What the last start restored.
+pub const RESTORE_OUTCOME: Metric = metric(
+    "sloxide_restore_outcome",
+    Gauge,
+    "1 for what this run's start restored: disabled, first_start, discarded, clean (counters and windows) or crash (windows only), and from which generation.",
+);
+/// What became of each SLO's saved state.
+pub const RESTORE_SLO_DECISIONS: Metric = metric(
+    "sloxide_restore_slo_decisions_total",
+    Counter,
+    "SLOs judged at a restore or a reload: kept their counts, reset (filter or indicator changed), new, or removed.",
+);
+/// Whether the last reload applied.
+pub const CONFIG_RELOAD_SUCCESSFUL: Metric = metric(
+    "sloxide_config_last_reload_successful",
+    Gauge,
+    "1 when the configuration last read (at start or by a reload) applied; 0 when a reload was refused and the old one stays.",
+);
+/// When a configuration last applied.
+pub const CONFIG_RELOAD_TIMESTAMP: Metric = metric(
+    "sloxide_config_last_reload_success_timestamp_seconds",
+    Gauge,
+    "Unix time the configuration in force was applied.",
+);
 /// The running build.
 pub const BUILD_INFO: Metric = metric(
     "sloxide_build_info",
@@ -216,7 +282,7 @@ mod tests {
     #[test]
     fn every_family_name_is_a_string_literal_exactly_once() {
         let names = declared();
-        assert_eq!(names.len(), 23, "{names:?}");
+        assert_eq!(names.len(), 34, "{names:?}");
         let mut files = Vec::new();
         sources(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),

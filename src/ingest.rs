@@ -10,8 +10,8 @@ pub mod grpc;
 pub mod http;
 
 use std::io::Read;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
@@ -146,24 +146,37 @@ pub struct Accepted {
     pub reason: Option<RejectReason>,
 }
 
-/// The entry point both transports call.
-pub struct Ingest {
-    keys: AttrKeys,
-    limits: BodyLimits,
-    telemetry: Arc<Telemetry>,
-    recorder: Arc<dyn Recorder>,
-    in_flight: Arc<Semaphore>,
-    closing: AtomicBool,
-    buffers: BufferPool,
+/// What decoded requests go to: the attribute keys to extract, the body limits, and
+/// the recorder. A reload swaps it ([`Ingest::retarget`]).
+#[derive(Clone)]
+pub struct Target {
+    /// The attribute keys the walkers extract.
+    pub keys: AttrKeys,
+    /// The body limits.
+    pub limits: BodyLimits,
+    /// Where decoded batches go.
+    pub recorder: Arc<dyn Recorder>,
 }
 
-impl std::fmt::Debug for Ingest {
+impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ingest")
+        f.debug_struct("Target")
             .field("keys", &self.keys)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+/// The entry point both transports call.
+#[derive(Debug)]
+pub struct Ingest {
+    /// Read for the whole decode-and-record of a request, so a retarget waits for the
+    /// requests in flight and none straddles two targets.
+    target: RwLock<Target>,
+    telemetry: Arc<Telemetry>,
+    in_flight: Arc<Semaphore>,
+    closing: AtomicBool,
+    buffers: BufferPool,
 }
 
 thread_local! {
@@ -174,31 +187,38 @@ thread_local! {
 }
 
 impl Ingest {
-    /// An ingest stage extracting `keys`, recording into `recorder`.
-    pub fn new(
-        keys: AttrKeys,
-        limits: BodyLimits,
-        max_in_flight: usize,
-        telemetry: Arc<Telemetry>,
-        recorder: Arc<dyn Recorder>,
-    ) -> Self {
+    /// An ingest stage feeding `target`, with at most `max_in_flight` requests at once.
+    pub fn new(target: Target, max_in_flight: usize, telemetry: Arc<Telemetry>) -> Self {
+        let keep = target.limits.max_request_bytes.min(4 << 20);
         Self {
-            keys,
-            limits,
+            target: RwLock::new(target),
             telemetry,
-            recorder,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             closing: AtomicBool::new(false),
-            buffers: BufferPool::new(
-                max_in_flight.max(1) * 2,
-                limits.max_request_bytes.min(4 << 20),
-            ),
+            buffers: BufferPool::new(max_in_flight.max(1) * 2, keep),
         }
+    }
+
+    fn target(&self) -> std::sync::RwLockReadGuard<'_, Target> {
+        self.target
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until no request is being decoded or recorded, runs `during` with new
+    /// ones held back, then sends them to `target`.
+    pub fn retarget(&self, target: Target, during: impl FnOnce()) {
+        let mut current = self
+            .target
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        during();
+        *current = target;
     }
 
     /// The body limits.
     pub fn limits(&self) -> BodyLimits {
-        self.limits
+        self.target().limits
     }
 
     /// The self-metrics.
@@ -240,7 +260,7 @@ impl Ingest {
     /// `max_decompressed_bytes`, so a small bomb never expands past the limit.
     pub fn gunzip(&self, src: &[u8], out: &mut Vec<u8>) -> Result<(), IngestError> {
         out.clear();
-        let limit = self.limits.max_decompressed_bytes;
+        let limit = self.limits().max_decompressed_bytes;
         let decoder = flate2::read::MultiGzDecoder::new(src);
         decoder
             .take(limit as u64 + 1)
@@ -262,36 +282,39 @@ impl Ingest {
         encoding: Encoding,
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
+        let target = self.target();
+        let Target { keys, recorder, .. } = &*target;
         let result = match (signal, encoding) {
             (Signal::Traces, Encoding::Protobuf) => with_trace_batch(|batch| {
-                walk_traces(body, &self.keys, batch)?;
-                self.recorder.record_traces(batch);
+                walk_traces(body, keys, batch)?;
+                recorder.record_traces(batch);
                 Ok(Accepted::of(batch))
             }),
             (Signal::Traces, Encoding::Json) => json::decode_traces(body)
                 .map_err(IngestError::from)
                 .map(|req| {
                     with_trace_batch(|batch| {
-                        json::fill_traces(&req, &self.keys, batch);
-                        self.recorder.record_traces(batch);
+                        json::fill_traces(&req, keys, batch);
+                        recorder.record_traces(batch);
                         Accepted::of(batch)
                     })
                 }),
             (Signal::Logs, Encoding::Protobuf) => with_log_batch(|batch| {
-                walk_logs(body, &self.keys, batch)?;
-                self.recorder.record_logs(batch);
+                walk_logs(body, keys, batch)?;
+                recorder.record_logs(batch);
                 Ok(Accepted::of(batch))
             }),
             (Signal::Logs, Encoding::Json) => json::decode_logs(body)
                 .map_err(IngestError::from)
                 .map(|req| {
                     with_log_batch(|batch| {
-                        json::fill_logs(&req, &self.keys, batch);
-                        self.recorder.record_logs(batch);
+                        json::fill_logs(&req, keys, batch);
+                        recorder.record_logs(batch);
                         Accepted::of(batch)
                     })
                 }),
         };
+        drop(target);
         match result {
             Ok(accepted) => {
                 self.telemetry

@@ -20,6 +20,8 @@
 //! - [`export`]: the metrics port, the text encoder and one renderer per family.
 //! - [`families`]: every metric family's name, type and help, declared once.
 //! - [`telemetry`]: the receivers' own counters and the refusal table.
+//! - [`state`]: checkpoints in `state.data_dir`: the file, what goes in, what comes
+//!   back at start and at reload.
 //! - [`pipeline`]: the stages wired from one configuration; [`daemon`]: build, serve,
 //!   drain.
 //! - [`config`]: the configuration, parsed then validated into checked types.
@@ -40,5 +42,6 @@ pub mod ingest;
 pub mod otlp;
 pub mod pipeline;
 pub mod slo;
+pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,23 @@ enum Command {
         #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
+    /// Look at the state a data directory holds.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print what the checkpoint holds: version, time, clean or not, series per family,
+    /// and the SLOs with their regions and event counts. Exits 1 on a file that cannot
+    /// be read. Reads only; it takes no lock and moves nothing.
+    Inspect {
+        /// The data directory (state.data_dir).
+        #[arg(long, env = "SLOXIDE_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -58,9 +75,13 @@ struct RunArgs {
     /// Prometheus /metrics listen address (overrides listen.metrics).
     #[arg(long, env = "SLOXIDE_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// State directory (overrides state.data_dir); accepted, not used yet.
+    /// State directory for checkpoints (overrides state.data_dir).
     #[arg(long, env = "SLOXIDE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Also reload the configuration when its file changes (polled every 2 s), as
+    /// Kubernetes ConfigMaps change files and send no signal. SIGHUP always reloads.
+    #[arg(long, env = "SLOXIDE_WATCH_CONFIG")]
+    watch_config: bool,
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(
         long,
@@ -79,6 +100,9 @@ fn main() -> ExitCode {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Rules { config }) => generate(&config, sloxide::generate::rules),
         Some(Command::Dashboard { config }) => generate(&config, sloxide::generate::dashboard),
+        Some(Command::State {
+            command: StateCommand::Inspect { data_dir },
+        }) => inspect(&data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +122,9 @@ fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    if let Some(dir) = &config.state.data_dir {
+        sloxide::state::DataDir::check(dir)?;
+    }
     println!(
         "{}: ok, {} SLO(s), listening on {} (gRPC), {} (HTTP), {} (metrics)",
         path.display(),
@@ -126,15 +153,48 @@ fn generate(path: &Path, generator: fn(&Config) -> String) -> anyhow::Result<()>
     }
 }
 
+/// The command line's overrides of the file, applied at start and at every reload.
+#[derive(Debug, Clone)]
+struct Overrides {
+    otlp_grpc_listen: Option<SocketAddr>,
+    otlp_http_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut Config) {
+        if let Some(addr) = self.otlp_grpc_listen {
+            config.listen.otlp_grpc = addr;
+        }
+        if let Some(addr) = self.otlp_http_listen {
+            config.listen.otlp_http = addr;
+        }
+        if let Some(addr) = self.metrics_listen {
+            config.listen.metrics = addr;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.state.data_dir = Some(dir.clone());
+        }
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
-        config,
+        config: path,
         otlp_grpc_listen,
         otlp_http_listen,
         metrics_listen,
         data_dir,
+        watch_config,
         log_level,
     } = args;
+    let overrides = Overrides {
+        otlp_grpc_listen,
+        otlp_http_listen,
+        metrics_listen,
+        data_dir,
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(&log_level).with_context(|| {
         format!("invalid --log-level {log_level:?}; use error, warn, info, debug or trace")
     })?;
@@ -144,29 +204,70 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let mut config = load(config.as_deref())?;
-    if let Some(addr) = otlp_grpc_listen {
-        config.listen.otlp_grpc = addr;
+    let mut config = load(path.as_deref())?;
+    overrides.apply(&mut config);
+    if watch_config && path.is_none() {
+        anyhow::bail!(
+            "--watch-config needs --config FILE: the embedded default has no file to watch"
+        );
     }
-    if let Some(addr) = otlp_http_listen {
-        config.listen.otlp_http = addr;
-    }
-    if let Some(addr) = metrics_listen {
-        config.listen.metrics = addr;
-    }
-    if let Some(dir) = data_dir {
-        config.state.data_dir = Some(dir);
-    }
+    let reload = path.map(|path| sloxide::daemon::Reload {
+        watch: watch_config.then(|| (path.clone(), std::time::Duration::from_secs(2))),
+        read: Box::new(move || {
+            let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+            overrides.apply(&mut config);
+            Ok(config)
+        }),
+    });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let shutdown =
-            sloxide::daemon::shutdown_signal().context("cannot install the signal handlers")?;
-        sloxide::daemon::run(config, shutdown, |_| {}).await?;
+        let signals =
+            sloxide::daemon::Signals::install().context("cannot install the signal handlers")?;
+        sloxide::daemon::run_with(config, signals, reload, |_| {}).await?;
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// `sloxide state inspect`: what the newest checkpoint of `dir` holds.
+fn inspect(dir: &Path) -> anyhow::Result<()> {
+    use sloxide::state::file::{self, Generation};
+    let mut out = String::new();
+    let mut found = false;
+    for generation in [Generation::Current, Generation::Previous] {
+        let path = dir.join(generation.file_name());
+        let checkpoint = match file::read(&path) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        };
+        found = true;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        out.push_str(&sloxide::state::snapshot::describe(
+            &checkpoint,
+            &path,
+            size,
+        ));
+        out.push('\n');
+    }
+    if !found {
+        anyhow::bail!(
+            "{}: no checkpoint ({} or {})",
+            dir.display(),
+            file::CURRENT,
+            file::PREVIOUS
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("cannot write to standard output"),
+    }
 }

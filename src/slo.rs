@@ -59,6 +59,29 @@ pub struct SloSeries {
     rings: Box<[Ring]>,
 }
 
+/// A copy of one (SLO, region) series, taken under its shard lock for a checkpoint.
+#[derive(Debug, Clone)]
+pub struct SeriesCopy {
+    /// Index of the SLO.
+    pub slo: usize,
+    /// The SLO's name and the region.
+    pub labels: Arc<[Box<str>]>,
+    /// Unix seconds of the last event.
+    pub last_seen: u64,
+    /// False for an overflow series.
+    pub own: bool,
+    /// Cumulative events.
+    pub events: u64,
+    /// Cumulative bad events.
+    pub bad: u64,
+    /// The rings, as they were.
+    pub rings: Box<[Ring]>,
+}
+
+/// Saved ring slots to put back into a series: (slot size in seconds, the occupied
+/// slots as [`Ring::occupied`] gives them).
+pub type SavedRing = (u64, Vec<(u64, u64, u64)>);
+
 /// The computed values of one (SLO, region), or of an SLO's roll-up (`region: None`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -165,13 +188,7 @@ impl SloEngine {
                 ring.add(t, total, bad);
             }
         };
-        let fresh = || SloSeries {
-            slo,
-            service: rt.service.clone(),
-            events: 0,
-            bad: 0,
-            rings: rt.layout.rings(),
-        };
+        let fresh = || self.fresh(slo);
         self.series.record(
             &[&rt.name, region],
             &rt.service,
@@ -179,6 +196,83 @@ impl SloEngine {
             total,
             fresh,
             apply,
+        );
+    }
+
+    fn fresh(&self, slo: usize) -> SloSeries {
+        let rt = &self.slos[slo];
+        SloSeries {
+            slo,
+            service: rt.service.clone(),
+            events: 0,
+            bad: 0,
+            rings: rt.layout.rings(),
+        }
+    }
+
+    /// Copies every series out, one shard lock at a time; `each` gets a shard's copies
+    /// after its lock is released.
+    pub fn copy_series(&self, mut each: impl FnMut(&mut Vec<SeriesCopy>)) {
+        // Both closures fill or drain the one buffer, never at the same time.
+        let copies = std::cell::RefCell::new(Vec::new());
+        self.series.for_each_shard(
+            |e| {
+                copies.borrow_mut().push(SeriesCopy {
+                    slo: e.value.slo,
+                    labels: e.labels.clone(),
+                    last_seen: e.last_seen,
+                    own: e.is_own(),
+                    events: e.value.events,
+                    bad: e.value.bad,
+                    rings: e.value.rings.clone(),
+                })
+            },
+            || {
+                let mut shard = copies.borrow_mut();
+                each(&mut shard);
+                shard.clear();
+            },
+        );
+    }
+
+    /// Adds a saved (SLO, region) series into SLO `slo`'s series of `region`, under
+    /// today's limits. Each of today's rings is filled from the saved ring of the same
+    /// slot size, or else from the coarsest saved ring whose slots divide its own (the
+    /// period or the tiers changed), by the time each slot covers; slots older than a
+    /// ring are dropped by time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_series(
+        &self,
+        slo: usize,
+        region: &str,
+        last_seen: u64,
+        own: bool,
+        events: u64,
+        bad: u64,
+        saved: &[SavedRing],
+    ) {
+        let rt = &self.slos[slo];
+        let merge = |s: &mut SloSeries| {
+            s.events += events;
+            s.bad += bad;
+            for ring in s.rings.iter_mut() {
+                let target = ring.slot_secs();
+                let source = saved
+                    .iter()
+                    .filter(|(secs, _)| *secs > 0 && target.is_multiple_of(*secs))
+                    .max_by_key(|(secs, _)| *secs);
+                if let Some((secs, slots)) = source {
+                    ring.merge(*secs, slots.iter().copied());
+                }
+            }
+        };
+        self.series.restore(
+            &[&rt.name, region],
+            &rt.service,
+            last_seen,
+            own,
+            || self.fresh(slo),
+            merge,
         );
     }
 

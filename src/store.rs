@@ -43,6 +43,13 @@ pub struct Entry<T> {
     pub value: T,
 }
 
+impl<T> Entry<T> {
+    /// True for an admitted series, false for an overflow series.
+    pub fn is_own(&self) -> bool {
+        self.own
+    }
+}
+
 /// Label sets to series, in `2^k` shards picked by the label hash.
 #[derive(Debug)]
 pub struct Sharded<T> {
@@ -112,7 +119,8 @@ impl<T> Sharded<T> {
                 && e.labels.iter().zip(labels).all(|(a, b)| **a == **b)
         };
         if let Some(entry) = shard.find_mut(hash, eq) {
-            entry.last_seen = now_secs;
+            // The newest wins: a restored series keeps the later of its two times.
+            entry.last_seen = entry.last_seen.max(now_secs);
             f(&mut entry.value);
             return true;
         }
@@ -137,13 +145,20 @@ impl<T> Sharded<T> {
 
     /// Visits every series, one shard at a time, holding each shard's lock only for
     /// that shard's visits.
-    pub fn for_each(&self, mut f: impl FnMut(&mut Entry<T>)) {
+    pub fn for_each(&self, f: impl FnMut(&mut Entry<T>)) {
+        self.for_each_shard(f, || {});
+    }
+
+    /// Like [`Sharded::for_each`], and calls `between` after each shard's lock is
+    /// released, so a caller can process one shard's copy before taking the next lock.
+    pub fn for_each_shard(&self, mut f: impl FnMut(&mut Entry<T>), mut between: impl FnMut()) {
         for shard in self.shards.iter() {
             self.hold(shard, |table| {
                 for entry in table.iter_mut() {
                     f(entry);
                 }
             });
+            between();
         }
     }
 
@@ -399,6 +414,31 @@ impl<T> Family<T> {
         );
     }
 
+    /// Puts a series back from a checkpoint (or from the state before a reload): an
+    /// admitted one (`own`) is admitted again under today's limits, or folded into its
+    /// overflow series if they refuse it; an overflow series keeps its labels. `merge`
+    /// adds the saved numbers to the series, which is created with `create` if missing.
+    /// Nothing is counted as overflowed: these records were counted when they arrived.
+    pub fn restore(
+        &self,
+        labels: &[&str],
+        service: &str,
+        last_seen: u64,
+        own: bool,
+        create: impl Fn() -> T,
+        mut merge: impl FnMut(&mut T),
+    ) {
+        if labels.is_empty() || labels.len() > MAX_LABELS {
+            return;
+        }
+        if !own {
+            self.series
+                .update(labels, last_seen, false, || Some(create()), &mut merge);
+            return;
+        }
+        self.record(labels, service, last_seen, 0, create, merge);
+    }
+
     /// Removes the series that saw no event after `cutoff` (Unix seconds); label 0 is
     /// the service.
     pub fn expire_idle(&self, cutoff: u64) {
@@ -408,6 +448,12 @@ impl<T> Family<T> {
     /// Visits every series, holding one shard's lock at a time (timed).
     pub fn for_each(&self, f: impl FnMut(&mut Entry<T>)) {
         self.series.for_each(f);
+    }
+
+    /// Visits every series shard by shard (timed), calling `between` after each shard's
+    /// lock is released.
+    pub fn for_each_shard(&self, f: impl FnMut(&mut Entry<T>), between: impl FnMut()) {
+        self.series.for_each_shard(f, between);
     }
 
     /// Visits every series, at most `chunk` per lock hold (timed).

@@ -201,6 +201,30 @@ impl Telemetry {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds rejected records saved by a checkpoint (no event is logged).
+    pub fn restore_rejected(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        reason: RejectReason,
+        count: u64,
+    ) {
+        self.rejected[transport as usize][signal as usize][reason as usize]
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Adds refused requests saved by a checkpoint (no event is logged).
+    pub fn restore_refused_requests(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        reason: RefusalReason,
+        count: u64,
+    ) {
+        self.refused_requests[transport as usize][signal as usize][reason as usize]
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
     /// The accepted total for one transport and signal.
     pub fn accepted(&self, transport: Transport, signal: Signal) -> u64 {
         self.accepted[transport as usize][signal as usize].load(Ordering::Relaxed)

@@ -67,6 +67,13 @@ impl MinuteHistogram {
     }
 }
 
+fn new_minute_histogram() -> Box<Histogram<u32>> {
+    Box::new(
+        Histogram::new_with_bounds(HDR_LOW_MICROS, HDR_HIGH_MICROS, HDR_SIGFIG)
+            .expect("constant, valid histogram bounds"),
+    )
+}
+
 /// The quantile summary of one `(service, region, span_kind)`: the durations of the
 /// current and the previous minute, and cumulative sum and count.
 #[derive(Debug, Clone)]
@@ -129,12 +136,7 @@ impl QuantileSeries {
                 h.reset();
             }
         }
-        let hist = slot.hist.get_or_insert_with(|| {
-            Box::new(
-                Histogram::new_with_bounds(HDR_LOW_MICROS, HDR_HIGH_MICROS, HDR_SIGFIG)
-                    .expect("constant, valid histogram bounds"),
-            )
-        });
+        let hist = slot.hist.get_or_insert_with(new_minute_histogram);
         let micros = duration_nanos / 1_000;
         let clamped = micros.clamp(HDR_LOW_MICROS, HDR_HIGH_MICROS);
         hist.saturating_record(clamped);
@@ -170,6 +172,42 @@ impl QuantileSeries {
                     .map(|&q| hist.value_at_quantile(q) as f64 / 1e6),
             );
         }
+    }
+
+    /// The minute histograms that hold values, for a checkpoint: (minute, count,
+    /// recorded values in microseconds with their counts).
+    pub fn saved_minutes(&self) -> impl Iterator<Item = (u64, u64, Vec<(u64, u64)>)> + '_ {
+        self.minutes.iter().filter(|m| m.count > 0).map(|m| {
+            let values = m.hist.as_ref().map_or_else(Vec::new, |h| {
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), u64::from(v.count_at_value())))
+                    .collect()
+            });
+            (m.minute, m.count, values)
+        })
+    }
+
+    /// Adds a saved minute histogram back (from [`QuantileSeries::saved_minutes`]). A
+    /// minute older than the one its slot holds is dropped, as a late span's would be.
+    pub fn restore_minute(&mut self, minute: u64, count: u64, values: &[(u64, u64)]) {
+        let slot = &mut self.minutes[(minute % 2) as usize];
+        if slot.minute > minute {
+            return;
+        }
+        if slot.minute < minute {
+            slot.minute = minute;
+            slot.count = 0;
+            if let Some(h) = slot.hist.as_mut() {
+                h.reset();
+            }
+        }
+        let hist = slot.hist.get_or_insert_with(new_minute_histogram);
+        for &(value, n) in values {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            hist.saturating_record_n(value.clamp(HDR_LOW_MICROS, HDR_HIGH_MICROS), n);
+        }
+        slot.count += count;
+        self.computed = None;
     }
 
     /// Bytes held by the histograms (for the memory figures).
@@ -211,6 +249,27 @@ mod tests {
             Recorded::Clamped,
             "over 1 h"
         );
+    }
+
+    #[test]
+    fn saved_minutes_restore_to_the_same_quantiles() {
+        let mut q = QuantileSeries::default();
+        for ms in 1..=200u64 {
+            q.record(ms * 1_000_000, 10, 10);
+        }
+        q.record(7_000_000, 11, 11);
+        let saved: Vec<_> = q.saved_minutes().collect();
+        assert_eq!(saved.len(), 2);
+        let mut back = QuantileSeries::default();
+        for (minute, count, values) in &saved {
+            back.restore_minute(*minute, *count, values);
+        }
+        q.compute(10, &[0.5, 0.9, 0.99]);
+        back.compute(10, &[0.5, 0.9, 0.99]);
+        assert_eq!(back.quantiles, q.quantiles);
+        assert!(!back.quantiles.is_empty());
+        let counts = |s: &QuantileSeries| s.saved_minutes().map(|m| (m.0, m.1)).collect::<Vec<_>>();
+        assert_eq!(counts(&back), counts(&q));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::config::slo::AlertSeverity;
 use crate::families::{self, Metric};
 use crate::otlp::StatusCode;
 use crate::slo::{Row, SloRuntime, Snapshot};
+use crate::state::StateMetrics;
 use crate::store::OVERFLOW;
 use crate::telemetry::{REFUSALS, Signal, Telemetry, Transport};
 
@@ -41,6 +42,7 @@ struct DurationSnap {
 /// next.
 #[derive(Debug)]
 pub struct Renderer {
+    config: Arc<Config>,
     le_labels: Box<[String]>,
     quantile_labels: Box<[String]>,
     spans: Vec<SpanSnap>,
@@ -56,6 +58,7 @@ struct Frame<'a> {
     r: &'a Renderer,
     agg: &'a Aggregator,
     telemetry: &'a Telemetry,
+    state: &'a StateMetrics,
     dims: &'a [Dimension],
     slos: &'a [SloRuntime],
     snapshot: &'a Snapshot,
@@ -74,7 +77,7 @@ type Write = fn(&Frame<'_>, &Metric, &mut Encoder<'_>);
 
 /// Every family `/metrics` serves, in exposition order, with the function that writes
 /// its samples.
-const FAMILIES: [(&Metric, When, Write); 23] = [
+const FAMILIES: [(&Metric, When, Write); 34] = [
     (&families::SPANS, When::Always, spans),
     (&families::SPAN_DURATION, When::Always, span_durations),
     (
@@ -89,6 +92,16 @@ const FAMILIES: [(&Metric, When, Write); 23] = [
     (&families::SLO_PERIOD, When::WithSlos, slo_period),
     (&families::SLO_SLI, When::WithSlos, slo_sli),
     (&families::SLO_BURN_RATE, When::WithSlos, slo_burn_rate),
+    (
+        &families::SLO_WINDOW_EVENTS,
+        When::WithSlos,
+        slo_window_events,
+    ),
+    (
+        &families::SLO_WINDOW_BAD_EVENTS,
+        When::WithSlos,
+        slo_window_bad_events,
+    ),
     (
         &families::SLO_BUDGET_REMAINING,
         When::WithSlos,
@@ -129,12 +142,49 @@ const FAMILIES: [(&Metric, When, Write); 23] = [
         When::Always,
         refused_requests,
     ),
+    (
+        &families::CHECKPOINT_LAST_SUCCESS,
+        When::Always,
+        checkpoint_last_success,
+    ),
+    (
+        &families::CHECKPOINT_DURATION,
+        When::Always,
+        checkpoint_duration,
+    ),
+    (&families::CHECKPOINT_SIZE, When::Always, checkpoint_size),
+    (
+        &families::CHECKPOINT_FAILURES,
+        When::Always,
+        checkpoint_failures,
+    ),
+    (
+        &families::CHECKPOINT_REJECTED,
+        When::Always,
+        checkpoint_rejected,
+    ),
+    (&families::RESTORE_OUTCOME, When::Always, restore_outcome),
+    (
+        &families::RESTORE_SLO_DECISIONS,
+        When::Always,
+        restore_slo_decisions,
+    ),
+    (
+        &families::CONFIG_RELOAD_SUCCESSFUL,
+        When::Always,
+        reload_successful,
+    ),
+    (
+        &families::CONFIG_RELOAD_TIMESTAMP,
+        When::Always,
+        reload_timestamp,
+    ),
     (&families::BUILD_INFO, When::Always, build_info),
 ];
 
 impl Renderer {
     /// A renderer for `config`'s bucket bounds and quantiles.
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: Arc<Config>) -> Self {
         Self {
             le_labels: config
                 .histogram
@@ -149,6 +199,7 @@ impl Renderer {
                 .iter()
                 .map(|q| shortest(*q))
                 .collect(),
+            config,
             spans: Vec::new(),
             numbers: Vec::new(),
             durations: Vec::new(),
@@ -157,8 +208,19 @@ impl Renderer {
         }
     }
 
+    /// The configuration it renders for.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
     /// Writes every family into `out` (cleared first).
-    pub fn render(&mut self, agg: &Aggregator, telemetry: &Telemetry, out: &mut String) {
+    pub fn render(
+        &mut self,
+        agg: &Aggregator,
+        telemetry: &Telemetry,
+        state: &StateMetrics,
+        out: &mut String,
+    ) {
         out.clear();
         // Read before this scrape's own holds: they show in the next scrape.
         let longest_hold = agg.take_longest_lock_hold();
@@ -168,6 +230,7 @@ impl Renderer {
             r: self,
             agg,
             telemetry,
+            state,
             dims: agg.plan().dimensions(),
             slos: agg.slos().definitions(),
             snapshot: &snapshot,
@@ -416,6 +479,37 @@ fn slo_burn_rate(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     }
 }
 
+/// One of a window's (total, bad) counts, per window of every row.
+fn slo_window_counts(
+    f: &Frame<'_>,
+    m: &Metric,
+    enc: &mut Encoder<'_>,
+    count: fn(&(u64, u64)) -> u64,
+) {
+    for row in &f.snapshot.rows {
+        let slo = &f.slos[row.slo];
+        for (w, counts) in slo.window_labels.iter().zip(&row.windows) {
+            let region = row.region.as_deref();
+            slo_sample(
+                enc,
+                m,
+                slo,
+                region,
+                Some(("window", w)),
+                count(counts) as f64,
+            );
+        }
+    }
+}
+
+fn slo_window_events(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    slo_window_counts(f, m, enc, |c| c.0);
+}
+
+fn slo_window_bad_events(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    slo_window_counts(f, m, enc, |c| c.1);
+}
+
 fn slo_budget_remaining(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     for row in &f.snapshot.rows {
         let slo = &f.slos[row.slo];
@@ -560,6 +654,49 @@ fn refused_requests(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
             }
         }
     }
+}
+
+fn checkpoint_last_success(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_f64(m, &[], f.state.last_success_seconds());
+}
+
+fn checkpoint_duration(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_f64(m, &[], f.state.last_duration_seconds());
+}
+
+fn checkpoint_size(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.state.last_size_bytes());
+}
+
+fn checkpoint_failures(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    for (reason, n) in f.state.failures() {
+        enc.sample_u64(m, &[("reason", reason)], n);
+    }
+}
+
+fn checkpoint_rejected(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    for (reason, n) in f.state.rejections() {
+        enc.sample_u64(m, &[("reason", reason)], n);
+    }
+}
+
+fn restore_outcome(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    let (outcome, generation) = f.state.outcome().labels();
+    enc.sample_u64(m, &[("outcome", outcome), ("generation", generation)], 1);
+}
+
+fn restore_slo_decisions(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    for (decision, n) in f.state.decisions() {
+        enc.sample_u64(m, &[("decision", decision)], n);
+    }
+}
+
+fn reload_successful(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.state.reload_successful());
+}
+
+fn reload_timestamp(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_f64(m, &[], f.state.reload_success_seconds());
 }
 
 fn build_info(_: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {

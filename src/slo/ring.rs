@@ -63,6 +63,33 @@ impl Ring {
         s[1] += bad;
     }
 
+    /// The slots that hold events, oldest first: (slot index, total, bad), where the
+    /// index is the Unix seconds the slot covers divided by [`Ring::slot_secs`].
+    pub fn occupied(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let oldest = (self.head + 1).saturating_sub(self.len());
+        (oldest..=self.head).filter_map(move |index| {
+            let [total, bad] = self.slots[(index % self.len()) as usize];
+            (total > 0 || bad > 0).then_some((index, total, bad))
+        })
+    }
+
+    /// Adds saved slots (from [`Ring::occupied`] of a ring with slots of `from_secs`
+    /// seconds, which must divide this ring's) into this ring, by the time each covers.
+    /// Returns false, adding nothing, when `from_secs` does not divide the slot size.
+    pub fn merge(
+        &mut self,
+        from_secs: u64,
+        slots: impl IntoIterator<Item = (u64, u64, u64)>,
+    ) -> bool {
+        if from_secs == 0 || !self.slot_secs.is_multiple_of(from_secs) {
+            return false;
+        }
+        for (index, total, bad) in slots {
+            self.add(index.saturating_mul(from_secs), total, bad);
+        }
+        true
+    }
+
     /// Clears the slots that time `now` has left behind.
     pub fn advance(&mut self, now: u64) {
         self.advance_to(now / self.slot_secs);
@@ -180,6 +207,31 @@ mod tests {
             .map(|w| layout.rings[w.ring].0)
             .collect();
         assert_eq!(slots, [10, 30, 60, 120, 360, 1_440, 4_320, 43_200]);
+    }
+
+    #[test]
+    fn saved_slots_merge_back_by_time_into_equal_or_coarser_rings() {
+        let mut fine = Ring::new(10, 12);
+        fine.add(1_000, 2, 1);
+        fine.add(1_015, 3, 0);
+        fine.add(1_045, 1, 1);
+        let saved: Vec<_> = fine.occupied().collect();
+        assert_eq!(saved, [(100, 2, 1), (101, 3, 0), (104, 1, 1)]);
+        let mut same = Ring::new(10, 12);
+        assert!(same.merge(10, saved.iter().copied()));
+        assert_eq!(same, fine);
+        let mut coarse = Ring::new(30, 4);
+        assert!(coarse.merge(10, saved.iter().copied()));
+        assert_eq!(
+            coarse.occupied().collect::<Vec<_>>(),
+            [(33, 5, 1), (34, 1, 1)]
+        );
+        let mut odd = Ring::new(25, 4);
+        assert!(
+            !odd.merge(10, saved.iter().copied()),
+            "10 s slots do not fit 25 s ones"
+        );
+        assert_eq!(odd.occupied().count(), 0);
     }
 
     #[test]

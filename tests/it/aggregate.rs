@@ -35,15 +35,15 @@ fn setup(yaml: &str) -> (Arc<Pipeline>, Arc<ManualClock>) {
 fn feed(agg: &Pipeline, req: &ExportTraceServiceRequest) {
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
-    agg.aggregator.record_traces(&batch);
+    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+    agg.aggregator().record_traces(&batch);
 }
 
 fn feed_logs(agg: &Pipeline, req: &ExportLogsServiceRequest) {
     let body = req.encode_to_vec();
     let mut batch = LogBatch::default();
-    walk_logs(&body, agg.plan.keys(), &mut batch).unwrap();
-    agg.aggregator.record_logs(&batch);
+    walk_logs(&body, agg.plan().keys(), &mut batch).unwrap();
+    agg.aggregator().record_logs(&batch);
 }
 
 fn render(agg: &Pipeline) -> String {
@@ -464,9 +464,9 @@ fn concurrent_recording_keeps_exact_totals() {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut batch = TraceBatch::default();
-                walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
+                walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
                 for _ in 0..rounds {
-                    agg.aggregator.record_traces(&batch);
+                    agg.aggregator().record_traces(&batch);
                 }
             });
         }
@@ -667,7 +667,7 @@ fn golden_page() -> String {
     clock.advance(Duration::from_secs(60));
     agg.tick();
     // The tick's lock holds take unpredictable time; reset them so the page shows 0.
-    agg.aggregator.take_longest_lock_hold();
+    agg.aggregator().take_longest_lock_hold();
     agg.render()
 }
 
@@ -676,20 +676,20 @@ fn golden_page() -> String {
 #[test]
 fn lock_holds_of_scrapes_and_ticks_are_measured_and_reset() {
     let (agg, _) = setup("");
-    agg.aggregator.take_longest_lock_hold(); // the SLO engine publishes once when it starts
+    agg.aggregator().take_longest_lock_hold(); // the SLO engine publishes once when it starts
     feed(&agg, &traces(&Shape::default()));
     assert_eq!(
-        agg.aggregator.take_longest_lock_hold(),
+        agg.aggregator().take_longest_lock_hold(),
         Duration::ZERO,
         "ingest is not timed"
     );
     agg.tick();
     assert!(
-        agg.aggregator.take_longest_lock_hold() > Duration::ZERO,
+        agg.aggregator().take_longest_lock_hold() > Duration::ZERO,
         "the tick held locks"
     );
     assert_eq!(
-        agg.aggregator.take_longest_lock_hold(),
+        agg.aggregator().take_longest_lock_hold(),
         Duration::ZERO,
         "read once"
     );

@@ -378,7 +378,7 @@ fn series_memory_stays_within_its_budget() {
     let mut batch = TraceBatch::default();
     let (kept, agg) = bytes_kept(|| {
         let pipeline = Pipeline::new(&config, clock.clone()).unwrap();
-        let (plan, agg) = (&pipeline.plan, &pipeline.aggregator);
+        let (plan, agg) = (&pipeline.plan(), &pipeline.aggregator());
         walk_traces(&first, plan.keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
         // The next minute: every quantile series now holds both minute histograms.

@@ -94,22 +94,55 @@ pub struct Daemon {
     pub metrics: SocketAddr,
     _dir: tempfile::TempDir,
     stderr: mpsc::Receiver<String>,
+    /// What it logged up to "sloxide listening".
+    pub startup: Vec<String>,
 }
 
 impl Daemon {
-    /// Starts the daemon with `config` (YAML text) on ports chosen by the OS.
+    /// Starts the daemon with `config` (YAML text) on ports chosen by the OS, with a
+    /// state directory of its own (whatever the YAML says).
     pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Self::start_with(config, &state, &[])
+    }
+
+    /// Starts the daemon with `config` (YAML text, written to a file the daemon can
+    /// reread), state in `data_dir`, and `extra` arguments.
+    pub fn start_with(config: &str, data_dir: &std::path::Path, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("sloxide.yaml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sloxide"))
+        Self::spawn(dir, &path, data_dir, extra, None).unwrap_or_else(|(status, lines)| {
+            panic!("sloxide did not start ({status:?}):\n{}", lines.join("\n"))
+        })
+    }
+
+    /// Starts the daemon on the configuration file `path` (kept alive by `dir`), or
+    /// returns its exit status and what it logged when it does not come up.
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        uid: Option<u32>,
+    ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sloxide"));
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let mut child = command
             .arg("run")
             .arg("--config")
-            .arg(&path)
+            .arg(path)
+            .arg("--data-dir")
+            .arg(data_dir)
             .args(["--otlp-grpc-listen", "127.0.0.1:0"])
             .args(["--otlp-http-listen", "127.0.0.1:0"])
             .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--log-level", "info"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -124,14 +157,17 @@ impl Daemon {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-                panic!(
-                    "sloxide did not report its listeners: {:?}",
-                    child.try_wait()
-                )
-            });
+            let Ok(line) = rx.recv_timeout(left) else {
+                let status = child.try_wait().ok().flatten();
+                if status.is_none() {
+                    let _ = child.kill();
+                }
+                return Err((status, lines));
+            };
+            lines.push(line.clone());
             if line.contains("sloxide listening") {
                 let field = |name: &str| -> SocketAddr {
                     let at =
@@ -143,21 +179,47 @@ impl Daemon {
                         .parse()
                         .unwrap()
                 };
-                return Self {
+                return Ok(Self {
                     grpc: field("otlp_grpc"),
                     http: field("otlp_http"),
                     metrics: field("metrics"),
                     child,
                     _dir: dir,
                     stderr: rx,
-                };
+                    startup: lines,
+                });
             }
         }
+    }
+
+    /// Starts the daemon as user and group `uid` (when given) on the configuration file
+    /// `path` (kept alive by `dir`).
+    pub fn spawn_as(
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        data_dir: &std::path::Path,
+        uid: Option<u32>,
+    ) -> Self {
+        Self::spawn(dir, path, data_dir, &[], uid).unwrap_or_else(|(status, lines)| {
+            panic!("sloxide did not start ({status:?}):\n{}", lines.join("\n"))
+        })
     }
 
     /// Lines the daemon has logged since the last call.
     pub fn logged(&self) -> Vec<String> {
         self.stderr.try_iter().collect()
+    }
+
+    /// Sends `signal` (a `libc::SIG*` number) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+        let sent = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill({signal}) failed");
+    }
+
+    /// The path of the configuration file the daemon reads.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("sloxide.yaml")
     }
 
     /// The daemon's process id.
@@ -231,9 +293,14 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             if metric != name {
                 return None;
             }
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            // As in PromQL, `label=""` also matches a series without that label.
+            let all = labels.iter().all(|(k, v)| {
+                label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\""))
+                    || (v.is_empty()
+                        && !label_text
+                            .split(',')
+                            .any(|kv| kv.starts_with(&format!("{k}=\""))))
+            });
             all.then(|| value.parse().ok()).flatten()
         })
 }

@@ -8,4 +8,5 @@ mod generate;
 mod harness;
 mod prometheus;
 mod slo;
+mod state;
 mod walker;

@@ -72,8 +72,8 @@ fn minute(agg: &Pipeline, clock: &ManualClock, at: u64, n: usize, bad: usize) {
     };
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan.keys(), &mut batch).unwrap();
-    agg.aggregator.record_traces(&batch);
+    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+    agg.aggregator().record_traces(&batch);
 }
 
 fn metrics(agg: &Pipeline) -> String {
