@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::config::duration::format_duration;
 use crate::config::slo::AlertSeverity;
 use crate::store::{Family, Fold};
-use ring::{Layout, Ring};
+use ring::{Layout, Ring, RingCopy};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -62,6 +62,8 @@ pub struct SloSeries {
 /// A copy of one (SLO, region) series, taken under its shard lock for a checkpoint.
 #[derive(Debug, Clone)]
 pub struct SeriesCopy {
+    /// Its rings, in [`ShardCopy::rings`].
+    rings: std::ops::Range<usize>,
     /// Index of the SLO.
     pub slo: usize,
     /// The SLO's name and the region.
@@ -74,8 +76,34 @@ pub struct SeriesCopy {
     pub events: u64,
     /// Cumulative bad events.
     pub bad: u64,
-    /// The rings, as they were.
-    pub rings: Box<[Ring]>,
+}
+
+/// One shard's series, copied under its lock into buffers reused from shard to shard.
+#[derive(Debug, Default)]
+pub struct ShardCopy {
+    /// The series.
+    pub series: Vec<SeriesCopy>,
+    rings: Vec<RingCopy>,
+    slots: Vec<[u64; 2]>,
+}
+
+impl ShardCopy {
+    /// The rings of `series` (one of [`ShardCopy::series`]): each slot size with its
+    /// occupied slots.
+    pub fn rings_of<'a>(
+        &'a self,
+        series: &SeriesCopy,
+    ) -> impl Iterator<Item = (u64, impl Iterator<Item = (u64, u64, u64)> + 'a)> + 'a {
+        self.rings[series.rings.clone()]
+            .iter()
+            .map(|r| (r.slot_secs, r.occupied(&self.slots)))
+    }
+
+    fn clear(&mut self) {
+        self.series.clear();
+        self.rings.clear();
+        self.slots.clear();
+    }
 }
 
 /// Saved ring slots to put back into a series: (slot size in seconds, the occupied
@@ -157,10 +185,14 @@ impl SloEngine {
             .collect();
         let engine = Self {
             slos,
-            series: Family::new(
+            // A series holds about 7.5 KiB of ring slots, 20 times a span series'
+            // numbers: four times the shards keeps a checkpoint's copy of one shard
+            // (about 150 series per 10 000) well under a millisecond.
+            series: Family::with_shards(
                 config.limits.max_series,
                 config.limits.max_series_per_service,
                 Fold::First,
+                crate::store::default_shards() * 4,
             ),
             min_events: config.alerting.min_events,
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
@@ -212,25 +244,47 @@ impl SloEngine {
 
     /// Copies every series out, one shard lock at a time; `each` gets a shard's copies
     /// after its lock is released.
-    pub fn copy_series(&self, mut each: impl FnMut(&mut Vec<SeriesCopy>)) {
+    pub fn copy_series(&self, mut each: impl FnMut(&ShardCopy)) {
+        // Room for a shard of average size, twice over, so that copying under a lock
+        // rarely grows the buffers (growing copies what they hold).
+        let per_shard = self.series.len() / self.series.shards() + 1;
+        let slots = self
+            .slos
+            .iter()
+            .map(|s| s.layout.slot_bytes() / 16)
+            .max()
+            .unwrap_or(0);
+        let mut copy = ShardCopy {
+            series: Vec::with_capacity(per_shard * 2),
+            rings: Vec::with_capacity(per_shard * 2 * 8),
+            slots: Vec::with_capacity(per_shard * 2 * slots),
+        };
         // Both closures fill or drain the one buffer, never at the same time.
-        let copies = std::cell::RefCell::new(Vec::new());
+        let copy = std::cell::RefCell::new(&mut copy);
         self.series.for_each_shard(
             |e| {
-                copies.borrow_mut().push(SeriesCopy {
+                let mut c = copy.borrow_mut();
+                let ShardCopy {
+                    series,
+                    rings,
+                    slots,
+                } = &mut **c;
+                let first = rings.len();
+                rings.extend(e.value.rings.iter().map(|r| r.copy_into(slots)));
+                series.push(SeriesCopy {
+                    rings: first..rings.len(),
                     slo: e.value.slo,
                     labels: e.labels.clone(),
                     last_seen: e.last_seen,
                     own: e.is_own(),
                     events: e.value.events,
                     bad: e.value.bad,
-                    rings: e.value.rings.clone(),
-                })
+                });
             },
             || {
-                let mut shard = copies.borrow_mut();
-                each(&mut shard);
-                shard.clear();
+                let mut c = copy.borrow_mut();
+                each(&c);
+                c.clear();
             },
         );
     }

@@ -348,11 +348,27 @@ impl<T> Family<T> {
     /// An empty family admitting `max_series` label sets, `max_per_service` per service,
     /// whose overflow series are made by `fold`.
     pub fn new(max_series: usize, max_per_service: usize, fold: Fold) -> Self {
+        Self::with_shards(max_series, max_per_service, fold, default_shards())
+    }
+
+    /// Like [`Family::new`], with `shards` shards: families of large series take more,
+    /// so that a visit copying a shard holds its lock for fewer bytes.
+    pub fn with_shards(
+        max_series: usize,
+        max_per_service: usize,
+        fold: Fold,
+        shards: usize,
+    ) -> Self {
         Self {
-            series: Sharded::new(default_shards()),
+            series: Sharded::new(shards),
             limits: Cardinality::new(max_series, max_per_service),
             fold,
         }
+    }
+
+    /// How many shards.
+    pub fn shards(&self) -> usize {
+        self.series.shards.len()
     }
 
     /// Applies `apply` to the series of `labels` (of `service`), creating it with

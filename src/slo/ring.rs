@@ -66,11 +66,20 @@ impl Ring {
     /// The slots that hold events, oldest first: (slot index, total, bad), where the
     /// index is the Unix seconds the slot covers divided by [`Ring::slot_secs`].
     pub fn occupied(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        let oldest = (self.head + 1).saturating_sub(self.len());
-        (oldest..=self.head).filter_map(move |index| {
-            let [total, bad] = self.slots[(index % self.len()) as usize];
-            (total > 0 || bad > 0).then_some((index, total, bad))
-        })
+        occupied(self.head, &self.slots)
+    }
+
+    /// Appends this ring's slots to `slots` (one buffer for many rings, so copying a
+    /// shard's rings under its lock allocates nothing once the buffer has grown).
+    pub fn copy_into(&self, slots: &mut Vec<[u64; 2]>) -> RingCopy {
+        let start = slots.len();
+        slots.extend_from_slice(&self.slots);
+        RingCopy {
+            slot_secs: self.slot_secs,
+            head: self.head,
+            start,
+            len: self.slots.len(),
+        }
     }
 
     /// Adds saved slots (from [`Ring::occupied`] of a ring with slots of `from_secs`
@@ -108,6 +117,37 @@ impl Ring {
             out.1 += s[1];
         }
         out
+    }
+}
+
+/// The occupied slots of a ring whose newest slot is `head`.
+fn occupied(head: u64, slots: &[[u64; 2]]) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let len = slots.len() as u64;
+    let oldest = (head + 1).saturating_sub(len);
+    (oldest..=head).filter_map(move |index| {
+        let [total, bad] = slots[(index % len) as usize];
+        (total > 0 || bad > 0).then_some((index, total, bad))
+    })
+}
+
+/// A ring copied into a shared slot buffer by [`Ring::copy_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingCopy {
+    /// Slot size in seconds.
+    pub slot_secs: u64,
+    head: u64,
+    start: usize,
+    len: usize,
+}
+
+impl RingCopy {
+    /// Its occupied slots, as [`Ring::occupied`] gives them, read from `slots` (the
+    /// buffer it was copied into).
+    pub fn occupied<'a>(
+        &self,
+        slots: &'a [[u64; 2]],
+    ) -> impl Iterator<Item = (u64, u64, u64)> + 'a {
+        occupied(self.head, &slots[self.start..self.start + self.len])
     }
 }
 
@@ -217,6 +257,9 @@ mod tests {
         fine.add(1_045, 1, 1);
         let saved: Vec<_> = fine.occupied().collect();
         assert_eq!(saved, [(100, 2, 1), (101, 3, 0), (104, 1, 1)]);
+        let mut buffer = vec![[9, 9]];
+        let copy = fine.copy_into(&mut buffer);
+        assert_eq!(copy.occupied(&buffer).collect::<Vec<_>>(), saved);
         let mut same = Ring::new(10, 12);
         assert!(same.merge(10, saved.iter().copied()));
         assert_eq!(same, fine);

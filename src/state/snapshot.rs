@@ -257,7 +257,7 @@ pub fn snapshot(
     };
     let definitions = agg.slos().definitions();
     agg.slos().copy_series(|shard| {
-        for s in shard.drain(..) {
+        for s in &shard.series {
             checkpoint.slos.push(SavedSlo {
                 slo: definitions[s.slo].name.to_string(),
                 region: s.labels[1].to_string(),
@@ -265,13 +265,11 @@ pub fn snapshot(
                 own: s.own,
                 events: s.events,
                 bad: s.bad,
-                rings: s
-                    .rings
-                    .iter()
-                    .map(|r| SavedRingProto {
-                        slot_secs: r.slot_secs(),
-                        slots: r
-                            .occupied()
+                rings: shard
+                    .rings_of(s)
+                    .map(|(slot_secs, slots)| SavedRingProto {
+                        slot_secs,
+                        slots: slots
                             .map(|(index, total, bad)| Slot { index, total, bad })
                             .collect(),
                     })
