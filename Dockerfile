@@ -19,5 +19,8 @@ USER 10001
 # OTLP/gRPC, OTLP/HTTP, Prometheus /metrics.
 EXPOSE 4317 4318 9464
 ENV SLOXIDE_CONFIG=/etc/sloxide/sloxide.yaml
+# Checkpoints: mount a volume here so SLO windows survive a new container.
+ENV SLOXIDE_DATA_DIR=/var/lib/sloxide
+VOLUME ["/var/lib/sloxide"]
 ENTRYPOINT ["/usr/local/bin/sloxide"]
 CMD ["run"]
