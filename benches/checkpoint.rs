@@ -159,7 +159,10 @@ fn checkpoint(c: &mut Criterion) {
         b.iter_with_large_drop(|| {
             let fresh = Pipeline::new(&config(), clock.clone()).unwrap();
             let checkpoint: Checkpoint = file::decode(&windows_file).unwrap();
-            fresh.restore(&checkpoint);
+            fresh.restore(
+                &checkpoint,
+                checkpoint.header.as_ref().is_some_and(|h| h.clean_shutdown),
+            );
             fresh
         })
     });
@@ -167,7 +170,10 @@ fn checkpoint(c: &mut Criterion) {
         b.iter_with_large_drop(|| {
             let fresh = Pipeline::new(&config(), clock.clone()).unwrap();
             let checkpoint: Checkpoint = file::decode(&everything_file).unwrap();
-            fresh.restore(&checkpoint);
+            fresh.restore(
+                &checkpoint,
+                checkpoint.header.as_ref().is_some_and(|h| h.clean_shutdown),
+            );
             fresh
         })
     });

@@ -180,7 +180,14 @@ pub async fn run_with(
                 break;
             }
             Event::Reload(why) => match &reload {
-                Some(reload) => running.reload(why, &reload.read).await,
+                Some(reload) => {
+                    running.reload(why, &reload.read).await;
+                    // A reload by signal has read the file too: the watch must not
+                    // reload the same bytes again.
+                    if let Some((path, _)) = &watch {
+                        seen = Some(file_digest(path));
+                    }
+                }
                 None => tracing::warn!(
                     "{why}: this daemon runs on the embedded default configuration, there is no file to reread"
                 ),
@@ -242,7 +249,7 @@ impl App {
         let checkpoints = match &config.state.data_dir {
             Some(dir) => {
                 let dir = DataDir::open(dir)?;
-                restore(&pipeline, &dir);
+                restore(&pipeline, &dir)?;
                 Some(Arc::new(Checkpoints {
                     dir,
                     pipeline: pipeline.clone(),
@@ -332,9 +339,9 @@ impl App {
 
 /// Loads the newest readable checkpoint of `dir` into `pipeline`, logging what it
 /// found and did; bad files are moved aside and never stop the start.
-fn restore(pipeline: &Pipeline, dir: &DataDir) {
+fn restore(pipeline: &Pipeline, dir: &DataDir) -> Result<(), DaemonError> {
     let now_secs = pipeline.clock().now_nanos() / 1_000_000_000;
-    let loaded = dir.load(now_secs);
+    let loaded = dir.load(now_secs)?;
     for refused in &loaded.refused {
         pipeline.state.rejected(refused.why.reason());
         tracing::error!(
@@ -353,10 +360,24 @@ fn restore(pipeline: &Pipeline, dir: &DataDir) {
             Outcome::Discarded
         };
         pipeline.state.set_outcome(outcome);
-        return;
+        return Ok(());
     };
-    let report = pipeline.restore(&checkpoint);
-    let header = checkpoint.header.unwrap_or_default();
+    let header = checkpoint.header.clone().unwrap_or_default();
+    // Counters come back only from the newest file of a clean shutdown, and only once:
+    // the previous generation, or a clean file already restored by a run that then
+    // crashed, is older than what Prometheus has scraped since.
+    let counters = header.clean_shutdown && generation == Generation::Current;
+    let report = pipeline.restore(&checkpoint, counters);
+    if counters {
+        // Use up the clean mark before serving: from here on the newest file holds
+        // only the windows, so a crash before the first periodic checkpoint does not
+        // restore these counters a second time.
+        let bytes = file::encode(&pipeline.checkpoint(Scope::Windows, false));
+        if let Err(e) = dir.write(&bytes) {
+            pipeline.state.write_failed(&e);
+            tracing::error!(data_dir = %dir.path().display(), "cannot write the first checkpoint: {e}");
+        }
+    }
     let written = header.written_unix_nanos / 1_000_000_000;
     let outcome = if report.counters {
         Outcome::Clean(generation)
@@ -379,10 +400,11 @@ fn restore(pipeline: &Pipeline, dir: &DataDir) {
     );
     if !report.counters {
         tracing::warn!(
-            "the last run did not shut down cleanly: SLO windows restored, cumulative counters start from zero (a reset Prometheus handles)"
+            "SLO windows restored; cumulative counters start from zero (the last run did not shut down cleanly, or its clean checkpoint was not the newest file): a reset Prometheus handles"
         );
     }
     log_decisions("restore", &report);
+    Ok(())
 }
 
 /// Logs, once per SLO, what a restore or reload did with its saved state.
@@ -392,7 +414,7 @@ fn log_decisions(when: &str, report: &RestoreReport) {
     }
     for (slo, decision) in &report.slos {
         match decision {
-            SloDecision::Kept => tracing::debug!(slo, "{when}: SLO keeps its counts"),
+            SloDecision::Kept => tracing::info!(slo, "{when}: SLO keeps its counts"),
             SloDecision::New => tracing::info!(slo, "{when}: new SLO starts empty"),
             SloDecision::Reset => tracing::warn!(
                 slo,
@@ -445,7 +467,10 @@ impl Checkpoints {
                 state.write_failed(&e);
                 tracing::error!(data_dir = %self.dir.path().display(), "checkpoint not written (retried at the next interval): {e}");
             }
-            Err(e) => tracing::error!("checkpoint task failed: {e}"),
+            Err(e) => {
+                state.write_failed(&std::io::Error::other(e.to_string()));
+                tracing::error!("checkpoint task failed: {e}");
+            }
         }
     }
 

@@ -10,7 +10,7 @@ pub mod grpc;
 pub mod http;
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -173,6 +173,13 @@ pub struct Ingest {
     /// Read for the whole decode-and-record of a request, so a retarget waits for the
     /// requests in flight and none straddles two targets.
     target: RwLock<Target>,
+    /// Entered (asynchronously) by the transports before they decode, and closed by a
+    /// retarget: while a reload carries the counts across, requests wait here as
+    /// parked tasks instead of blocking the runtime's worker threads on `target`.
+    gate: tokio::sync::RwLock<()>,
+    /// The body limits, readable without a lock.
+    max_request_bytes: AtomicUsize,
+    max_decompressed_bytes: AtomicUsize,
     telemetry: Arc<Telemetry>,
     in_flight: Arc<Semaphore>,
     closing: AtomicBool,
@@ -191,6 +198,9 @@ impl Ingest {
     pub fn new(target: Target, max_in_flight: usize, telemetry: Arc<Telemetry>) -> Self {
         let keep = target.limits.max_request_bytes.min(4 << 20);
         Self {
+            max_request_bytes: AtomicUsize::new(target.limits.max_request_bytes),
+            max_decompressed_bytes: AtomicUsize::new(target.limits.max_decompressed_bytes),
+            gate: tokio::sync::RwLock::new(()),
             target: RwLock::new(target),
             telemetry,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
@@ -206,19 +216,40 @@ impl Ingest {
     }
 
     /// Waits until no request is being decoded or recorded, runs `during` with new
-    /// ones held back, then sends them to `target`.
+    /// ones held back, then sends them to `target`. Call it off the async runtime (it
+    /// blocks); the transports' requests wait at [`Ingest::enter`] meanwhile.
     pub fn retarget(&self, target: Target, during: impl FnOnce()) {
+        let _closed = self.gate.blocking_write();
         let mut current = self
             .target
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         during();
+        // Relaxed: read per request as plain numbers; the lock above orders the rest.
+        self.max_request_bytes
+            .store(target.limits.max_request_bytes, Ordering::Relaxed);
+        self.max_decompressed_bytes
+            .store(target.limits.max_decompressed_bytes, Ordering::Relaxed);
         *current = target;
+    }
+
+    /// Waits, without blocking a thread, until no retarget is under way; hold the
+    /// guard across [`Ingest::export`].
+    pub async fn enter(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().await
+    }
+
+    /// [`Ingest::enter`] when it need not wait: `None` while a retarget is under way.
+    pub fn try_enter(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
+        self.gate.try_read().ok()
     }
 
     /// The body limits.
     pub fn limits(&self) -> BodyLimits {
-        self.target().limits
+        BodyLimits {
+            max_request_bytes: self.max_request_bytes.load(Ordering::Relaxed),
+            max_decompressed_bytes: self.max_decompressed_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// The self-metrics.

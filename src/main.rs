@@ -233,26 +233,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sloxide state inspect`: what the newest checkpoint of `dir` holds.
+/// `sloxide state inspect`: what the checkpoints of `dir` hold. A file that cannot be
+/// read is reported and the other generation still shown; the exit status is 1 then.
 fn inspect(dir: &Path) -> anyhow::Result<()> {
     use sloxide::state::file::{self, Generation};
     let mut out = String::new();
     let mut found = false;
+    let mut bad = Vec::new();
     for generation in [Generation::Current, Generation::Previous] {
         let path = dir.join(generation.file_name());
-        let checkpoint = match file::read(&path) {
-            Ok(Some(c)) => c,
-            Ok(None) => continue,
-            Err(e) => anyhow::bail!("{}: {e}", path.display()),
-        };
-        found = true;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        out.push_str(&sloxide::state::snapshot::describe(
-            &checkpoint,
-            &path,
-            size,
-        ));
-        out.push('\n');
+        match file::read(&path) {
+            Ok(Some(checkpoint)) => {
+                found = true;
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                out.push_str(&sloxide::state::snapshot::describe(
+                    &checkpoint,
+                    &path,
+                    size,
+                ));
+                out.push('\n');
+            }
+            Ok(None) => {}
+            Err(e) => bad.push(format!("{}: {e}", path.display())),
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        result => result.context("cannot write to standard output")?,
+    }
+    if !bad.is_empty() {
+        anyhow::bail!("{}", bad.join("; "));
     }
     if !found {
         anyhow::bail!(
@@ -262,12 +276,5 @@ fn inspect(dir: &Path) -> anyhow::Result<()> {
             file::PREVIOUS
         );
     }
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(out.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        result => result.context("cannot write to standard output"),
-    }
+    Ok(())
 }

@@ -160,17 +160,18 @@ impl Pipeline {
     }
 
     /// Adds a checkpoint's series into the state (at start, before serving): the SLO
-    /// windows always, the cumulative counters only after a clean shutdown. Ends with a
-    /// tick, so the first scrape shows the restored values.
-    pub fn restore(&self, checkpoint: &Checkpoint) -> RestoreReport {
+    /// windows always, the cumulative counters only with `counters` (the caller decides:
+    /// a clean shutdown's newest checkpoint, used once). Ends with a tick, so the first
+    /// scrape shows the restored values.
+    pub fn restore(&self, checkpoint: &Checkpoint, counters: bool) -> RestoreReport {
         let generation = self.current();
-        let clean = checkpoint.header.as_ref().is_some_and(|h| h.clean_shutdown);
         let report = snapshot::restore(
             &generation.aggregator,
             &self.telemetry,
             &generation.config,
             checkpoint,
-            clean,
+            counters,
+            self.clock.now_nanos() / 1_000_000_000,
         );
         self.state.decided(&report);
         self.tick();
@@ -207,7 +208,9 @@ impl Pipeline {
                 receiver: Vec::new(),
                 ..saved
             };
-            report = snapshot::restore(&next.aggregator, &self.telemetry, config, &saved, true);
+            let now = self.clock.now_nanos() / 1_000_000_000;
+            report =
+                snapshot::restore(&next.aggregator, &self.telemetry, config, &saved, true, now);
             next.aggregator.tick();
             *self
                 .current

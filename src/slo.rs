@@ -291,9 +291,10 @@ impl SloEngine {
 
     /// Adds a saved (SLO, region) series into SLO `slo`'s series of `region`, under
     /// today's limits. Each of today's rings is filled from the saved ring of the same
-    /// slot size, or else from the coarsest saved ring whose slots divide its own (the
-    /// period or the tiers changed), by the time each slot covers; slots older than a
-    /// ring are dropped by time.
+    /// slot size; when there is none (the period or the tiers changed), from the finest
+    /// saved ring whose history covers today's ring, else from the one with the longest
+    /// history, each saved slot placed at the time it starts. Slots older than a ring
+    /// are dropped by time.
     #[allow(clippy::too_many_arguments)]
     pub fn restore_series(
         &self,
@@ -306,15 +307,26 @@ impl SloEngine {
         saved: &[SavedRing],
     ) {
         let rt = &self.slos[slo];
+        // The seconds of history a saved ring holds, from its oldest to its newest slot.
+        let history = |(secs, slots): &SavedRing| match (slots.first(), slots.last()) {
+            (Some(first), Some(last)) => (last.0.saturating_sub(first.0) + 1).saturating_mul(*secs),
+            _ => 0,
+        };
         let merge = |s: &mut SloSeries| {
-            s.events += events;
-            s.bad += bad;
+            s.events = s.events.saturating_add(events);
+            s.bad = s.bad.saturating_add(bad);
             for ring in s.rings.iter_mut() {
                 let target = ring.slot_secs();
                 let source = saved
                     .iter()
-                    .filter(|(secs, _)| *secs > 0 && target.is_multiple_of(*secs))
-                    .max_by_key(|(secs, _)| *secs);
+                    .find(|(secs, _)| *secs == target)
+                    .or_else(|| {
+                        saved
+                            .iter()
+                            .filter(|r| r.0 > 0 && history(r) >= ring.span_secs())
+                            .min_by_key(|r| r.0)
+                    })
+                    .or_else(|| saved.iter().filter(|r| r.0 > 0).max_by_key(|r| history(r)));
                 if let Some((secs, slots)) = source {
                     ring.merge(*secs, slots.iter().copied());
                 }
@@ -457,5 +469,10 @@ impl SloEngine {
     /// Records folded into an (SLO, overflow) series so far.
     pub fn overflowed(&self) -> u64 {
         self.series.overflowed()
+    }
+
+    /// Adds overflowed records saved by a checkpoint.
+    pub fn add_overflowed(&self, n: u64) {
+        self.series.add_overflowed(n);
     }
 }

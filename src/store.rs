@@ -447,7 +447,10 @@ impl<T> Family<T> {
         if labels.is_empty() || labels.len() > MAX_LABELS {
             return;
         }
-        if !own {
+        // Only a label set shaped like an overflow series (every label past the first is
+        // OVERFLOW) may come back as one; anything else goes through admission.
+        let overflow_shaped = labels[1..].iter().all(|l| *l == OVERFLOW);
+        if !own && overflow_shaped {
             self.series
                 .update(labels, last_seen, false, || Some(create()), &mut merge);
             return;
@@ -485,6 +488,11 @@ impl<T> Family<T> {
     /// Records counted in an overflow series so far.
     pub fn overflowed(&self) -> u64 {
         self.limits.overflowed()
+    }
+
+    /// Adds overflowed records saved by a checkpoint.
+    pub fn add_overflowed(&self, n: u64) {
+        self.limits.count_overflow(n);
     }
 
     /// How many series, overflow series included.

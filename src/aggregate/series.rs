@@ -206,7 +206,7 @@ impl QuantileSeries {
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             hist.saturating_record_n(value.clamp(HDR_LOW_MICROS, HDR_HIGH_MICROS), n);
         }
-        slot.count += count;
+        slot.count = slot.count.saturating_add(count);
         self.computed = None;
     }
 

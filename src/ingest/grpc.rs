@@ -164,21 +164,55 @@ impl Export {
     }
 }
 
+type ExportResult = Result<Response<Bytes>, Status>;
+
+/// The response of one export: ready at once, or (only while a reload is under way)
+/// after waiting for it to finish.
+pub enum ExportFuture {
+    /// Exported already.
+    Ready(Option<ExportResult>),
+    /// Waiting for a reload, then exporting.
+    Waiting(BoxFuture<ExportResult>),
+}
+
+impl Future for ExportFuture {
+    type Output = ExportResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExportResult> {
+        match self.get_mut() {
+            Self::Ready(out) => Poll::Ready(
+                out.take()
+                    .unwrap_or_else(|| Err(Status::internal("export polled after completion"))),
+            ),
+            Self::Waiting(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+fn export(ingest: &Ingest, signal: Signal, body: &[u8]) -> ExportResult {
+    ingest
+        .export(Transport::Grpc, signal, Encoding::Protobuf, body)
+        .map(|accepted| {
+            let bytes = accepted.response(signal, Encoding::Protobuf);
+            Response::new(Bytes::from(bytes))
+        })
+        .map_err(|err| err.grpc_status())
+}
+
 impl UnaryService<Bytes> for Export {
     type Response = Bytes;
-    type Future = std::future::Ready<Result<Response<Bytes>, Status>>;
+    type Future = ExportFuture;
 
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, request: Request<Bytes>) -> ExportFuture {
         let body = request.into_inner();
-        let out = self
-            .ingest
-            .export(Transport::Grpc, self.signal, Encoding::Protobuf, &body)
-            .map(|accepted| {
-                let bytes = accepted.response(self.signal, Encoding::Protobuf);
-                Response::new(Bytes::from(bytes))
-            })
-            .map_err(|err| err.grpc_status());
-        std::future::ready(out)
+        if let Some(_entered) = self.ingest.try_enter() {
+            return ExportFuture::Ready(Some(export(&self.ingest, self.signal, &body)));
+        }
+        let (ingest, signal) = (self.ingest.clone(), self.signal);
+        ExportFuture::Waiting(Box::pin(async move {
+            let _entered = ingest.enter().await;
+            export(&ingest, signal, &body)
+        }))
     }
 }
 

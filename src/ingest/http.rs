@@ -101,6 +101,8 @@ async fn receive(
             raw.extend_from_slice(data);
         }
     }
+    // Decoding and recording wait (as a parked task) while a reload is under way.
+    let _entered = ingest.enter().await;
     if gzip {
         let mut inflated = ingest.buffers().get();
         ingest.gunzip(&raw, &mut inflated)?;

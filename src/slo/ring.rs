@@ -59,8 +59,8 @@ impl Ring {
             return;
         }
         let s = &mut self.slots[(slot % self.len()) as usize];
-        s[0] += total;
-        s[1] += bad;
+        s[0] = s[0].saturating_add(total);
+        s[1] = s[1].saturating_add(bad);
     }
 
     /// The slots that hold events, oldest first: (slot index, total, bad), where the
@@ -82,21 +82,21 @@ impl Ring {
         }
     }
 
+    /// Seconds of history the ring holds.
+    pub fn span_secs(&self) -> u64 {
+        self.slot_secs * self.len()
+    }
+
     /// Adds saved slots (from [`Ring::occupied`] of a ring with slots of `from_secs`
-    /// seconds, which must divide this ring's) into this ring, by the time each covers.
-    /// Returns false, adding nothing, when `from_secs` does not divide the slot size.
-    pub fn merge(
-        &mut self,
-        from_secs: u64,
-        slots: impl IntoIterator<Item = (u64, u64, u64)>,
-    ) -> bool {
-        if from_secs == 0 || !self.slot_secs.is_multiple_of(from_secs) {
-            return false;
-        }
+    /// seconds) into this ring, each at the time it starts. When `from_secs` divides
+    /// this ring's slot size the result is exact; otherwise a saved slot lands whole in
+    /// the slot holding its start, off by at most one saved slot at a window's edge.
+    pub fn merge(&mut self, from_secs: u64, slots: impl IntoIterator<Item = (u64, u64, u64)>) {
         for (index, total, bad) in slots {
-            self.add(index.saturating_mul(from_secs), total, bad);
+            if let Some(t) = index.checked_mul(from_secs) {
+                self.add(t, total, bad);
+            }
         }
-        true
     }
 
     /// Clears the slots that time `now` has left behind.
@@ -261,20 +261,22 @@ mod tests {
         let copy = fine.copy_into(&mut buffer);
         assert_eq!(copy.occupied(&buffer).collect::<Vec<_>>(), saved);
         let mut same = Ring::new(10, 12);
-        assert!(same.merge(10, saved.iter().copied()));
+        same.merge(10, saved.iter().copied());
         assert_eq!(same, fine);
         let mut coarse = Ring::new(30, 4);
-        assert!(coarse.merge(10, saved.iter().copied()));
+        coarse.merge(10, saved.iter().copied());
         assert_eq!(
             coarse.occupied().collect::<Vec<_>>(),
             [(33, 5, 1), (34, 1, 1)]
         );
+        // 10 s slots into 25 s ones: each lands whole in the slot holding its start.
         let mut odd = Ring::new(25, 4);
-        assert!(
-            !odd.merge(10, saved.iter().copied()),
-            "10 s slots do not fit 25 s ones"
-        );
-        assert_eq!(odd.occupied().count(), 0);
+        odd.merge(10, saved.iter().copied());
+        assert_eq!(odd.occupied().collect::<Vec<_>>(), [(40, 5, 1), (41, 1, 1)]);
+        // An index whose time overflows is dropped, not wrapped.
+        let mut far = Ring::new(10, 4);
+        far.merge(u64::MAX, [(2, 1, 0)]);
+        assert_eq!(far.occupied().count(), 0);
     }
 
     #[test]

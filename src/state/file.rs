@@ -56,6 +56,15 @@ pub enum StateError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// A checkpoint exists but cannot be read (permissions, an I/O error): the start
+    /// stops rather than move an intact file aside or overwrite it.
+    #[error("state.data_dir: cannot read {file}: {message}; fix its permissions or move it away")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The OS error.
+        message: String,
+    },
     /// The lock could not be taken for another reason.
     #[error("state.data_dir {dir}: cannot lock {lock}: {source}")]
     Lock {
@@ -312,9 +321,11 @@ impl DataDir {
     }
 
     /// Loads the newest checkpoint that can be read: the current file, else the
-    /// previous generation. A file that cannot be read is moved aside to
-    /// `checkpoint.corrupt-<unix_secs>` and reported; no file is fine (a first start).
-    pub fn load(&self, unix_secs: u64) -> Loaded {
+    /// previous generation. A damaged file (empty, truncated, corrupt, undecodable, a
+    /// newer format) is moved aside to `checkpoint.corrupt-<unix_secs>` and reported;
+    /// no file is fine (a first start). A file that cannot be read at all (permissions,
+    /// I/O) is an error: it may well be intact.
+    pub fn load(&self, unix_secs: u64) -> Result<Loaded, StateError> {
         let mut loaded = Loaded::default();
         for generation in [Generation::Current, Generation::Previous] {
             let file = self.dir.join(generation.file_name());
@@ -322,8 +333,9 @@ impl DataDir {
                 Ok(None) => {}
                 Ok(Some(checkpoint)) => {
                     loaded.checkpoint = Some((checkpoint, generation));
-                    return loaded;
+                    return Ok(loaded);
                 }
+                Err(Unreadable::Io(message)) => return Err(StateError::Read { file, message }),
                 Err(why) => {
                     let moved_to = self.quarantine(&file, unix_secs);
                     loaded.refused.push(Refused {
@@ -334,7 +346,7 @@ impl DataDir {
                 }
             }
         }
-        loaded
+        Ok(loaded)
     }
 
     /// Moves a refused file aside, to a name no later write or load uses.
@@ -434,7 +446,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::open(tmp.path()).unwrap();
         assert!(
-            dir.load(1).checkpoint.is_none(),
+            dir.load(1).unwrap().checkpoint.is_none(),
             "a first start finds nothing"
         );
         let mut first = sample();
@@ -443,11 +455,11 @@ mod tests {
         let mut second = sample();
         second.clamped = 2;
         dir.write(&encode(&second)).unwrap();
-        let (got, generation) = dir.load(2).checkpoint.unwrap();
+        let (got, generation) = dir.load(2).unwrap().checkpoint.unwrap();
         assert_eq!((got.clamped, generation), (2, Generation::Current));
         // A torn current file: the previous generation is used, the bad one moved.
         fs::write(tmp.path().join(CURRENT), b"SLOXCKPT\x01").unwrap();
-        let loaded = dir.load(3);
+        let loaded = dir.load(3).unwrap();
         let (got, generation) = loaded.checkpoint.unwrap();
         assert_eq!((got.clamped, generation), (1, Generation::Previous));
         assert_eq!(loaded.refused.len(), 1);

@@ -21,6 +21,17 @@ pub struct Checkpoint {
     /// sloxide_span_duration_clamped_total.
     #[prost(uint64, tag = "7")]
     pub clamped: u64,
+    /// sloxide_series_overflow_total, per family.
+    #[prost(message, repeated, tag = "8")]
+    pub overflowed: ::prost::alloc::vec::Vec<FamilyCount>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FamilyCount {
+    /// The family label of sloxide_series_overflow_total.
+    #[prost(string, tag = "1")]
+    pub family: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Header {

@@ -18,7 +18,7 @@ use crate::telemetry::{REFUSALS, Signal, Telemetry, Transport};
 
 use super::FORMAT_VERSION;
 use super::proto::{
-    Checkpoint, Header, LogSeries, MinuteHistogram, QuantileSeries as SavedQuantiles,
+    Checkpoint, FamilyCount, Header, LogSeries, MinuteHistogram, QuantileSeries as SavedQuantiles,
     ReceiverCounter, Ring as SavedRingProto, SloFingerprint, SloSeries as SavedSlo, Slot,
     SpanSeries as SavedSpans,
 };
@@ -322,24 +322,52 @@ pub fn snapshot(
         });
     });
     checkpoint.clamped = agg.clamped();
+    checkpoint.overflowed = overflow_counts(agg)
+        .into_iter()
+        .map(|(family, count)| FamilyCount {
+            family: family.into(),
+            count,
+        })
+        .collect();
     checkpoint.receiver = receiver_counters(telemetry);
     checkpoint
 }
 
-/// Adds `checkpoint`'s series into `agg` (built from `config`) and `telemetry`.
+/// Each family's overflowed records, under its `sloxide_series_overflow_total` label
+/// (`sloxide_span_duration_seconds` shares the span family's).
+fn overflow_counts(agg: &Aggregator) -> [(&'static str, u64); 4] {
+    [
+        (families::SPANS.name, agg.spans().overflowed()),
+        (
+            families::SPAN_DURATION_QUANTILES.name,
+            agg.durations().overflowed(),
+        ),
+        (families::LOG_RECORDS.name, agg.logs().overflowed()),
+        (families::SLO_EVENTS.name, agg.slos().overflowed()),
+    ]
+}
+
+/// Adds `checkpoint`'s series into `agg` (built from `config`) and `telemetry`, at
+/// Unix second `now`.
 ///
 /// The SLO windows of an SLO whose identity is unchanged always come back. The
 /// cumulative counters (span, quantile and log families, the SLO event counters, the
-/// receiver counters) come back only with `counters`: after a clean shutdown or across
-/// a reload, never after a crash. The span families also need the same histogram
-/// bounds and dimensions as before; otherwise they start empty.
+/// overflow and receiver counters) come back only with `counters`: after a clean
+/// shutdown or across a reload, never after a crash. The span families also need the
+/// same histogram bounds and dimensions as before; otherwise they start empty.
+/// Nothing is restored into the future: slots later than `now + timing.max_skew` and
+/// minutes after the current one are dropped, and last-seen times are capped at `now`
+/// (a checkpoint written under a clock that ran ahead must not freeze the windows).
 pub fn restore(
     agg: &Aggregator,
     telemetry: &Telemetry,
     config: &Config,
     checkpoint: &Checkpoint,
     counters: bool,
+    now: u64,
 ) -> RestoreReport {
+    let latest = now.saturating_add(config.timing.max_skew.as_secs());
+    let seen = |t: u64| t.min(now);
     let mut report = RestoreReport {
         counters,
         ..RestoreReport::default()
@@ -374,14 +402,31 @@ pub fn restore(
         let rings: Vec<SavedRing> = s
             .rings
             .iter()
+            .filter(|r| r.slot_secs > 0)
             .map(|r| {
-                let slots = r.slots.iter().map(|x| (x.index, x.total, x.bad)).collect();
+                let slots = r
+                    .slots
+                    .iter()
+                    .filter(|x| {
+                        x.index
+                            .checked_mul(r.slot_secs)
+                            .is_some_and(|t| t <= latest)
+                    })
+                    .map(|x| (x.index, x.total, x.bad))
+                    .collect();
                 (r.slot_secs, slots)
             })
             .collect();
         let (events, bad) = if counters { (s.events, s.bad) } else { (0, 0) };
-        agg.slos()
-            .restore_series(slo, &s.region, s.last_seen, s.own, events, bad, &rings);
+        agg.slos().restore_series(
+            slo,
+            &s.region,
+            seen(s.last_seen),
+            s.own,
+            events,
+            bad,
+            &rings,
+        );
         report.series[3] += 1;
     }
     if !counters {
@@ -389,6 +434,17 @@ pub fn restore(
     }
     restore_receiver_counters(telemetry, &checkpoint.receiver);
     agg.add_clamped(checkpoint.clamped);
+    for saved in &checkpoint.overflowed {
+        match saved.family.as_str() {
+            f if f == families::SPANS.name => agg.spans().add_overflowed(saved.count),
+            f if f == families::SPAN_DURATION_QUANTILES.name => {
+                agg.durations().add_overflowed(saved.count)
+            }
+            f if f == families::LOG_RECORDS.name => agg.logs().add_overflowed(saved.count),
+            f if f == families::SLO_EVENTS.name => agg.slos().add_overflowed(saved.count),
+            _ => {}
+        }
+    }
     let dims = config.dimensions.len();
     report.spans_skipped = if header.bucket_bounds != config.histogram.buckets {
         Some("histogram.buckets changed".into())
@@ -407,17 +463,18 @@ pub fn restore(
             agg.spans().restore(
                 &labels,
                 labels[0],
-                s.last_seen,
+                seen(s.last_seen),
                 s.own,
                 || SpanSeries::new(n),
                 |series| {
                     for (a, b) in series.by_status.iter_mut().zip(&s.by_status) {
-                        *a += b;
+                        *a = a.saturating_add(*b);
                     }
                     for (a, b) in series.buckets.iter_mut().zip(&s.buckets) {
-                        *a += b;
+                        *a = a.saturating_add(*b);
                     }
-                    series.sum_nanos += join(s.sum_nanos_low, s.sum_nanos_high);
+                    let sum = join(s.sum_nanos_low, s.sum_nanos_high);
+                    series.sum_nanos = series.sum_nanos.saturating_add(sum);
                 },
             );
             report.series[0] += 1;
@@ -431,13 +488,14 @@ pub fn restore(
         agg.durations().restore(
             &labels,
             labels[0],
-            q.last_seen,
+            seen(q.last_seen),
             q.own,
             QuantileSeries::default,
             |series| {
-                series.sum_nanos += join(q.sum_nanos_low, q.sum_nanos_high);
-                series.count += q.count;
-                for m in &q.minutes {
+                let sum = join(q.sum_nanos_low, q.sum_nanos_high);
+                series.sum_nanos = series.sum_nanos.saturating_add(sum);
+                series.count = series.count.saturating_add(q.count);
+                for m in q.minutes.iter().filter(|m| m.minute <= now / 60) {
                     let values: Vec<(u64, u64)> = m
                         .values
                         .iter()
@@ -458,10 +516,10 @@ pub fn restore(
         agg.logs().restore(
             &labels,
             labels[0],
-            l.last_seen,
+            seen(l.last_seen),
             l.own,
             || 0,
-            |c| *c += l.count,
+            |c| *c = c.saturating_add(l.count),
         );
         report.series[2] += 1;
     }
@@ -533,9 +591,9 @@ pub fn describe(checkpoint: &Checkpoint, path: &std::path::Path, size: u64) -> S
                     .iter()
                     .max_by_key(|r| r.slot_secs)
                     .map_or((0, 0), |r| {
-                        r.slots
-                            .iter()
-                            .fold((0, 0), |(t, b), x| (t + x.total, b + x.bad))
+                        r.slots.iter().fold((0u64, 0u64), |(t, b), x| {
+                            (t.saturating_add(x.total), b.saturating_add(x.bad))
+                        })
                     });
             let _ = writeln!(
                 out,
