@@ -225,7 +225,7 @@ pub const CHECKPOINT_REJECTED: Metric = metric(
 pub const RESTORE_OUTCOME: Metric = metric(
     "sloxide_restore_outcome",
     Gauge,
-    "1 for what this run's start restored: disabled, first_start, discarded, clean (counters and windows) or crash (windows only), and from which generation.",
+    "1 for what this run's start restored: disabled, first_start, discarded, clean (counters and windows) or crash (windows only: an unclean stop, or the previous generation), and from which generation.",
 );
 /// What became of each SLO's saved state.
 pub const RESTORE_SLO_DECISIONS: Metric = metric(
