@@ -382,11 +382,11 @@ impl SloEngine {
         });
         // The roll-up is the sum over regions: every region's rings share slot bounds.
         for (slo, rt) in self.slos.iter().enumerate() {
-            let mut windows = vec![(0, 0); rt.layout.windows.len()];
+            let mut windows = vec![(0u64, 0u64); rt.layout.windows.len()];
             for row in rows.iter().filter(|r| r.slo == slo) {
                 for (acc, w) in windows.iter_mut().zip(&row.windows) {
-                    acc.0 += w.0;
-                    acc.1 += w.1;
+                    acc.0 = acc.0.saturating_add(w.0);
+                    acc.1 = acc.1.saturating_add(w.1);
                 }
             }
             rows.push(Row {

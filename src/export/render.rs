@@ -341,7 +341,10 @@ fn spans(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     let mut pairs = Vec::with_capacity(8 + f.dims.len());
     for s in &f.r.spans {
         let counts = &f.r.numbers[s.at..s.at + StatusCode::ALL.len()];
-        let overflow = [(OVERFLOW, counts.iter().sum())];
+        let overflow = [(
+            OVERFLOW,
+            counts.iter().fold(0u64, |a, b| a.saturating_add(*b)),
+        )];
         let per_code = StatusCode::ALL.map(|c| (c.as_str(), counts[c as usize]));
         let samples: &[(&str, u64)] = match StatusSamples::of(&s.labels) {
             StatusSamples::PerCode => &per_code,
@@ -363,7 +366,7 @@ fn span_durations(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
         let counts = &f.r.numbers[s.at + statuses..s.at + statuses + buckets];
         let mut cumulative = 0;
         for (le, n) in f.r.le_labels.iter().zip(counts) {
-            cumulative += n;
+            cumulative = n.saturating_add(cumulative);
             span_labels(&mut pairs, &s.labels, f.dims);
             pairs.push(("le", le));
             enc.series_u64(m, "_bucket", &pairs, cumulative);

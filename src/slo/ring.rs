@@ -110,11 +110,11 @@ impl Ring {
         let current = now / self.slot_secs;
         let first = (current + 1).saturating_sub(n);
         let oldest_kept = (self.head + 1).saturating_sub(self.len());
-        let mut out = (0, 0);
+        let mut out = (0u64, 0u64);
         for slot in first.max(oldest_kept)..=current.min(self.head) {
             let s = &self.slots[(slot % self.len()) as usize];
-            out.0 += s[0];
-            out.1 += s[1];
+            out.0 = out.0.saturating_add(s[0]);
+            out.1 = out.1.saturating_add(s[1]);
         }
         out
     }

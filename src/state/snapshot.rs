@@ -74,6 +74,9 @@ pub struct RestoreReport {
     pub series: [usize; 4],
 }
 
+/// The largest count a restore takes from a file.
+const MAX_RESTORED: u64 = 1 << 62;
+
 /// A stable fingerprint of what an SLO's counts depend on: name, service, source,
 /// filter and indicator (FNV-1a 64 over their canonical text). Objective, period and
 /// alerting are left out: changing them keeps the counts.
@@ -368,6 +371,9 @@ pub fn restore(
 ) -> RestoreReport {
     let latest = now.saturating_add(config.timing.max_skew.as_secs());
     let seen = |t: u64| t.min(now);
+    // No real counter comes near 2^62; a larger saved one is damage, and capping it
+    // leaves room for the counting that follows.
+    let count = |n: u64| n.min(MAX_RESTORED);
     let mut report = RestoreReport {
         counters,
         ..RestoreReport::default()
@@ -412,12 +418,16 @@ pub fn restore(
                             .checked_mul(r.slot_secs)
                             .is_some_and(|t| t <= latest)
                     })
-                    .map(|x| (x.index, x.total, x.bad))
+                    .map(|x| (x.index, count(x.total), count(x.bad)))
                     .collect();
                 (r.slot_secs, slots)
             })
             .collect();
-        let (events, bad) = if counters { (s.events, s.bad) } else { (0, 0) };
+        let (events, bad) = if counters {
+            (count(s.events), count(s.bad))
+        } else {
+            (0, 0)
+        };
         agg.slos().restore_series(
             slo,
             &s.region,
@@ -468,10 +478,10 @@ pub fn restore(
                 || SpanSeries::new(n),
                 |series| {
                     for (a, b) in series.by_status.iter_mut().zip(&s.by_status) {
-                        *a = a.saturating_add(*b);
+                        *a = a.saturating_add(count(*b));
                     }
                     for (a, b) in series.buckets.iter_mut().zip(&s.buckets) {
-                        *a = a.saturating_add(*b);
+                        *a = a.saturating_add(count(*b));
                     }
                     let sum = join(s.sum_nanos_low, s.sum_nanos_high);
                     series.sum_nanos = series.sum_nanos.saturating_add(sum);
@@ -494,7 +504,7 @@ pub fn restore(
             |series| {
                 let sum = join(q.sum_nanos_low, q.sum_nanos_high);
                 series.sum_nanos = series.sum_nanos.saturating_add(sum);
-                series.count = series.count.saturating_add(q.count);
+                series.count = series.count.saturating_add(count(q.count));
                 for m in q.minutes.iter().filter(|m| m.minute <= now / 60) {
                     let values: Vec<(u64, u64)> = m
                         .values
@@ -519,7 +529,7 @@ pub fn restore(
             seen(l.last_seen),
             l.own,
             || 0,
-            |c| *c = c.saturating_add(l.count),
+            |c| *c = c.saturating_add(count(l.count)),
         );
         report.series[2] += 1;
     }

@@ -1100,6 +1100,49 @@ mod in_process {
         );
     }
 
+    /// Frames `payload` as a checkpoint file with a valid checksum.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut out = b"SLOXCKPT".to_vec();
+        out.extend_from_slice(&sloxide::state::FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(payload);
+        let crc = super::crc32(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Hostile files: arbitrary bytes never panic the decoder, and whatever decodes
+        /// (a valid frame around arbitrary bytes, or a real checkpoint with bytes
+        /// flipped before the checksum is fixed up) restores without panicking.
+        #[test]
+        fn hostile_checkpoints_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..8),
+            counters in proptest::prelude::any::<bool>(),
+        ) {
+            let _ = sloxide::state::file::decode(&bytes);
+            let clock = Arc::new(ManualClock::new(NOW * 1_000_000_000));
+            let p = Pipeline::new(&config("30d", "dimensions: [http.route]"), clock.clone()).unwrap();
+            feed(&p, &clock, NOW, 20, "checkout");
+            let mut real = p.checkpoint(Scope::Everything, true).encode_to_vec();
+            for (at, x) in &flips {
+                if !real.is_empty() {
+                    let i = at % real.len();
+                    real[i] ^= x;
+                }
+            }
+            for payload in [bytes.as_slice(), real.as_slice()] {
+                if let Ok(checkpoint) = sloxide::state::file::decode(&framed(payload)) {
+                    let fresh = Pipeline::new(&config("28d", "dimensions: [http.route]"), clock.clone()).unwrap();
+                    fresh.restore(&checkpoint, counters);
+                    let _ = fresh.render();
+                }
+            }
+        }
+    }
+
     /// Overflow counts are cumulative counters too: a reload carries them.
     #[test]
     fn a_reload_keeps_the_overflow_counts() {
