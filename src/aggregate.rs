@@ -49,6 +49,8 @@ pub struct Aggregator {
     logs: Family<u64>,
     clamped: AtomicU64,
     slos: SloEngine,
+    /// When this aggregation (and so its configuration) was made, Unix nanoseconds.
+    applied: u64,
 }
 
 impl Aggregator {
@@ -73,6 +75,7 @@ impl Aggregator {
             durations: Family::new(max, per_service, Fold::Service),
             logs: Family::new(max, per_service, Fold::Service),
             clamped: AtomicU64::new(0),
+            applied: clock.now_nanos(),
             slos: SloEngine::new(config),
             plan,
             clock,
@@ -228,6 +231,12 @@ impl Aggregator {
     /// Durations outside the quantile histograms' 1 µs .. 1 h range, recorded at the bound.
     pub fn clamped(&self) -> u64 {
         self.clamped.load(Ordering::Relaxed)
+    }
+
+    /// When this aggregation, and so the configuration it was built from, was made
+    /// (Unix nanoseconds): `sloxide_config_last_reload_success_timestamp_seconds`.
+    pub fn applied_unix_nanos(&self) -> u64 {
+        self.applied
     }
 
     /// Adds clamped durations saved by a checkpoint.

@@ -95,7 +95,7 @@ impl Pipeline {
             telemetry.clone(),
         ));
         let state = Arc::new(StateMetrics::default());
-        state.reloaded(clock.now_nanos());
+        state.reloaded();
         Ok(Self {
             clock,
             current: RwLock::new(Arc::new(generation)),
@@ -218,7 +218,7 @@ impl Pipeline {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = next.clone();
         });
         self.state.decided(&report);
-        self.state.reloaded(self.clock.now_nanos());
+        self.state.reloaded();
         Ok(report)
     }
 }

@@ -92,7 +92,6 @@ pub struct StateMetrics {
     decisions: [AtomicU64; SloDecision::ALL.len()],
     outcome: Mutex<Outcome>,
     reload_ok: AtomicU64,
-    reload_success_unix_nanos: AtomicU64,
 }
 
 impl StateMetrics {
@@ -137,11 +136,11 @@ impl StateMetrics {
         }
     }
 
-    /// A configuration was applied (at start, or by a reload).
-    pub fn reloaded(&self, at_unix_nanos: u64) {
+    /// A configuration was applied (at start, or by a reload). When is the
+    /// aggregation's own: [`crate::aggregate::Aggregator::applied_unix_nanos`], so a
+    /// scrape never pairs one configuration's series with another's time.
+    pub fn reloaded(&self) {
         self.reload_ok.store(1, Ordering::Relaxed);
-        self.reload_success_unix_nanos
-            .store(at_unix_nanos, Ordering::Relaxed);
     }
 
     /// A reload was refused; the old configuration stays.
@@ -199,10 +198,5 @@ impl StateMetrics {
     /// 1 when the last configuration applied cleanly, 0 after a refused reload.
     pub fn reload_successful(&self) -> u64 {
         self.reload_ok.load(Ordering::Relaxed)
-    }
-
-    /// Unix seconds of the last configuration applied.
-    pub fn reload_success_seconds(&self) -> f64 {
-        self.reload_success_unix_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 }

@@ -699,7 +699,7 @@ fn reload_successful(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
 }
 
 fn reload_timestamp(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
-    enc.sample_f64(m, &[], f.state.reload_success_seconds());
+    enc.sample_f64(m, &[], f.agg.applied_unix_nanos() as f64 / 1e9);
 }
 
 fn build_info(_: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
