@@ -83,6 +83,23 @@ extern "C" fn report_skips() {
     });
 }
 
+/// The daemon binary, copied into a directory anyone may enter: the build's own may sit
+/// under a home directory that another user (the tests run some daemons as nobody)
+/// cannot reach.
+pub fn binary_for_anyone() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    static COPY: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("sloxide");
+        std::fs::copy(env!("CARGO_BIN_EXE_sloxide"), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, path)
+    });
+    path.clone()
+}
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     child: Child,
@@ -127,11 +144,15 @@ impl Daemon {
         extra: &[&str],
         uid: Option<u32>,
     ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sloxide"));
-        if let Some(uid) = uid {
-            use std::os::unix::process::CommandExt;
-            command.uid(uid).gid(uid);
-        }
+        let mut command = match uid {
+            Some(uid) => {
+                use std::os::unix::process::CommandExt;
+                let mut command = Command::new(binary_for_anyone());
+                command.uid(uid).gid(uid);
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sloxide")),
+        };
         let mut child = command
             .arg("run")
             .arg("--config")

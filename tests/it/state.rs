@@ -464,7 +464,11 @@ fn fails_to_start(state: &Path, uid: Option<u32>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sloxide.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sloxide"));
+    let binary = match uid {
+        Some(_) => crate::harness::binary_for_anyone(),
+        None => env!("CARGO_BIN_EXE_sloxide").into(),
+    };
+    let mut cmd = std::process::Command::new(binary);
     cmd.arg("run")
         .arg("--config")
         .arg(&config)
