@@ -501,10 +501,9 @@ impl Recorder for Aggregator {
                         groups.open(kind, region, attrs, |d| plan.dimension(d, attrs, resource))
                     }
                 };
+                let (region, second) = (&groups.keys[usize::from(g)].region, at / NANOS_PER_SEC);
                 for slo in slos.iter().filter(|s| s.source == Source::Spans) {
                     let verdict = slo.classify_span(span, attrs, resource);
-                    let region = &groups.keys[usize::from(g)].region;
-                    let second = at / NANOS_PER_SEC;
                     tallies.add(&self.slos, slo.index, region, second, verdict, now_secs);
                 }
                 groups.push(Pending {
@@ -536,9 +535,9 @@ impl Recorder for Aggregator {
                 let severity = Severity::from_otlp(record.severity).as_str();
                 self.record_log(&[service.as_str(), region.as_str(), severity], now_secs);
                 let at = slot_time(record.event_time(), now, self.late_slack, self.max_skew);
+                let second = at / NANOS_PER_SEC;
                 for slo in slos.iter().filter(|s| s.source == Source::Logs) {
                     let verdict = slo.classify_log(record, attrs, resource);
-                    let second = at / NANOS_PER_SEC;
                     tallies.add(&self.slos, slo.index, &region, second, verdict, now_secs);
                 }
             }

@@ -204,15 +204,9 @@ pub async fn run_with(
     running.drain().await
 }
 
-/// The bytes of `path`, hashed (or the read error's text), to notice a change.
-fn file_digest(path: &std::path::Path) -> Result<u64, String> {
-    std::fs::read(path)
-        .map(|bytes| {
-            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-        })
-        .map_err(|e| e.to_string())
+/// The bytes of `path` (or the read error's text), to notice a change.
+fn file_digest(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| e.to_string())
 }
 
 /// The daemon's stages and what serves them, built but not yet listening.

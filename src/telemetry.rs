@@ -178,8 +178,7 @@ impl Telemetry {
             count,
             "records rejected"
         );
-        self.rejected[transport as usize][signal as usize][reason as usize]
-            .fetch_add(count, Ordering::Relaxed);
+        self.add_rejected(transport, signal, reason, count);
     }
 
     /// A whole request refused before anything in it was counted.
@@ -197,12 +196,12 @@ impl Telemetry {
             %detail,
             "request refused"
         );
-        self.refused_requests[transport as usize][signal as usize][reason as usize]
-            .fetch_add(1, Ordering::Relaxed);
+        self.add_refused_requests(transport, signal, reason, 1);
     }
 
-    /// Adds rejected records saved by a checkpoint (no event is logged).
-    pub fn restore_rejected(
+    /// Adds rejected records without logging an event (the event method logs, then
+    /// adds; a restore adds a checkpoint's saved counts).
+    pub fn add_rejected(
         &self,
         transport: Transport,
         signal: Signal,
@@ -213,8 +212,8 @@ impl Telemetry {
             .fetch_add(count, Ordering::Relaxed);
     }
 
-    /// Adds refused requests saved by a checkpoint (no event is logged).
-    pub fn restore_refused_requests(
+    /// Adds refused requests without logging an event.
+    pub fn add_refused_requests(
         &self,
         transport: Transport,
         signal: Signal,

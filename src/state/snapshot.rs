@@ -125,6 +125,11 @@ pub fn fingerprint(slo: &Slo) -> u64 {
     })
 }
 
+/// A saved series' labels as `&str`s, when there are `len` of them.
+fn labels_of(saved: &[String], len: usize) -> Option<Vec<&str>> {
+    (saved.len() == len).then(|| saved.iter().map(String::as_str).collect())
+}
+
 fn strings(labels: &[Box<str>]) -> Vec<String> {
     labels.iter().map(|l| l.to_string()).collect()
 }
@@ -212,7 +217,7 @@ fn restore_receiver_counters(telemetry: &Telemetry, saved: &[ReceiverCounter]) {
             if c.family == accepted.name {
                 telemetry.records_accepted(t, signal, c.value);
             } else if c.family == rejected.name {
-                telemetry.restore_rejected(t, signal, signal.reject_reason(), c.value);
+                telemetry.add_rejected(t, signal, signal.reject_reason(), c.value);
             }
         }
         if c.family == families::RECEIVER_REFUSED_REQUESTS.name {
@@ -221,7 +226,7 @@ fn restore_receiver_counters(telemetry: &Telemetry, saved: &[ReceiverCounter]) {
                 .find(|s| label("signal") == Some(s.as_str()));
             let reason = REFUSALS.iter().find(|r| label("reason") == Some(r.label));
             if let (Some(signal), Some(r)) = (signal, reason) {
-                telemetry.restore_refused_requests(t, signal, r.reason, c.value);
+                telemetry.add_refused_requests(t, signal, r.reason, c.value);
             }
         }
     }
@@ -466,10 +471,12 @@ pub fn restore(
     if report.spans_skipped.is_none() {
         let n = config.histogram.buckets.len();
         for s in &checkpoint.spans {
-            if s.labels.len() != 3 + dims || s.by_status.len() != 3 || s.buckets.len() != n + 1 {
+            let Some(labels) = labels_of(&s.labels, 3 + dims) else {
+                continue;
+            };
+            if s.by_status.len() != 3 || s.buckets.len() != n + 1 {
                 continue;
             }
-            let labels: Vec<&str> = s.labels.iter().map(String::as_str).collect();
             agg.spans().restore(
                 &labels,
                 labels[0],
@@ -491,10 +498,9 @@ pub fn restore(
         }
     }
     for q in &checkpoint.quantiles {
-        if q.labels.len() != 3 {
+        let Some(labels) = labels_of(&q.labels, 3) else {
             continue;
-        }
-        let labels: Vec<&str> = q.labels.iter().map(String::as_str).collect();
+        };
         agg.durations().restore(
             &labels,
             labels[0],
@@ -519,10 +525,9 @@ pub fn restore(
         report.series[1] += 1;
     }
     for l in &checkpoint.logs {
-        if l.labels.len() != 3 {
+        let Some(labels) = labels_of(&l.labels, 3) else {
             continue;
-        }
-        let labels: Vec<&str> = l.labels.iter().map(String::as_str).collect();
+        };
         agg.logs().restore(
             &labels,
             labels[0],

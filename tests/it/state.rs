@@ -325,9 +325,9 @@ async fn kill_9_loses_at_most_one_interval() {
     );
 }
 
-/// Writes a clean checkpoint into `state` with one daemon run.
-async fn make_checkpoint(state: &Path) {
-    let mut d = Daemon::start_with(CONFIG, state, &[]);
+/// Writes a clean checkpoint into `state` with one daemon run on `config`.
+async fn make_checkpoint(config: &str, state: &Path) {
+    let mut d = Daemon::start_with(config, state, &[]);
     send_mix(&d).await;
     let roll_up = [("slo", "deployments"), ("region", ""), ("window", "1h")];
     wait_for(&d, "sloxide_slo_window_events", &roll_up, |v| v > 0.0).await;
@@ -338,7 +338,7 @@ async fn make_checkpoint(state: &Path) {
 async fn bad_checkpoints_are_moved_aside_and_the_daemon_serves() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    make_checkpoint(&state).await;
+    make_checkpoint(CONFIG, &state).await;
     // Two generations: one more clean run.
     let mut d = Daemon::start_with(CONFIG, &state, &[]);
     exit_ok(&mut d);
@@ -807,7 +807,7 @@ async fn watch_config_reloads_a_changed_file_without_a_signal() {
 async fn state_inspect_prints_the_checkpoint_and_fails_on_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    make_checkpoint(&state).await;
+    make_checkpoint(CONFIG, &state).await;
     let inspect = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_sloxide"))
             .args(["state", "inspect", "--data-dir"])
@@ -873,11 +873,8 @@ async fn a_clean_checkpoint_is_used_once() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let slow = CONFIG.replace("checkpoint_interval: 1s", "checkpoint_interval: 1h");
-    let mut d = Daemon::start_with(&slow, &state, &[]);
-    send_mix(&d).await;
+    make_checkpoint(&slow, &state).await;
     let roll_up = [("slo", "deployments"), ("region", ""), ("window", "1h")];
-    wait_for(&d, "sloxide_slo_window_events", &roll_up, |v| v > 0.0).await;
-    exit_ok(&mut d);
     let d = Daemon::start_with(&slow, &state, &[]);
     let clean = [("outcome", "clean"), ("generation", "current")];
     let text = wait_for(&d, "sloxide_restore_outcome", &clean, |v| v == 1.0).await;
