@@ -1,9 +1,12 @@
-//! What `sloxide rules` and `sloxide dashboard` print: Prometheus alerting rules and a
-//! Grafana dashboard for the configured SLOs.
+//! What `sloxide rules` and `sloxide dashboard` print: Prometheus recording and alerting
+//! rules and a Grafana dashboard for the configured SLOs.
 //!
-//! Both read only the series that the daemon serves already computed (docs/reference.md):
-//! burn rates, budgets and SLIs per window, on the roll-up across regions and per
-//! region, so neither needs a recording rule. `docs/alerting.md` describes the output.
+//! Both are built on sums of the window counts every daemon serves
+//! (`sloxide_slo_window_events`, `sloxide_slo_window_bad_events`), which add up across
+//! replicas exactly: the recording rules turn the sums into burn rates, SLIs and budgets,
+//! and the alerts and panels read those. The per-replica gauges the daemon precomputes
+//! stay for single-instance users and readers of `/metrics`. `docs/alerting.md`
+//! describes the output.
 
 mod dashboard;
 mod promql;

@@ -20,13 +20,22 @@ fn parsed_rules(config: &Config) -> Value {
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-/// The rules of the one group.
+/// The rules of the alerting group.
 fn rule_list(config: &Config) -> Vec<Value> {
+    group(config, 1, "sloxide-slo-alerts")
+}
+
+/// The rules of the recording group.
+fn record_list(config: &Config) -> Vec<Value> {
+    group(config, 0, "sloxide-slo-recording")
+}
+
+fn group(config: &Config, index: usize, name: &str) -> Vec<Value> {
     let parsed = parsed_rules(config);
     let groups = parsed["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 1);
-    assert_eq!(groups[0]["name"], "sloxide-slo-alerts");
-    groups[0]["rules"].as_array().unwrap().clone()
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[index]["name"], name);
+    groups[index]["rules"].as_array().unwrap().clone()
 }
 
 fn find<'a>(rules: &'a [Value], alert: &str, slo: &str, severity: &str) -> &'a Value {
@@ -84,7 +93,7 @@ fn burn_rate_expression_uses_the_rollup_and_the_period_thresholds() {
     let expr = page["expr"].as_str().unwrap();
     let burn = |window: &str| {
         format!(
-            r#"sloxide_slo_burn_rate{{slo="checkout-availability",service="checkout",region="",window="{window}"}}"#
+            r#"sloxide:slo_burn_rate{{slo="checkout-availability",service="checkout",region="",window="{window}"}}"#
         )
     };
     let want = format!(
@@ -95,7 +104,7 @@ fn burn_rate_expression_uses_the_rollup_and_the_period_thresholds() {
         burn("30m")
     );
     assert_eq!(expr, want);
-    assert!(!expr.contains("increase"), "min_events is 0: {expr}");
+    assert!(!expr.contains("window_events"), "min_events is 0: {expr}");
 
     // A 7d period scales the thresholds: 3.36, 1.4, 0.7 and 0.233333.
     let page = find(&rules, "SloxideBurnRate", "api-availability", "page");
@@ -109,13 +118,85 @@ fn burn_rate_expression_uses_the_rollup_and_the_period_thresholds() {
 }
 
 #[test]
+fn records_sum_the_window_counts_over_replicas() {
+    let config = config(EXAMPLE);
+    let records = record_list(&config);
+    assert_eq!(records.len(), config.slos.len() * 6);
+    let record = |name: &str, slo: &str| {
+        records
+            .iter()
+            .find(|r| r["record"] == name && r["labels"]["slo"] == slo)
+            .unwrap_or_else(|| panic!("no {name} for {slo}"))["expr"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let sum = |family: &str, by: &str, extra: &str| {
+        format!(
+            r#"sum by ({by}) ({family}{{slo="api-availability",service="api-gateway"{extra}}})"#
+        )
+    };
+    let by = "slo, service, region, window";
+    let events = sum("sloxide_slo_window_events", by, "");
+    let bad = sum("sloxide_slo_window_bad_events", by, "");
+    assert_eq!(
+        record("sloxide:slo_window_events", "api-availability"),
+        events
+    );
+    // 99.5% leaves 0.005 of the events to fail.
+    assert_eq!(
+        record("sloxide:slo_burn_rate", "api-availability"),
+        format!("{bad} / clamp_min({events}, 1) / 0.005")
+    );
+    assert_eq!(
+        record("sloxide:slo_sli_ratio", "api-availability"),
+        format!("1 - {bad} / ({events} > 0)")
+    );
+    // The budget is over the SLO's own period, 7d.
+    let period = r#",window="7d""#;
+    assert_eq!(
+        record(
+            "sloxide:slo_error_budget_remaining_ratio",
+            "api-availability"
+        ),
+        format!(
+            "1 - {} / clamp_min({}, 1) / 0.005",
+            sum(
+                "sloxide_slo_window_bad_events",
+                "slo, service, region",
+                period
+            ),
+            sum("sloxide_slo_window_events", "slo, service, region", period)
+        )
+    );
+    assert!(
+        record("sloxide:slo_budget_exhaustion_seconds", "api-availability")
+            .contains("* 604800 / ignoring (window)"),
+    );
+    // An objective with more digits than six keeps them all.
+    let odd = EXAMPLE.replace("objective: 99.5", "objective: 99.987654");
+    let records = record_list(&self::config(&odd));
+    let burn = records
+        .iter()
+        .find(|r| {
+            r["record"] == "sloxide:slo_burn_rate" && r["labels"]["slo"] == "api-availability"
+        })
+        .unwrap();
+    assert!(
+        burn["expr"].as_str().unwrap().ends_with("/ 0.00012346"),
+        "{}",
+        burn["expr"]
+    );
+}
+
+#[test]
 fn annotations_state_burn_rate_budget_objective_and_period() {
     let rules = rule_list(&config(EXAMPLE));
     let page = find(&rules, "SloxideBurnRate", "checkout-availability", "page");
     let description = page["annotations"]["description"].as_str().unwrap();
     for part in [
         r#"{{ printf "%.4g" $value }}"#,
-        r#"{{ with query `sloxide_slo_error_budget_remaining_ratio{slo="checkout-availability",service="checkout",region=""}` }}{{ . | first | value | humanizePercentage }}{{ else }}an unknown share{{ end }}"#,
+        r#"{{ with query `sloxide:slo_error_budget_remaining_ratio{slo="checkout-availability",service="checkout",region=""}` }}{{ . | first | value | humanizePercentage }}{{ else }}an unknown share{{ end }}"#,
         "objective 99.9% over 30d",
         "1h and 5m above 14.4, or 6h and 30m above 6",
         "\"99.9% of checkout requests succeed\"",
@@ -133,7 +214,7 @@ fn min_events_adds_an_event_count_to_every_tier() {
     let expr = ticket["expr"].as_str().unwrap();
     for long in ["1d", "3d"] {
         let clause = format!(
-            r#"and on (slo, service) sum by (slo, service) (increase(sloxide_slo_events_total{{slo="deployments",service="deployer"}}[{long}])) >= 500)"#
+            r#"and ignoring (window) sloxide:slo_window_events{{slo="deployments",service="deployer",region="",window="{long}"}} >= 500)"#
         );
         assert!(expr.contains(&clause), "{clause} not in {expr}");
     }
@@ -175,6 +256,7 @@ fn a_severity_without_tiers_has_no_alert_and_no_slos_mean_no_rules() {
     );
 
     assert!(rule_list(&Config::embedded_default()).is_empty());
+    assert!(record_list(&Config::embedded_default()).is_empty());
 }
 
 #[test]

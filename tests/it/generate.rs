@@ -250,23 +250,26 @@ fn min_events_holds_a_tier_back_until_its_long_window_has_enough_events() {
     let rules = generated("rules", &config);
     std::fs::write(dir.path().join("sloxide-rules.yaml"), &rules).unwrap();
     let parsed: Value = serde_saphyr::from_str(&rules).unwrap();
-    let page = &parsed["groups"][0]["rules"][0];
+    let alerts = &parsed["groups"][1];
+    assert_eq!(alerts["name"], "sloxide-slo-alerts");
+    let page = &alerts["rules"][0];
     assert_eq!(page["labels"]["severity"], "page");
     let expr = page["expr"].as_str().unwrap();
 
-    // A burn of 20 (threshold 14.4) on both windows throughout. Two regions count
-    // half an event a minute each until 40m, then one each: 40 events in the hour up to
-    // 40m (silent), 118 in the hour up to 100m, 59 per region, so only their sum
-    // reaches 100 (fires, valued at the burn rate).
-    let burn = |window: &str| {
+    // A burn of 20 (threshold 14.4) on both windows throughout, on two replicas. Each
+    // holds 20 events in the hour up to 40m (40 in all: silent), then 60 (120 in all:
+    // fires, valued at the burn rate); neither replica alone ever reaches 100.
+    let window = |instance: &str, window: &str, total: &str, bad: &str| {
+        let labels =
+            format!("instance=\"{instance}\",slo=\"quiet\",service=\"svc\",window=\"{window}\"");
         format!(
-            "      - series: 'sloxide_slo_burn_rate{{slo=\"quiet\",service=\"svc\",window=\"{window}\"}}'\n        values: '20x100'\n"
+            "      - series: 'sloxide_slo_window_events{{{labels}}}'\n        values: '{total}'\n\
+             \x20     - series: 'sloxide_slo_window_bad_events{{{labels}}}'\n        values: '{bad}'\n"
         )
     };
-    let events = |region: &str| {
-        format!(
-            "      - series: 'sloxide_slo_events_total{{slo=\"quiet\",service=\"svc\",region=\"{region}\"}}'\n        values: '0+0.5x40 20+1x60'\n"
-        )
+    let replica = |instance: &str| {
+        window(instance, "1h", "20x40 60x60", "4x40 12x60")
+            + &window(instance, "5m", "10x100", "2x100")
     };
     let sample = |at: &str, samples: &str| {
         format!(
@@ -275,11 +278,9 @@ fn min_events_holds_a_tier_back_until_its_long_window_has_enough_events() {
         )
     };
     let test = format!(
-        "rule_files: [sloxide-rules.yaml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{}{}{}{}    promql_expr_test:\n{}{}",
-        burn("1h"),
-        burn("5m"),
-        events("eu-west-1"),
-        events("us-east-1"),
+        "rule_files: [sloxide-rules.yaml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{}{}    promql_expr_test:\n{}{}",
+        replica("a:9464"),
+        replica("b:9464"),
         sample("40m", "[]"),
         sample(
             "100m",
@@ -342,12 +343,40 @@ fn generated_rules_and_dashboard_name_only_served_families() {
     }
     // Rule names and the like are CamelCase (`SloxideBurnRate`) and never match.
     assert!(
-        named.len() >= 8,
+        named.len() >= 7
+            && named.contains("sloxide_slo_window_events")
+            && named.contains("sloxide_slo_window_bad_events"),
         "the generators name too few series: {named:?}"
     );
     let unserved: Vec<_> = named.difference(&served).collect();
     assert!(
         unserved.is_empty(),
         "generated rules or dashboard query series /metrics does not serve: {unserved:?}"
+    );
+
+    // Every recorded series (`sloxide:...`) that the alerts and the dashboard read is
+    // one the rules record.
+    let rules = sloxide::generate::rules(&config);
+    let recorded: std::collections::BTreeSet<String> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- record: "))
+        .map(|name| name.trim_matches('"').to_owned())
+        .collect();
+    assert!(recorded.len() >= 6, "{recorded:?}");
+    let mut read = std::collections::BTreeSet::new();
+    let mut rest = generated.as_str();
+    while let Some(at) = rest.find("sloxide:") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        read.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    assert!(read.len() >= 5, "{read:?}");
+    let unrecorded: Vec<_> = read.difference(&recorded).collect();
+    assert!(
+        unrecorded.is_empty(),
+        "generated alerts or dashboard read series no rule records: {unrecorded:?}"
     );
 }
