@@ -170,6 +170,9 @@ pub struct Limits {
     pub max_label_bytes: usize,
     /// A label set without events for this long leaves `/metrics`. Positive. Default 15m.
     pub series_idle_expiry: Duration,
+    /// The compressions request bodies may use; uncompressed bodies are always accepted.
+    /// Default: all of them ([`Compressions::ALL`]).
+    pub compression: Compressions,
 }
 
 impl Default for Limits {
@@ -181,7 +184,108 @@ impl Default for Limits {
             max_series_per_service: 5_000,
             max_label_bytes: 256,
             series_idle_expiry: Duration::from_secs(900),
+            compression: Compressions::ALL,
         }
+    }
+}
+
+/// A compression that request bodies may use (`limits.compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip: `Content-Encoding: gzip`, `grpc-encoding: gzip`.
+    Gzip,
+    /// zstd: `Content-Encoding: zstd`, `grpc-encoding: zstd`.
+    Zstd,
+    /// zlib-wrapped deflate: `Content-Encoding: deflate` or `zlib`, `grpc-encoding: deflate`.
+    Deflate,
+    /// Snappy: `Content-Encoding: snappy` (block or framed) or `x-snappy-framed`,
+    /// `grpc-encoding: snappy`.
+    Snappy,
+}
+
+impl Compression {
+    /// Every compression, in the order sloxide lists them.
+    pub const ALL: [Self; 4] = [Self::Gzip, Self::Zstd, Self::Deflate, Self::Snappy];
+
+    /// The name in `limits.compression`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+            Self::Deflate => "deflate",
+            Self::Snappy => "snappy",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of [`Compression`]s: the ones `limits.compression` turns on.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compressions(u8);
+
+impl Compressions {
+    /// Every compression.
+    pub const ALL: Self = Self(0b1111);
+    /// None: only uncompressed bodies.
+    pub const NONE: Self = Self(0);
+
+    /// The set holding `compressions`.
+    pub fn of(compressions: &[Compression]) -> Self {
+        Self(compressions.iter().fold(0, |bits, c| bits | c.bit()))
+    }
+
+    /// Whether `compression` is in the set.
+    pub fn contains(self, compression: Compression) -> bool {
+        self.0 & compression.bit() != 0
+    }
+
+    /// The members, in [`Compression::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Compression> {
+        Compression::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+
+    /// The set as a number, for an atomic; [`Compressions::from_bits`] reads it back.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set from [`Compressions::bits`].
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & Self::ALL.0)
+    }
+}
+
+impl fmt::Debug for Compressions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// The content codings a client may send: the members, then `identity` (`gzip, zstd or
+/// identity`; `identity only` for the empty set).
+impl fmt::Display for Compressions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::NONE {
+            return f.write_str("identity only");
+        }
+        let last = self.iter().count() - 1;
+        for (i, c) in self.iter().enumerate() {
+            let then = if i == last { " or " } else { ", " };
+            write!(f, "{c}{then}")?;
+        }
+        f.write_str("identity")
     }
 }
 
@@ -735,6 +839,7 @@ struct RawLimits {
     max_series_per_service: Option<Spanned<String>>,
     max_label_bytes: Option<Spanned<String>>,
     series_idle_expiry: Option<Spanned<String>>,
+    compression: Option<Vec<Spanned<Compression>>>,
 }
 
 /// `state` as written.
@@ -1150,6 +1255,7 @@ impl RawLimits {
             max_series_per_service,
             max_label_bytes,
             series_idle_expiry,
+            compression,
         } = self;
         let default = Limits::default();
         let request_at = location_of(&max_request_bytes);
@@ -1186,6 +1292,10 @@ impl RawLimits {
                 Duration::from_nanos(1),
                 None,
             )?,
+            compression: match compression {
+                None => default.compression,
+                Some(listed) => compressions(listed)?,
+            },
         };
         if limits.max_decompressed_bytes < limits.max_request_bytes {
             // Point at whichever of the two the file sets, preferring the smaller one.
@@ -1205,6 +1315,24 @@ impl RawLimits {
         }
         Ok(limits)
     }
+}
+
+/// `limits.compression`: each listed once; an empty list leaves only uncompressed bodies.
+fn compressions(listed: Vec<Spanned<Compression>>) -> Result<Compressions, Invalid> {
+    let mut seen: Vec<Compression> = Vec::with_capacity(listed.len());
+    for (
+        index,
+        Spanned {
+            value, referenced, ..
+        },
+    ) in listed.into_iter().enumerate()
+    {
+        not_listed_twice(&seen, &value, &referenced, || {
+            format!("limits.compression[{index}]")
+        })?;
+        seen.push(value);
+    }
+    Ok(Compressions::of(&seen))
 }
 
 impl RawState {

@@ -10,7 +10,7 @@ pub mod grpc;
 pub mod http;
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::{Compression, Compressions};
 use crate::otlp::json::{self, JsonError};
 use crate::otlp::logs::{LogBatch, walk_logs};
 use crate::otlp::spans::{TraceBatch, walk_traces};
@@ -56,13 +57,114 @@ pub enum Encoding {
     Json,
 }
 
-/// The size limits on one request body.
+/// The limits on one request body: its sizes, and the compressions it may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
     /// The body as received (compressed).
     pub max_request_bytes: usize,
     /// The body once decompressed.
     pub max_decompressed_bytes: usize,
+    /// The compressions accepted (`limits.compression`); uncompressed is always accepted.
+    pub compression: Compressions,
+}
+
+/// How a compressed body is laid out: what one `Content-Encoding` (or `grpc-encoding`)
+/// value means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// gzip (RFC 1952); concatenated members are read as one body.
+    Gzip,
+    /// A zstd frame, or several one after another.
+    Zstd,
+    /// zlib-wrapped deflate (RFC 1950): what HTTP and gRPC mean by `deflate`, and what the
+    /// OpenTelemetry Collector sends for both `compression: deflate` and `zlib`.
+    Zlib,
+    /// Snappy in its framing format when the body opens with the framing format's stream
+    /// identifier, else one raw snappy block: `Content-Encoding: snappy` carried framed
+    /// bodies from older Collectors and carries blocks from newer ones.
+    Snappy,
+    /// Snappy in its framing format only (`x-snappy-framed`).
+    SnappyFramed,
+}
+
+/// The first chunk of every snappy framed stream: the stream identifier `sNaPpY`.
+const SNAPPY_STREAM_IDENTIFIER: [u8; 10] = *b"\xff\x06\x00\x00sNaPpY";
+
+impl Format {
+    /// The format of a `Content-Encoding` value (case-insensitive); `None` for
+    /// `identity` and for codings sloxide does not know.
+    pub fn of_content_encoding(value: &str) -> Option<Self> {
+        const NAMES: [(&str, Format); 6] = [
+            ("gzip", Format::Gzip),
+            ("zstd", Format::Zstd),
+            ("deflate", Format::Zlib),
+            ("zlib", Format::Zlib),
+            ("snappy", Format::Snappy),
+            ("x-snappy-framed", Format::SnappyFramed),
+        ];
+        NAMES
+            .iter()
+            .find(|(name, _)| value.eq_ignore_ascii_case(name))
+            .map(|(_, format)| *format)
+    }
+
+    /// The `limits.compression` entry that turns this format on.
+    pub fn compression(self) -> Compression {
+        match self {
+            Self::Gzip => Compression::Gzip,
+            Self::Zstd => Compression::Zstd,
+            Self::Zlib => Compression::Deflate,
+            Self::Snappy | Self::SnappyFramed => Compression::Snappy,
+        }
+    }
+}
+
+/// Decompresses `src`, laid out as `format`, onto the end of `out`, stopping as soon as
+/// more than `limit` bytes came out, so a small bomb never expands past the limit. A
+/// snappy block declares its length up front and is refused before anything is
+/// allocated when that is over the limit.
+pub fn decompress(
+    format: Format,
+    src: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), IngestError> {
+    let start = out.len();
+    let cap = limit as u64 + 1;
+    let invalid = |source| IngestError::Decompress {
+        compression: format.compression(),
+        source,
+    };
+    let read = match format {
+        Format::Gzip => flate2::read::MultiGzDecoder::new(src)
+            .take(cap)
+            .read_to_end(out),
+        Format::Zlib => flate2::read::ZlibDecoder::new(src)
+            .take(cap)
+            .read_to_end(out),
+        Format::Zstd => zstd::stream::read::Decoder::with_buffer(src)
+            .and_then(|decoder| decoder.take(cap).read_to_end(out)),
+        Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
+            let len = snap::raw::decompress_len(src).map_err(|e| invalid(e.into()))?;
+            if len > limit {
+                return Err(IngestError::DecompressedTooLarge { limit });
+            }
+            out.resize(start + len, 0);
+            let written = snap::raw::Decoder::new()
+                .decompress(src, &mut out[start..])
+                .map_err(|e| invalid(e.into()))?;
+            out.truncate(start + written);
+            return Ok(());
+        }
+        Format::Snappy | Format::SnappyFramed => snap::read::FrameDecoder::new(src)
+            .take(cap)
+            .read_to_end(out),
+    };
+    read.map_err(invalid)?;
+    if out.len() - start > limit {
+        return Err(IngestError::DecompressedTooLarge { limit });
+    }
+    Ok(())
 }
 
 /// How many requests may be in flight at once across both transports, before new ones
@@ -90,15 +192,38 @@ pub enum IngestError {
         /// The limit in bytes.
         limit: usize,
     },
-    /// A body marked gzip that is not valid gzip.
-    #[error("invalid gzip body: {0}")]
-    Gzip(#[source] std::io::Error),
+    /// A compressed body that is not valid in its compression.
+    #[error("invalid {compression} body: {source}")]
+    Decompress {
+        /// The compression the body claimed.
+        compression: Compression,
+        /// What the decoder found.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A gRPC message frame that sloxide itself had to read (to decompress it) and could
+    /// not.
+    #[error("malformed gRPC message frame: {0}")]
+    Frame(&'static str),
     /// A content type other than protobuf or JSON.
     #[error("unsupported content type {0:?}; send application/x-protobuf or application/json")]
     UnsupportedContentType(String),
-    /// A content encoding other than gzip or identity.
-    #[error("unsupported content encoding {0:?}; send gzip or identity")]
-    UnsupportedEncoding(String),
+    /// A content encoding sloxide does not know.
+    #[error("unsupported content encoding {encoding:?}; send {accepted}")]
+    UnsupportedEncoding {
+        /// The encoding as sent.
+        encoding: String,
+        /// What `limits.compression` accepts.
+        accepted: Compressions,
+    },
+    /// A compression that `limits.compression` leaves out.
+    #[error("{compression} is turned off by limits.compression; send {accepted}")]
+    CompressionOff {
+        /// The compression the body used.
+        compression: Compression,
+        /// What `limits.compression` accepts.
+        accepted: Compressions,
+    },
     /// Too many requests in flight, or shutting down.
     #[error("server overloaded or shutting down; retry later")]
     Overloaded,
@@ -111,15 +236,17 @@ impl IngestError {
     /// The `reason` label under which this refusal is counted.
     pub fn reason(&self) -> RefusalReason {
         match self {
-            Self::Decode(_) | Self::Json(_) | Self::Gzip(_) | Self::BodyRead(_) => {
-                RefusalReason::Decode
-            }
+            Self::Decode(_)
+            | Self::Json(_)
+            | Self::Decompress { .. }
+            | Self::Frame(_)
+            | Self::BodyRead(_) => RefusalReason::Decode,
             Self::BodyTooLarge { .. } | Self::DecompressedTooLarge { .. } => {
                 RefusalReason::TooLarge
             }
-            Self::UnsupportedContentType(_) | Self::UnsupportedEncoding(_) => {
-                RefusalReason::Unsupported
-            }
+            Self::UnsupportedContentType(_)
+            | Self::UnsupportedEncoding { .. }
+            | Self::CompressionOff { .. } => RefusalReason::Unsupported,
             Self::Overloaded => RefusalReason::Overloaded,
         }
     }
@@ -180,6 +307,7 @@ pub struct Ingest {
     /// The body limits, readable without a lock.
     max_request_bytes: AtomicUsize,
     max_decompressed_bytes: AtomicUsize,
+    compression: AtomicU8,
     telemetry: Arc<Telemetry>,
     in_flight: Arc<Semaphore>,
     closing: AtomicBool,
@@ -200,6 +328,7 @@ impl Ingest {
         Self {
             max_request_bytes: AtomicUsize::new(target.limits.max_request_bytes),
             max_decompressed_bytes: AtomicUsize::new(target.limits.max_decompressed_bytes),
+            compression: AtomicU8::new(target.limits.compression.bits()),
             gate: tokio::sync::RwLock::new(()),
             target: RwLock::new(target),
             telemetry,
@@ -230,6 +359,8 @@ impl Ingest {
             .store(target.limits.max_request_bytes, Ordering::Relaxed);
         self.max_decompressed_bytes
             .store(target.limits.max_decompressed_bytes, Ordering::Relaxed);
+        self.compression
+            .store(target.limits.compression.bits(), Ordering::Relaxed);
         *current = target;
     }
 
@@ -249,6 +380,7 @@ impl Ingest {
         BodyLimits {
             max_request_bytes: self.max_request_bytes.load(Ordering::Relaxed),
             max_decompressed_bytes: self.max_decompressed_bytes.load(Ordering::Relaxed),
+            compression: Compressions::from_bits(self.compression.load(Ordering::Relaxed)),
         }
     }
 
@@ -287,20 +419,16 @@ impl Ingest {
             .request_refused(transport, signal, err.reason(), err);
     }
 
-    /// Decompresses a gzip body into `out`, stopping as soon as it passes
-    /// `max_decompressed_bytes`, so a small bomb never expands past the limit.
-    pub fn gunzip(&self, src: &[u8], out: &mut Vec<u8>) -> Result<(), IngestError> {
+    /// Decompresses a body laid out as `format` into `out` (emptied first), bounded by
+    /// `max_decompressed_bytes` as [`decompress`] is.
+    pub fn decompress(
+        &self,
+        format: Format,
+        src: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), IngestError> {
         out.clear();
-        let limit = self.limits().max_decompressed_bytes;
-        let decoder = flate2::read::MultiGzDecoder::new(src);
-        decoder
-            .take(limit as u64 + 1)
-            .read_to_end(out)
-            .map_err(IngestError::Gzip)?;
-        if out.len() > limit {
-            return Err(IngestError::DecompressedTooLarge { limit });
-        }
-        Ok(())
+        decompress(format, src, self.limits().max_decompressed_bytes, out)
     }
 
     /// Decodes a complete (decompressed) body, records what it holds, and counts the
@@ -424,5 +552,172 @@ fn encode<M: Message + serde::Serialize>(msg: &M, encoding: Encoding) -> Vec<u8>
     match encoding {
         Encoding::Protobuf => msg.encode_to_vec(),
         Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn compress(format: Format, body: &[u8]) -> Vec<u8> {
+        match format {
+            Format::Gzip => {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(body).unwrap();
+                enc.finish().unwrap()
+            }
+            Format::Zlib => {
+                let mut enc =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(body).unwrap();
+                enc.finish().unwrap()
+            }
+            Format::Zstd => zstd::bulk::compress(body, 1).unwrap(),
+            Format::Snappy => snap::raw::Encoder::new().compress_vec(body).unwrap(),
+            Format::SnappyFramed => {
+                let mut enc = snap::write::FrameEncoder::new(Vec::new());
+                enc.write_all(body).unwrap();
+                enc.into_inner().unwrap()
+            }
+        }
+    }
+
+    const FORMATS: [Format; 5] = [
+        Format::Gzip,
+        Format::Zlib,
+        Format::Zstd,
+        Format::Snappy,
+        Format::SnappyFramed,
+    ];
+
+    #[test]
+    fn every_format_round_trips_onto_the_end_of_the_buffer() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for format in FORMATS {
+            let mut out = b"head".to_vec();
+            decompress(format, &compress(format, &body), body.len(), &mut out).unwrap();
+            assert_eq!(&out[..4], b"head", "{format:?}");
+            assert_eq!(out[4..], body[..], "{format:?}");
+        }
+        // `snappy` reads the framing format too, as older Collectors sent it.
+        let framed = compress(Format::SnappyFramed, &body);
+        let mut out = Vec::new();
+        decompress(Format::Snappy, &framed, body.len(), &mut out).unwrap();
+        assert_eq!(out, body);
+        // An empty body of each.
+        for format in FORMATS {
+            let mut out = Vec::new();
+            decompress(format, &compress(format, b""), 10, &mut out).unwrap();
+            assert!(out.is_empty(), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_limit() {
+        let zeros = vec![0u8; 4 << 20];
+        let limit = 64 << 10;
+        for format in FORMATS {
+            let bomb = compress(format, &zeros);
+            assert!(bomb.len() < zeros.len() / 10, "{format:?}: {}", bomb.len());
+            let mut out = Vec::new();
+            let err = decompress(format, &bomb, limit, &mut out).unwrap_err();
+            assert!(
+                matches!(err, IngestError::DecompressedTooLarge { limit: l } if l == limit),
+                "{format:?}: {err}"
+            );
+            assert_eq!(err.reason(), RefusalReason::TooLarge);
+            // Streamed formats stop one byte past the limit; a snappy block says its
+            // length first and is refused before anything is allocated.
+            if format == Format::Snappy {
+                assert_eq!(out.capacity(), 0);
+            } else {
+                assert!(out.len() <= limit + 1, "{format:?}: {}", out.len());
+            }
+            // Exactly at the limit is accepted.
+            let mut out = Vec::new();
+            decompress(format, &compress(format, &zeros[..limit]), limit, &mut out).unwrap();
+            assert_eq!(out.len(), limit, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn corrupt_bodies_are_decode_errors_naming_their_compression() {
+        let body = b"a perfectly ordinary protobuf body, or so it says".repeat(20);
+        for format in FORMATS {
+            let good = compress(format, &body);
+            let truncated = good[..good.len() / 2].to_vec();
+            let garbage = b"\x01\x02\x03 not compressed at all".to_vec();
+            for case in [truncated, garbage] {
+                let mut out = Vec::new();
+                match decompress(format, &case, 1 << 20, &mut out) {
+                    Err(err @ IngestError::Decompress { compression, .. }) => {
+                        assert_eq!(compression, format.compression());
+                        assert_eq!(err.reason(), RefusalReason::Decode);
+                        assert!(
+                            err.to_string()
+                                .starts_with(&format!("invalid {compression} body")),
+                            "{err}"
+                        );
+                    }
+                    other => panic!("{format:?}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Damaged bodies never panic, and never put more than the limit (plus the one
+        /// byte that shows it was passed) into the buffer, whatever the format.
+        #[test]
+        fn damaged_bodies_stay_within_the_limit(
+            payload in proptest::collection::vec(0u8..4, 0..20_000),
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..), 0..4),
+            cut in proptest::prelude::any::<usize>(),
+            limit in 0usize..30_000,
+        ) {
+            for format in FORMATS {
+                let mut body = compress(format, &payload);
+                for (at, mask) in &flips {
+                    let len = body.len();
+                    body[at % len] ^= mask;
+                }
+                body.truncate(body.len() - cut % (body.len() / 4 + 1));
+                let mut out = Vec::new();
+                let result = decompress(format, &body, limit, &mut out);
+                proptest::prop_assert!(out.len() <= limit + 1, "{format:?}: {}", out.len());
+                if result.is_ok() {
+                    proptest::prop_assert!(out.len() <= limit);
+                }
+                if flips.is_empty() && body.len() == compress(format, &payload).len() {
+                    proptest::prop_assert_eq!(result.is_ok(), payload.len() <= limit);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_encodings_name_their_formats() {
+        let cases = [
+            ("gzip", Some(Format::Gzip)),
+            ("GZIP", Some(Format::Gzip)),
+            ("zstd", Some(Format::Zstd)),
+            ("deflate", Some(Format::Zlib)),
+            ("zlib", Some(Format::Zlib)),
+            ("snappy", Some(Format::Snappy)),
+            ("x-snappy-framed", Some(Format::SnappyFramed)),
+            ("identity", None),
+            ("br", None),
+            ("lz4", None),
+            ("gzip, zstd", None),
+        ];
+        for (value, format) in cases {
+            assert_eq!(Format::of_content_encoding(value), format, "{value}");
+        }
+        for format in FORMATS {
+            assert!(Compression::ALL.contains(&format.compression()));
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! transport ──> body ──> decode ──> classify ──> record ──> tick ──> render
 //! (ingest::grpc, (ingest:  (otlp:     (classify:   (aggregate,  (aggregate,  (export:
 //!  ingest::http)  limits,   wire walk  labels,      slo, into    slo: windows, text,
-//!                 gunzip)   or JSON)   SLO checks)  the store)   quantiles)   render)
+//!                 inflate)  or JSON)   SLO checks)  the store)   quantiles)   render)
 //! ```
 //!
 //! - [`ingest`]: the transports and the body stage, shared by gRPC and HTTP.

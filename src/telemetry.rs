@@ -129,9 +129,9 @@ impl RefusalReason {
     }
 
     /// The reason behind a gRPC error that tonic produced itself, before sloxide's
-    /// service saw the message (framing, its gunzip, its message size limit). tonic
-    /// reports an oversize message as OUT_OF_RANGE; anything not in [`REFUSALS`] is a
-    /// body that could not be decoded.
+    /// service saw the message (framing, its decompression, its message size limit).
+    /// tonic reports an oversize message as OUT_OF_RANGE; anything not in [`REFUSALS`]
+    /// is a body that could not be decoded.
     pub fn of_grpc_code(code: tonic::Code) -> Option<Self> {
         match code {
             tonic::Code::Ok => None,

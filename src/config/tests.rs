@@ -90,6 +90,11 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(limits.max_series_per_service, 5_000);
     assert_eq!(limits.max_label_bytes, 256);
     assert_eq!(limits.series_idle_expiry, secs(15 * M));
+    assert_eq!(limits.compression, Compressions::ALL);
+    assert_eq!(
+        limits.compression.to_string(),
+        "gzip, zstd, deflate, snappy or identity"
+    );
     assert_eq!(state.data_dir, None);
     assert_eq!(state.checkpoint_interval, secs(15));
     assert!(slos.is_empty());
@@ -864,6 +869,22 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["test.yaml:2:22: limits.max_decompressed_bytes: 67108864 bytes is less than"],
     ),
     (
+        "unknown compression",
+        "limits:\n  compression: [gzip, br]\n",
+        &[
+            "test.yaml:2:23: limits.compression[1]: unknown variant `br`",
+            "gzip",
+            "zstd",
+            "deflate",
+            "snappy",
+        ],
+    ),
+    (
+        "compression listed twice",
+        "limits:\n  compression: [zstd, gzip, zstd]\n",
+        &["test.yaml:2:29: limits.compression[2]: `zstd` is listed twice; remove one"],
+    ),
+    (
         "zero request size",
         "limits:\n  max_request_bytes: 0\n",
         &["limits.max_request_bytes: `0` is too small"],
@@ -1198,4 +1219,29 @@ fn load_names_the_missing_file() {
         "{message}"
     );
     assert!(std::error::Error::source(&error).is_some());
+}
+
+#[test]
+fn compression_lists_the_accepted_ones() {
+    let limits = |yaml: &str| parse_ok(yaml).limits.compression;
+    let some = limits("limits:\n  compression: [zstd, gzip]\n");
+    assert_eq!(
+        some,
+        Compressions::of(&[Compression::Gzip, Compression::Zstd])
+    );
+    assert!(some.contains(Compression::Zstd) && !some.contains(Compression::Snappy));
+    assert_eq!(some.to_string(), "gzip, zstd or identity");
+    let none = limits("limits:\n  compression: []\n");
+    assert_eq!(none, Compressions::NONE);
+    assert_eq!(none.to_string(), "identity only");
+    assert_eq!(limits("limits:\n  compression: ~\n"), Compressions::ALL);
+    assert_eq!(
+        limits("limits:\n  compression: [snappy]\n").to_string(),
+        "snappy or identity"
+    );
+    for bits in 0..=u8::MAX {
+        let set = Compressions::from_bits(bits);
+        assert_eq!(Compressions::from_bits(set.bits()), set);
+        assert_eq!(Compressions::of(&set.iter().collect::<Vec<_>>()), set);
+    }
 }

@@ -1,9 +1,14 @@
 //! OTLP/gRPC: tonic services for `TraceService/Export` and `LogsService/Export`, with a
 //! codec that hands the raw message bytes to the walker instead of prost structs.
 //!
-//! tonic frames and gunzips the message (bounded by `max_decompressed_bytes`); a body
-//! wrapper in front of it enforces `max_request_bytes` on the bytes as received. The
-//! metrics service, and every other path, answers UNIMPLEMENTED through tonic's router.
+//! tonic frames and decompresses the message (gzip, zstd, deflate; bounded by
+//! `max_decompressed_bytes`); a body wrapper in front of it enforces `max_request_bytes`
+//! on the bytes as received. tonic has no snappy, which the OpenTelemetry Collector's
+//! gRPC exporter can send (snappy framing format), so a snappy message is read whole
+//! (bounded the same way), decompressed by sloxide and handed to tonic uncompressed. A
+//! `grpc-encoding` that `limits.compression` leaves out, or that sloxide does not know,
+//! is refused with UNIMPLEMENTED before the body is read. The metrics service, and every
+//! other path, answers UNIMPLEMENTED.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,12 +17,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{Encoding, Ingest, IngestError};
+use super::{Encoding, Format, Ingest, IngestError};
+use crate::config::{Compression, Compressions};
 use crate::telemetry::{RefusalReason, Signal, Transport};
 
 /// A codec whose messages are the raw protobuf bytes.
@@ -139,19 +147,54 @@ impl Export {
             }
         };
         let limits = self.ingest.limits();
-        let req = req
-            .map(|body| tonic::body::Body::new(LimitedBody::new(body, limits.max_request_bytes)));
+        let snappy = match message_compression(req.headers(), limits.compression) {
+            Ok(compression) => compression == Some(Compression::Snappy),
+            Err(err) => {
+                self.ingest.refused(Transport::Grpc, self.signal, &err);
+                return Ok(unsupported(&err, limits.compression).into_http());
+            }
+        };
+        let req = req.map(|body| LimitedBody::new(body, limits.max_request_bytes));
+        let req = if snappy {
+            match unsnappy(req, limits.max_decompressed_bytes).await {
+                Ok(req) => req,
+                Err(status) => {
+                    let reason = RefusalReason::of_grpc_code(status.code());
+                    if let Some(reason) = reason {
+                        self.ingest.telemetry().request_refused(
+                            Transport::Grpc,
+                            self.signal,
+                            reason,
+                            &status.message(),
+                        );
+                    }
+                    return Ok(status.into_http());
+                }
+            }
+        } else {
+            req.map(tonic::body::Body::new)
+        };
         let mut grpc = Grpc::new(RawCodec)
-            .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(limits.max_decompressed_bytes)
             .max_encoding_message_size(usize::MAX);
+        for (compression, encoding) in TONIC_DECODES {
+            if limits.compression.contains(compression) {
+                grpc = grpc.accept_compressed(encoding);
+            }
+        }
         let ingest = self.ingest.clone();
         let signal = self.signal;
-        let response = grpc.unary(self, req).await;
+        let mut response = grpc.unary(self, req).await;
+        // tonic answers a message it cannot decompress or unframe with INTERNAL; it is
+        // the client's body that is wrong, so answer it as every other undecodable body.
+        let status = response.headers_mut().get_mut("grpc-status");
+        if let Some(status) = status.filter(|code| code.as_bytes() == b"13") {
+            *status = HeaderValue::from_static("3");
+        }
         // Refusals come from our service, from the body limit, or from tonic's own
-        // framing, gunzip and size limit, which happen before our service sees the
-        // message and tell us nothing but the status. So every refusal is counted here,
-        // once, from the status it was answered with.
+        // framing, decompression and size limit, which happen before our service sees
+        // the message and tell us nothing but the status. So every refusal is counted
+        // here, once, from the status it was answered with.
         if let Some(reason) = refusal_of(&response) {
             ingest.telemetry().request_refused(
                 Transport::Grpc,
@@ -162,6 +205,104 @@ impl Export {
         }
         Ok(response)
     }
+}
+
+/// The compressions tonic decompresses itself, and its names for them.
+const TONIC_DECODES: [(Compression, CompressionEncoding); 3] = [
+    (Compression::Gzip, CompressionEncoding::Gzip),
+    (Compression::Zstd, CompressionEncoding::Zstd),
+    (Compression::Deflate, CompressionEncoding::Deflate),
+];
+
+/// The compression named by `grpc-encoding`: `None` without one (no header, or
+/// `identity`); an error when it is unknown or turned off by `limits.compression`.
+/// Names are matched exactly, as tonic does.
+fn message_compression(
+    headers: &http::HeaderMap,
+    accepted: Compressions,
+) -> Result<Option<Compression>, IngestError> {
+    let Some(value) = headers.get("grpc-encoding") else {
+        return Ok(None);
+    };
+    let compression = match value.as_bytes() {
+        b"identity" => return Ok(None),
+        b"gzip" => Compression::Gzip,
+        b"zstd" => Compression::Zstd,
+        b"deflate" => Compression::Deflate,
+        b"snappy" => Compression::Snappy,
+        other => {
+            return Err(IngestError::UnsupportedEncoding {
+                encoding: String::from_utf8_lossy(other).into_owned(),
+                accepted,
+            });
+        }
+    };
+    if !accepted.contains(compression) {
+        return Err(IngestError::CompressionOff {
+            compression,
+            accepted,
+        });
+    }
+    Ok(Some(compression))
+}
+
+/// The UNIMPLEMENTED answer to a `grpc-encoding` refused by [`message_compression`],
+/// with the `grpc-accept-encoding` that the gRPC compression spec asks for.
+fn unsupported(err: &IngestError, accepted: Compressions) -> Status {
+    let mut status = err.grpc_status();
+    let names: Vec<&str> = accepted
+        .iter()
+        .map(Compression::as_str)
+        .chain(["identity"])
+        .collect();
+    if let Ok(value) = names.join(",").parse() {
+        status.metadata_mut().insert("grpc-accept-encoding", value);
+    }
+    status
+}
+
+/// Reads a snappy-compressed request whole (the body limit applies as it arrives) and
+/// returns it with its message decompressed and framed uncompressed, for tonic.
+async fn unsnappy(
+    req: http::Request<LimitedBody>,
+    limit: usize,
+) -> Result<http::Request<tonic::body::Body>, Status> {
+    let (mut parts, body) = req.into_parts();
+    let raw = body.collect().await?.to_bytes();
+    let message = reframe(&raw, Format::Snappy, limit).map_err(|err| err.grpc_status())?;
+    parts.headers.remove("grpc-encoding");
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let body = http_body_util::Full::new(Bytes::from(message));
+    Ok(http::Request::from_parts(
+        parts,
+        tonic::body::Body::new(body),
+    ))
+}
+
+/// The one length-prefixed message of a unary request body, decompressed from `format`
+/// (when its compressed flag is set) and framed again uncompressed.
+fn reframe(body: &[u8], format: Format, limit: usize) -> Result<Vec<u8>, IngestError> {
+    let [flag, a, b, c, d, message @ ..] = body else {
+        return Err(IngestError::Frame("shorter than its 5-byte prefix"));
+    };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if message.len() < len {
+        return Err(IngestError::Frame("shorter than its length prefix"));
+    }
+    if message.len() > len {
+        return Err(IngestError::Frame("more than one message in a unary call"));
+    }
+    let mut out = Vec::with_capacity(5 + len.min(limit));
+    out.extend_from_slice(&[0; 5]);
+    match flag {
+        0 => out.extend_from_slice(message),
+        1 => super::decompress(format, message, limit, &mut out)?,
+        _ => return Err(IngestError::Frame("unknown compressed flag")),
+    }
+    let len =
+        u32::try_from(out.len() - 5).map_err(|_| IngestError::DecompressedTooLarge { limit })?;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
 }
 
 type ExportResult = Result<Response<Bytes>, Status>;
@@ -300,5 +441,113 @@ impl Body for LimitedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut body = vec![flag];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        body
+    }
+
+    #[test]
+    fn a_snappy_message_is_framed_again_uncompressed() {
+        let message: Vec<u8> = (0..50_000u32).map(|i| (i % 7) as u8).collect();
+        let mut framed = snap::write::FrameEncoder::new(Vec::new());
+        std::io::Write::write_all(&mut framed, &message).unwrap();
+        let framed = framed.into_inner().unwrap();
+        let block = snap::raw::Encoder::new().compress_vec(&message).unwrap();
+        for compressed in [framed, block] {
+            let out = reframe(&frame(1, &compressed), Format::Snappy, 1 << 20).unwrap();
+            assert_eq!(out, frame(0, &message));
+        }
+        // The compressed flag may be off even under `grpc-encoding: snappy`.
+        let out = reframe(&frame(0, &message), Format::Snappy, 1 << 20).unwrap();
+        assert_eq!(out, frame(0, &message));
+    }
+
+    #[test]
+    fn malformed_frames_and_bombs_are_refused() {
+        let block = snap::raw::Encoder::new()
+            .compress_vec(&[0u8; 100_000])
+            .unwrap();
+        let limit = 10_000;
+        let too_large = reframe(&frame(1, &block), Format::Snappy, limit).unwrap_err();
+        assert!(matches!(
+            too_large,
+            IngestError::DecompressedTooLarge { limit: 10_000 }
+        ));
+        assert_eq!(
+            too_large.grpc_status().code(),
+            tonic::Code::ResourceExhausted
+        );
+        let mut two = frame(0, b"ab");
+        two.extend(frame(0, b"cd"));
+        let mut cut = frame(1, &block);
+        cut.pop();
+        let cases = [
+            vec![],
+            vec![1, 0, 0],
+            cut,
+            two,
+            frame(2, b"ab"),
+            // Declares 10 bytes, then copies from before the start.
+            frame(1, b"\x0a\x02\xff\xff"),
+        ];
+        for body in cases {
+            let err = reframe(&body, Format::Snappy, limit).unwrap_err();
+            assert_eq!(
+                err.grpc_status().code(),
+                tonic::Code::InvalidArgument,
+                "{body:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_encodings_are_checked_against_the_accepted_ones() {
+        let headers = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-encoding", HeaderValue::from_static(value));
+            headers
+        };
+        let all = Compressions::ALL;
+        assert_eq!(
+            message_compression(&http::HeaderMap::new(), all).unwrap(),
+            None
+        );
+        assert_eq!(
+            message_compression(&headers("identity"), all).unwrap(),
+            None
+        );
+        for c in Compression::ALL {
+            assert_eq!(
+                message_compression(&headers(c.as_str()), all).unwrap(),
+                Some(c)
+            );
+        }
+        let gzip_only = Compressions::of(&[Compression::Gzip]);
+        let off = message_compression(&headers("zstd"), gzip_only).unwrap_err();
+        assert_eq!(
+            off.to_string(),
+            "zstd is turned off by limits.compression; send gzip or identity"
+        );
+        let status = unsupported(&off, gzip_only);
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            status.metadata().get("grpc-accept-encoding").unwrap(),
+            "gzip,identity"
+        );
+        let unknown = message_compression(&headers("br"), all).unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "unsupported content encoding \"br\"; send gzip, zstd, deflate, snappy or identity"
+        );
+        assert_eq!(unknown.reason(), RefusalReason::Unsupported);
     }
 }

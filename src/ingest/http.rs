@@ -1,8 +1,13 @@
-//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally gzip.
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally
+//! compressed (`Content-Encoding` gzip, zstd, deflate or zlib, snappy or x-snappy-framed;
+//! see [`Format`]).
 //!
-//! The body is read frame by frame into a pooled buffer and refused with 413 as soon as
-//! it passes `max_request_bytes`; a gzip body is then inflated into a second pooled
-//! buffer, bounded by `max_decompressed_bytes`. Responses use the request's encoding.
+//! A `Content-Encoding` that `limits.compression` leaves out, or that sloxide does not
+//! know, is refused with 415 before the body is read. The body is read frame by frame
+//! into a pooled buffer and refused with 413 as soon as it passes `max_request_bytes`; a
+//! compressed body is then decompressed into a second pooled buffer, stopping (413) as
+//! soon as it passes `max_decompressed_bytes` (a snappy block, which declares its length,
+//! is refused before any of it is decompressed). Responses use the request's encoding.
 
 use std::sync::Arc;
 
@@ -15,7 +20,8 @@ use axum::routing::post;
 use http_body_util::BodyExt;
 use prost::Message;
 
-use super::{Accepted, Encoding, Ingest, IngestError};
+use super::{Accepted, Encoding, Format, Ingest, IngestError};
+use crate::config::Compressions;
 use crate::telemetry::{Signal, Transport};
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -70,19 +76,9 @@ async fn receive(
 ) -> Result<Accepted, IngestError> {
     let _permit = ingest.admit()?;
     let encoding = encoding?;
-    let gzip = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(HeaderValue::to_str)
-    {
-        None => false,
-        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => false,
-        Some(Ok(v)) if v.eq_ignore_ascii_case("gzip") => true,
-        Some(v) => {
-            let shown = v.map_or_else(|_| "<non-ASCII>".to_owned(), str::to_owned);
-            return Err(IngestError::UnsupportedEncoding(shown));
-        }
-    };
-    let limit = ingest.limits().max_request_bytes;
+    let limits = ingest.limits();
+    let compressed = content_encoding(headers, limits.compression)?;
+    let limit = limits.max_request_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -103,13 +99,42 @@ async fn receive(
     }
     // Decoding and recording wait (as a parked task) while a reload is under way.
     let _entered = ingest.enter().await;
-    if gzip {
+    if let Some(format) = compressed {
         let mut inflated = ingest.buffers().get();
-        ingest.gunzip(&raw, &mut inflated)?;
+        ingest.decompress(format, &raw, &mut inflated)?;
         drop(raw);
         ingest.export(Transport::Http, signal, encoding, &inflated)
     } else {
         ingest.export(Transport::Http, signal, encoding, &raw)
+    }
+}
+
+/// The body's compression: `None` when it has none (no header, or `identity`); an error
+/// when the coding is unknown or turned off by `limits.compression`.
+fn content_encoding(
+    headers: &HeaderMap,
+    accepted: Compressions,
+) -> Result<Option<Format>, IngestError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(None);
+    };
+    let Ok(value) = value.to_str() else {
+        return Err(IngestError::UnsupportedEncoding {
+            encoding: "<non-ASCII>".to_owned(),
+            accepted,
+        });
+    };
+    match Format::of_content_encoding(value) {
+        Some(format) if accepted.contains(format.compression()) => Ok(Some(format)),
+        Some(format) => Err(IngestError::CompressionOff {
+            compression: format.compression(),
+            accepted,
+        }),
+        None if value.eq_ignore_ascii_case("identity") => Ok(None),
+        None => Err(IngestError::UnsupportedEncoding {
+            encoding: value.to_owned(),
+            accepted,
+        }),
     }
 }
 

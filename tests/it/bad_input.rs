@@ -69,6 +69,11 @@ fn bomb() -> Vec<u8> {
     gzip(&vec![0u8; 8 << 20])
 }
 
+fn zstd_bomb() -> Vec<u8> {
+    // The same zeros in zstd: a few hundred bytes.
+    zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap()
+}
+
 async fn refused(d: &Daemon, transport: &str, reason: &str) -> Option<f64> {
     let labels = [
         ("transport", transport),
@@ -152,6 +157,17 @@ async fn http_error_cases() {
             counted_spans: 0,
         },
         HttpCase {
+            name: "invalid zstd",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: Some("zstd"),
+            body: garbage(),
+            status: 400,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
             name: "wrong content type",
             method: "POST",
             path: "/v1/traces",
@@ -191,6 +207,17 @@ async fn http_error_cases() {
             content_type: pb,
             encoding: Some("gzip"),
             body: bomb(),
+            status: 413,
+            rejected: None,
+            counted_spans: 0,
+        },
+        HttpCase {
+            name: "zstd bomb",
+            method: "POST",
+            path: "/v1/traces",
+            content_type: pb,
+            encoding: Some("zstd"),
+            body: zstd_bomb(),
             status: 413,
             rejected: None,
             counted_spans: 0,
@@ -311,9 +338,9 @@ async fn http_error_cases() {
         .await,
         Some(expected_rejected as f64)
     );
-    assert_eq!(refused(&d, "http", "decode").await, Some(4.0));
+    assert_eq!(refused(&d, "http", "decode").await, Some(5.0));
     assert_eq!(refused(&d, "http", "unsupported").await, Some(2.0));
-    assert_eq!(refused(&d, "http", "too_large").await, Some(2.0));
+    assert_eq!(refused(&d, "http", "too_large").await, Some(3.0));
 
     // Error bodies are google.rpc.Status in the request's encoding.
     let (status, ct, body) =

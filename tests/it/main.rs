@@ -3,6 +3,7 @@
 mod aggregate;
 mod alloc;
 mod bad_input;
+mod compression;
 mod e2e;
 mod generate;
 mod harness;
