@@ -4,6 +4,7 @@ mod aggregate;
 mod alloc;
 mod bad_input;
 mod compression;
+mod deploy;
 mod e2e;
 mod generate;
 mod harness;
