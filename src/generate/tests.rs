@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::promql::number;
 use super::{dashboard, rules};
 use crate::config::Config;
+use crate::families;
 
 const EXAMPLE: &str = include_str!("../../config/example.yaml");
 
@@ -137,8 +138,8 @@ fn records_sum_the_window_counts_over_replicas() {
         )
     };
     let by = "slo, service, region, window";
-    let events = sum("sloxide_slo_window_events", by, "");
-    let bad = sum("sloxide_slo_window_bad_events", by, "");
+    let events = sum(families::SLO_WINDOW_EVENTS.name, by, "");
+    let bad = sum(families::SLO_WINDOW_BAD_EVENTS.name, by, "");
     assert_eq!(
         record("sloxide:slo_window_events", "api-availability"),
         events
@@ -162,11 +163,15 @@ fn records_sum_the_window_counts_over_replicas() {
         format!(
             "1 - {} / clamp_min({}, 1) / 0.005",
             sum(
-                "sloxide_slo_window_bad_events",
+                families::SLO_WINDOW_BAD_EVENTS.name,
                 "slo, service, region",
                 period
             ),
-            sum("sloxide_slo_window_events", "slo, service, region", period)
+            sum(
+                families::SLO_WINDOW_EVENTS.name,
+                "slo, service, region",
+                period
+            )
         )
     );
     assert!(

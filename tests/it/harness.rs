@@ -100,6 +100,9 @@ pub fn binary_for_anyone() -> PathBuf {
     path.clone()
 }
 
+/// Ports chosen by the OS, for OTLP/gRPC, OTLP/HTTP and metrics.
+pub const ANY_PORTS: [&str; 3] = ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"];
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     child: Child,
@@ -127,12 +130,23 @@ impl Daemon {
     /// Starts the daemon with `config` (YAML text, written to a file the daemon can
     /// reread), state in `data_dir`, and `extra` arguments.
     pub fn start_with(config: &str, data_dir: &std::path::Path, extra: &[&str]) -> Self {
+        Self::start_on(config, data_dir, extra, ANY_PORTS)
+    }
+
+    /// As [`Daemon::start_with`], listening on `listen` (OTLP/gRPC, OTLP/HTTP, metrics),
+    /// for a daemon that must come back on the same ports after a restart.
+    pub fn start_on(
+        config: &str,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        listen: [&str; 3],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = dir.path().join("sloxide.yaml");
         std::fs::write(&path, config).unwrap();
-        Self::spawn(dir, &path, data_dir, extra, None).unwrap_or_else(|(status, lines)| {
-            panic!("sloxide did not start ({status:?}):\n{}", lines.join("\n"))
-        })
+        Self::spawn_on(dir, &path, data_dir, extra, None, listen).unwrap_or_else(
+            |(status, lines)| panic!("sloxide did not start ({status:?}):\n{}", lines.join("\n")),
+        )
     }
 
     /// Starts the daemon on the configuration file `path` (kept alive by `dir`), or
@@ -143,6 +157,18 @@ impl Daemon {
         data_dir: &std::path::Path,
         extra: &[&str],
         uid: Option<u32>,
+    ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
+        Self::spawn_on(dir, path, data_dir, extra, uid, ANY_PORTS)
+    }
+
+    /// As [`Daemon::spawn`], listening on `listen` (OTLP/gRPC, OTLP/HTTP, metrics).
+    pub fn spawn_on(
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        uid: Option<u32>,
+        listen: [&str; 3],
     ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
         let mut command = match uid {
             Some(uid) => {
@@ -159,9 +185,9 @@ impl Daemon {
             .arg(path)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--otlp-grpc-listen", "127.0.0.1:0"])
-            .args(["--otlp-http-listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--otlp-grpc-listen", listen[0]])
+            .args(["--otlp-http-listen", listen[1]])
+            .args(["--metrics-listen", listen[2]])
             .args(["--log-level", "info"])
             .args(extra)
             .stdout(Stdio::null())

@@ -38,11 +38,23 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `target` every second and waits until it is ready.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::start_with(&[target], None).await
+    }
+
+    /// Starts Prometheus scraping `targets` (one job, `sloxide`) every second, with the
+    /// rule file `rules` evaluated every second if given, and waits until it is ready.
+    pub async fn start_with(targets: &[SocketAddr], rules: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let mut config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: sloxide\n    static_configs:\n      - targets: ['{target}']\n"
+             scrape_configs:\n  - job_name: sloxide\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
         );
+        if let Some(rules) = rules {
+            std::fs::write(dir.path().join("sloxide-rules.yaml"), rules).unwrap();
+            config.push_str("rule_files: [sloxide-rules.yaml]\n");
+        }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
@@ -126,7 +138,7 @@ impl Prometheus {
 
     /// Polls `promql` (at most `limit` and at most 200 times) until `done` accepts its
     /// result; returns the last result.
-    async fn poll(
+    pub async fn poll(
         &self,
         promql: &str,
         limit: Duration,
@@ -153,7 +165,7 @@ impl Drop for Prometheus {
 }
 
 /// The value of a vector sample (`[t, "v"]`); NaN for "NaN".
-fn value(sample: &Value) -> f64 {
+pub fn value(sample: &Value) -> f64 {
     sample["value"][1]
         .as_str()
         .and_then(|v| v.parse().ok())
