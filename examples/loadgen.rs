@@ -102,6 +102,10 @@ struct Args {
     /// Compress requests (grpc-encoding: gzip, or Content-Encoding: gzip).
     #[arg(long)]
     gzip: bool,
+    /// Compress requests with zstd (level 3) instead (grpc-encoding or Content-Encoding:
+    /// zstd). The gRPC client is then hyper, with pre-compressed messages.
+    #[arg(long, conflicts_with = "gzip")]
+    zstd: bool,
     /// gRPC client implementation.
     #[arg(long, value_enum, default_value = "auto")]
     grpc_client: GrpcClient,
@@ -260,6 +264,19 @@ struct Bodies {
     raw_len: usize,
 }
 
+impl Args {
+    /// The request compression: `gzip`, `zstd`, or `None`.
+    fn compression(&self) -> Option<&'static str> {
+        if self.gzip {
+            Some("gzip")
+        } else if self.zstd {
+            Some("zstd")
+        } else {
+            None
+        }
+    }
+}
+
 fn bodies(args: &Args, framed_grpc: bool) -> anyhow::Result<Bodies> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let mut out = Vec::with_capacity(DISTINCT_REQUESTS);
@@ -269,11 +286,15 @@ fn bodies(args: &Args, framed_grpc: bool) -> anyhow::Result<Bodies> {
         let request = fixture::traces(&shape(args, now - (i as u64 + 1) * 3_000_000));
         let raw = request.encode_to_vec();
         raw_len = raw.len();
-        let compress = args.gzip && (args.transport == TransportKind::Http || framed_grpc);
-        let payload = if compress { gzip(&raw)? } else { raw };
+        let compress = args.transport == TransportKind::Http || framed_grpc;
+        let payload = match args.compression() {
+            Some("gzip") if compress => gzip(&raw)?,
+            Some("zstd") if compress => zstd::bulk::compress(&raw, 3)?,
+            _ => raw,
+        };
         let body = if framed_grpc {
             let mut framed = BytesMut::with_capacity(payload.len() + 5);
-            framed.put_u8(u8::from(args.gzip));
+            framed.put_u8(u8::from(args.compression().is_some()));
             framed.put_u32(payload.len() as u32);
             framed.put_slice(&payload);
             framed.freeze()
@@ -582,6 +603,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for BaselineGrpc {
             }
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(usize::MAX);
             Ok(grpc.unary(handler, req).await)
@@ -615,16 +637,19 @@ async fn baseline_http(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let gzipped = headers
+    let encoding = headers
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
-    let result = if gzipped {
-        match gunzip(&body) {
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    let result = match encoding.as_deref() {
+        Some(b"gzip") => match gunzip(&body) {
             Ok(inflated) => baseline.handle(&inflated),
             Err(e) => Err(e.to_string()),
-        }
-    } else {
-        baseline.handle(&body)
+        },
+        Some(b"zstd") => match zstd::stream::decode_all(&body[..]) {
+            Ok(inflated) => baseline.handle(&inflated),
+            Err(e) => Err(e.to_string()),
+        },
+        _ => baseline.handle(&body),
     };
     match result {
         Ok(()) => (
@@ -760,11 +785,18 @@ fn rejected_of(message: &[u8]) -> Result<u64, String> {
 #[allow(clippy::large_enum_variant)] // a handful of these per run
 enum Sender {
     Tonic(tonic::client::Grpc<tonic::transport::Channel>),
+    /// With the `grpc-encoding` of compressed messages.
     Hyper(
         hyper::client::conn::http2::SendRequest<Full<Bytes>>,
         http::Uri,
+        &'static str,
     ),
-    Http(HyperClient<HttpConnector, Full<Bytes>>, http::Uri, bool),
+    /// With the `Content-Encoding`, if any.
+    Http(
+        HyperClient<HttpConnector, Full<Bytes>>,
+        http::Uri,
+        Option<&'static str>,
+    ),
 }
 
 impl Sender {
@@ -804,6 +836,7 @@ impl Sender {
                 Ok(Self::Hyper(
                     send,
                     format!("http://{addr}{EXPORT_PATH}").parse()?,
+                    args.compression().unwrap_or("identity"),
                 ))
             }
             (TransportKind::Http, _) => {
@@ -815,7 +848,7 @@ impl Sender {
                 Ok(Self::Http(
                     client,
                     format!("http://{addr}/v1/traces").parse()?,
-                    args.gzip,
+                    args.compression(),
                 ))
             }
         }
@@ -836,13 +869,13 @@ impl Sender {
                     .map_err(|s| format!("grpc status {:?}: {}", s.code(), s.message()))?;
                 rejected_of(response.get_ref())
             }
-            Self::Hyper(send, uri) => {
+            Self::Hyper(send, uri, encoding) => {
                 send.ready().await.map_err(|e| format!("h2: {e}"))?;
                 let mut request = http::Request::post(uri.clone())
                     .header(header::CONTENT_TYPE, "application/grpc")
                     .header(header::TE, "trailers");
                 if body.first() == Some(&1) {
-                    request = request.header("grpc-encoding", "gzip");
+                    request = request.header("grpc-encoding", *encoding);
                 }
                 let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
                 let response = send
@@ -875,11 +908,11 @@ impl Sender {
                 }
                 rejected_of(&data[5..])
             }
-            Self::Http(client, uri, gzip) => {
+            Self::Http(client, uri, encoding) => {
                 let mut request = http::Request::post(uri.clone())
                     .header(header::CONTENT_TYPE, "application/x-protobuf");
-                if *gzip {
-                    request = request.header(header::CONTENT_ENCODING, "gzip");
+                if let Some(encoding) = encoding {
+                    request = request.header(header::CONTENT_ENCODING, *encoding);
                 }
                 let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
                 let response = client
@@ -936,7 +969,7 @@ impl RunResult {
             v.map_or_else(|| "na".to_owned(), |v| format!("{v:.prec$}"))
         };
         let mut line = format!(
-            "target={} transport={} gzip={} client={} batch={} conns={} streams={} \
+            "target={} transport={} compression={} client={} batch={} conns={} streams={} \
              bytes_per_req={} raw_bytes_per_req={} secs={:.1} requests={} spans={} \
              spans_per_sec={:.0} failures={} rejected={} server_cpu_secs={} \
              spans_per_cpu_sec={} client_cpu_secs={:.2} warmup_failures={}",
@@ -945,7 +978,7 @@ impl RunResult {
                 TransportKind::Grpc => "grpc",
                 TransportKind::Http => "http",
             },
-            args.gzip,
+            args.compression().unwrap_or("none"),
             self.client,
             args.batch,
             args.connections,
@@ -990,7 +1023,7 @@ fn run_once(
 ) -> anyhow::Result<RunResult> {
     let grpc_client = match (args.transport, args.grpc_client) {
         (TransportKind::Http, _) => None,
-        (TransportKind::Grpc, GrpcClient::Auto) => Some(if args.gzip {
+        (TransportKind::Grpc, GrpcClient::Auto) => Some(if args.compression().is_some() {
             GrpcClient::Hyper
         } else {
             GrpcClient::Tonic
@@ -1156,11 +1189,11 @@ fn summarize(args: &Args, targets: &[Target], results: &[Vec<RunResult>]) {
         let (lo, hi) = min_max(&rates);
         let failures: u64 = runs.iter().map(|r| r.counters.failures).sum();
         println!(
-            "summary target={} transport={transport} gzip={} rounds={} \
+            "summary target={} transport={transport} compression={} rounds={} \
              median_spans_per_sec={:.0} min={:.0} max={:.0} \
              median_spans_per_cpu_sec={:.0} failures={failures}",
             runs.first().map_or("?", |r| r.target),
-            args.gzip,
+            args.compression().unwrap_or("none"),
             runs.len(),
             median(&rates),
             lo,
@@ -1183,9 +1216,9 @@ fn summarize(args: &Args, targets: &[Target], results: &[Vec<RunResult>]) {
         let (lo, hi) = min_max(&rates);
         let (clo, chi) = min_max(&per_cpu);
         println!(
-            "ratio {name} transport={transport} gzip={} spans_per_sec median={:.3} min={:.3} \
+            "ratio {name} transport={transport} compression={} spans_per_sec median={:.3} min={:.3} \
              max={:.3} spans_per_cpu_sec median={:.3} min={:.3} max={:.3}",
-            args.gzip,
+            args.compression().unwrap_or("none"),
             median(&rates),
             lo,
             hi,
