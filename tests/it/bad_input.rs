@@ -385,11 +385,12 @@ async fn http_error_cases() {
     );
 }
 
-async fn grpc_call(
+/// A unary call through tonic's client, compressed by tonic when `compression` is given.
+pub async fn grpc_call(
     d: &Daemon,
     path: &'static str,
     body: Vec<u8>,
-    compress: bool,
+    compression: Option<CompressionEncoding>,
 ) -> Result<Bytes, tonic::Status> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", d.grpc))
         .unwrap()
@@ -397,8 +398,8 @@ async fn grpc_call(
         .await
         .unwrap();
     let mut client = tonic::client::Grpc::new(channel);
-    if compress {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+    if let Some(compression) = compression {
+        client = client.send_compressed(compression);
     }
     client.ready().await.unwrap();
     client
@@ -524,7 +525,13 @@ async fn grpc_error_cases() {
     ];
     let mut expected = 0;
     for (name, path, body, compress, code, rejected, counted) in cases {
-        let result = grpc_call(&d, path, body, compress).await;
+        let result = grpc_call(
+            &d,
+            path,
+            body,
+            compress.then_some(CompressionEncoding::Gzip),
+        )
+        .await;
         match (&result, code) {
             (Ok(reply), Code::Ok) => {
                 let reply = ExportTraceServiceResponse::decode(&reply[..]).unwrap();
@@ -560,7 +567,7 @@ async fn grpc_error_cases() {
     });
     req.resource_logs[0].scope_logs[0].log_records[0].time_unix_nano = 0;
     req.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano = 0;
-    let reply = grpc_call(&d, LOGS_EXPORT, req.encode_to_vec(), false)
+    let reply = grpc_call(&d, LOGS_EXPORT, req.encode_to_vec(), None)
         .await
         .unwrap();
     let reply = ExportLogsServiceResponse::decode(&reply[..]).unwrap();

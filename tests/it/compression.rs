@@ -11,11 +11,11 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use sloxide::fixture::{self, Shape};
-use sloxide::ingest::grpc::RawCodec;
 use tonic::Code;
 use tonic::codec::CompressionEncoding;
 use tower::ServiceExt;
 
+use crate::bad_input::grpc_call;
 use crate::e2e::{JSON_TRACES, gzip, post};
 use crate::harness::{Daemon, config};
 
@@ -98,33 +98,6 @@ async fn refused(d: &Daemon, transport: &str, reason: &str) -> f64 {
             .unwrap_or(0.0);
     }
     total
-}
-
-/// A unary call through tonic's client, compressed by tonic when `compression` is given.
-async fn tonic_call(
-    d: &Daemon,
-    path: &'static str,
-    body: Vec<u8>,
-    compression: Option<CompressionEncoding>,
-) -> Result<Bytes, tonic::Status> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", d.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    if let Some(compression) = compression {
-        client = client.send_compressed(compression);
-    }
-    client.ready().await.unwrap();
-    client
-        .unary(
-            tonic::Request::new(Bytes::from(body)),
-            http::uri::PathAndQuery::from_static(path),
-            RawCodec,
-        )
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 /// A unary call whose one message is sent as given, with the compressed flag set and
@@ -234,7 +207,7 @@ async fn grpc_counts_every_accepted_encoding_exactly() {
     let mut expected = 0.0;
     for (i, (name, compression)) in tonic_cases.into_iter().enumerate() {
         let n = i + 3;
-        let reply = tonic_call(&d, TRACE_EXPORT, spans(n), compression)
+        let reply = grpc_call(&d, TRACE_EXPORT, spans(n), compression)
             .await
             .unwrap_or_else(|status| panic!("{name}: {status:?}"));
         let reply = ExportTraceServiceResponse::decode(&reply[..]).unwrap();
@@ -266,7 +239,7 @@ async fn grpc_counts_every_accepted_encoding_exactly() {
             "{name}"
         );
     }
-    let reply = tonic_call(&d, LOGS_EXPORT, logs(4), Some(CompressionEncoding::Zstd))
+    let reply = grpc_call(&d, LOGS_EXPORT, logs(4), Some(CompressionEncoding::Zstd))
         .await
         .unwrap();
     ExportLogsServiceResponse::decode(&reply[..]).unwrap();
@@ -344,7 +317,7 @@ async fn bombs_and_corrupt_bodies_are_refused_and_the_daemon_keeps_serving() {
         ("zstd bomb", CompressionEncoding::Zstd),
         ("deflate bomb", CompressionEncoding::Deflate),
     ] {
-        let err = tonic_call(&d, TRACE_EXPORT, zeros.clone(), Some(compression))
+        let err = grpc_call(&d, TRACE_EXPORT, zeros.clone(), Some(compression))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{name}: {err:?}");
@@ -391,7 +364,7 @@ async fn bombs_and_corrupt_bodies_are_refused_and_the_daemon_keeps_serving() {
     }
     assert_eq!(refused(&d, "grpc", "too_large").await, 4.0);
     assert_eq!(refused(&d, "grpc", "decode").await, 4.0);
-    let reply = tonic_call(&d, TRACE_EXPORT, spans(4), Some(CompressionEncoding::Zstd)).await;
+    let reply = grpc_call(&d, TRACE_EXPORT, spans(4), Some(CompressionEncoding::Zstd)).await;
     assert!(reply.is_ok(), "still serving: {reply:?}");
     assert_eq!(
         counted(&d, "sloxide_receiver_accepted_spans_total", "grpc").await,
@@ -437,7 +410,7 @@ async fn turned_off_compressions_are_refused_as_unsupported_until_a_reload_turns
     // gRPC: UNIMPLEMENTED, naming the accepted ones in the message and in
     // grpc-accept-encoding.
     for compression in [CompressionEncoding::Zstd, CompressionEncoding::Deflate] {
-        let err = tonic_call(&d, TRACE_EXPORT, spans(2), Some(compression))
+        let err = grpc_call(&d, TRACE_EXPORT, spans(2), Some(compression))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented, "{compression}: {err:?}");
@@ -459,7 +432,7 @@ async fn turned_off_compressions_are_refused_as_unsupported_until_a_reload_turns
         status.message().contains("send gzip or identity"),
         "{status:?}"
     );
-    let reply = tonic_call(&d, TRACE_EXPORT, spans(4), Some(CompressionEncoding::Gzip)).await;
+    let reply = grpc_call(&d, TRACE_EXPORT, spans(4), Some(CompressionEncoding::Gzip)).await;
     assert!(reply.is_ok(), "{reply:?}");
     assert_eq!(refused(&d, "grpc", "unsupported").await, 4.0);
     assert_eq!(
@@ -484,7 +457,7 @@ async fn turned_off_compressions_are_refused_as_unsupported_until_a_reload_turns
     }
     let (status, _, _) = post(&d, "/v1/traces", PROTOBUF, Some("zstd"), zstd(&spans(5))).await;
     assert_eq!(status, 200);
-    let reply = tonic_call(&d, TRACE_EXPORT, spans(6), Some(CompressionEncoding::Zstd)).await;
+    let reply = grpc_call(&d, TRACE_EXPORT, spans(6), Some(CompressionEncoding::Zstd)).await;
     assert!(reply.is_ok(), "{reply:?}");
     let (status, _, _) = post(
         &d,
