@@ -119,6 +119,17 @@ impl Format {
     }
 }
 
+/// The most a snappy block can expand: a 3-byte copy element writes at most 64 bytes.
+const SNAPPY_MAX_RATIO: usize = 22;
+
+/// The largest zstd window a body may ask for, as a power of two: enough for the
+/// limit (a window beyond the whole output buffers nothing), and never below the
+/// 8 MiB every zstd decoder is expected to support, nor above zstd's default 128 MiB.
+fn zstd_window_log_max(limit: usize) -> u32 {
+    let needed = usize::BITS - limit.max(1).saturating_sub(1).leading_zeros();
+    needed.clamp(23, 27)
+}
+
 /// Decompresses `src`, laid out as `format`, onto the end of `out`, stopping as soon as
 /// more than `limit` bytes came out, so a small bomb never expands past the limit. A
 /// snappy block declares its length up front and is refused before anything is
@@ -142,12 +153,26 @@ pub fn decompress(
         Format::Zlib => flate2::read::ZlibDecoder::new(src)
             .take(cap)
             .read_to_end(out),
-        Format::Zstd => zstd::stream::read::Decoder::with_buffer(src)
-            .and_then(|decoder| decoder.take(cap).read_to_end(out)),
+        Format::Zstd => zstd::stream::read::Decoder::with_buffer(src).and_then(|mut decoder| {
+            decoder.window_log_max(zstd_window_log_max(limit))?;
+            decoder.take(cap).read_to_end(out)
+        }),
         Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
             let len = snap::raw::decompress_len(src).map_err(|e| invalid(e.into()))?;
             if len > limit {
                 return Err(IngestError::DecompressedTooLarge { limit });
+            }
+            // No element of a snappy block writes more than 64 bytes for its 3 bytes, so
+            // a block declaring more than that ratio is corrupt: refused before its
+            // declared length is allocated, so a few bytes cannot claim the whole limit.
+            if len > src.len().saturating_mul(SNAPPY_MAX_RATIO) {
+                return Err(invalid(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a snappy block of {} bytes cannot hold the {len} bytes it declares",
+                        src.len()
+                    ),
+                )));
             }
             out.resize(start + len, 0);
             let written = snap::raw::Decoder::new()
@@ -641,6 +666,49 @@ mod tests {
             decompress(format, &compress(format, &zeros[..limit]), limit, &mut out).unwrap();
             assert_eq!(out.len(), limit, "{format:?}");
         }
+    }
+
+    #[test]
+    fn a_snappy_block_cannot_claim_more_than_it_could_hold() {
+        // A varint length just under the limit, then one literal: six bytes in all.
+        let limit = 1 << 20;
+        let mut block = Vec::new();
+        let mut len = limit - 1;
+        while len >= 0x80 {
+            block.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        block.push(len as u8);
+        block.extend_from_slice(&[0x00, b'x']);
+        let mut out = Vec::new();
+        let err = decompress(Format::Snappy, &block, limit, &mut out).unwrap_err();
+        assert!(matches!(err, IngestError::Decompress { .. }), "{err}");
+        assert_eq!(err.reason(), RefusalReason::Decode);
+        assert_eq!(out.capacity(), 0, "nothing allocated for the claim");
+    }
+
+    #[test]
+    fn zstd_windows_follow_the_limit_within_zstds_bounds() {
+        assert_eq!(zstd_window_log_max(1 << 10), 23);
+        assert_eq!(zstd_window_log_max(8 << 20), 23);
+        assert_eq!(zstd_window_log_max((16 << 20) + 1), 25);
+        assert_eq!(zstd_window_log_max(64 << 20), 26);
+        assert_eq!(zstd_window_log_max(1 << 30), 27);
+        // A frame asking for a 64 MiB window is refused under an 8 MiB limit.
+        let body = vec![7u8; 1 << 16];
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.window_log(26).unwrap();
+        encoder.long_distance_matching(true).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut encoder, &body).unwrap();
+        let frame = encoder.finish().unwrap();
+        let mut out = Vec::new();
+        let err = decompress(Format::Zstd, &frame, 8 << 20, &mut out).unwrap_err();
+        assert!(matches!(err, IngestError::Decompress { .. }), "{err}");
+        // Within the window it allows, the same body is fine.
+        let mut out = Vec::new();
+        decompress(Format::Zstd, &frame, 64 << 20, &mut out).unwrap();
+        assert_eq!(out, body);
     }
 
     #[test]
