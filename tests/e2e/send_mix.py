@@ -25,10 +25,10 @@ def main() -> int:
     p.add_argument("--regions", default="eu-west-1,us-east-1,ap-south-1")
     p.add_argument("--rounds", type=int, default=20, help="spans per (service, region)")
     p.add_argument("--seconds", type=float, default=0.0, help="spread the rounds over this long")
-    p.add_argument("--error-every", type=int, default=3,
-                   help="with --burn-services, every Nth span of other services is an error")
-    p.add_argument("--burn-services", type=int, default=-1,
-                   help="the first N services fail every span; the others follow the status cycle")
+    p.add_argument("--error-rates", default="",
+                   help="comma-separated error percentages, cycled over the services by index "
+                        "(svc-i gets the (i mod n)-th); the other spans are OK. Without it the "
+                        "statuses cycle through unset, ok and error")
     a = p.parse_args()
 
     from opentelemetry.sdk.resources import Resource
@@ -57,6 +57,7 @@ def main() -> int:
     results = []
     providers = []
     regions = [r for r in a.regions.split(",") if r]
+    rates = [float(r) for r in a.error_rates.split(",") if r]
     for index in range(a.first_service, a.first_service + a.services):
         service = f"svc-{index}"
         for region in regions:
@@ -89,11 +90,10 @@ def main() -> int:
         for n, (service, region, tracer, _) in enumerate(providers):
             index = int(service.split("-")[1])
             kind = KINDS[(round_ + n) % len(KINDS)]
-            if a.burn_services >= 0:
-                if index - a.first_service < a.burn_services:
-                    status = "error"
-                else:
-                    status = "error" if (round_ + n) % a.error_every == 0 else "ok"
+            if rates:
+                # About rate% of each (service, region)'s spans, spread over the rounds.
+                rate = rates[index % len(rates)]
+                status = "error" if (round_ * 7 + n * 3) % 100 < rate else "ok"
             else:
                 status = STATUSES[(round_ + 2 * n) % len(STATUSES)]
             end = time.time_ns()

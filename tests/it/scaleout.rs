@@ -20,11 +20,14 @@ use crate::harness::{Daemon, config};
 use crate::peers::{Collector, Sent, otelcol_available, send_mix, spans_by_key};
 use crate::prometheus::{Prometheus, prometheus_on_path, value};
 
-/// Services svc-0 .. svc-(SERVICES-1); each has an availability SLO.
-const SERVICES: usize = 24;
-/// The first BURNING services fail every span (a burn rate of 100 against 99%); the
-/// others never fail.
-const BURNING: usize = 2;
+/// Services svc-0 .. svc-(SERVICES-1); each has an availability SLO of 99%.
+const SERVICES: usize = 40;
+/// Error percentages before and after the scale-out, cycled over the services: even
+/// services fail about 10% of their spans, then about 30%, so a service that moves has
+/// a burn rate near 10 on its old replica, near 30 on its new one, and near 20 in all,
+/// and only the sum agrees with the single replica. Odd services never fail.
+const ERRORS_BEFORE: &str = "10,0";
+const ERRORS_AFTER: &str = "30,0";
 
 /// One availability SLO per service, 99% over 30d, default alert tiers.
 fn slo_config() -> String {
@@ -111,6 +114,25 @@ fn homes(parts: &[BTreeMap<[String; 4], u64>]) -> BTreeMap<String, BTreeSet<usiz
     out
 }
 
+/// Each service's burn rate against its 99% SLO over everything in `sent`: the SLOs
+/// count server and consumer spans (the default `span_kinds`), bad when ERROR.
+fn burn_rates(sent: &Sent) -> BTreeMap<String, f64> {
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (key, n) in &sent.counts {
+        if key[2] == "server" || key[2] == "consumer" {
+            let entry = counts.entry(key[0].clone()).or_default();
+            entry.0 += n;
+            if key[3] == "error" {
+                entry.1 += n;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(service, (total, bad))| (service, bad as f64 / total as f64 / 0.01))
+        .collect()
+}
+
 /// `labels -> value` of an instant query, labels as `k=v` pairs.
 async fn query_map(prometheus: &Prometheus, promql: &str) -> BTreeMap<String, f64> {
     let result: Vec<Value> = prometheus
@@ -154,27 +176,27 @@ async fn load_balanced_replicas_sum_to_a_single_replica_across_a_scale_out() {
         &exporters(&all[..2], &reference),
         &["load_balancing", "otlp_grpc"],
     );
-    let mix: Vec<String> = [
-        "--services",
-        &SERVICES.to_string(),
-        "--regions",
-        "eu-west-1,us-east-1",
-        "--rounds",
-        "10",
-        "--burn-services",
-        &BURNING.to_string(),
-        "--error-every",
-        "1000000",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let mix = |errors: &str| -> Vec<String> {
+        [
+            "--services",
+            &SERVICES.to_string(),
+            "--regions",
+            "eu-west-1,us-east-1",
+            "--rounds",
+            "20",
+            "--error-rates",
+            errors,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
     let send = |endpoint: SocketAddr, mix: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = mix.iter().map(String::as_str).collect();
             send_mix(endpoint, &args)
         })
     };
-    let first = send(collector.grpc, mix.clone()).await.unwrap();
+    let first = send(collector.grpc, mix(ERRORS_BEFORE)).await.unwrap();
     let parts = wait_delivered(&all, &reference, &first, &collector).await;
     let before = homes(&parts);
     assert_eq!(before.len(), SERVICES, "{before:?}");
@@ -194,7 +216,7 @@ async fn load_balanced_replicas_sum_to_a_single_replica_across_a_scale_out() {
         &exporters(&all, &reference),
         &["load_balancing", "otlp_grpc"],
     );
-    let second = send(collector.grpc, mix).await.unwrap();
+    let second = send(collector.grpc, mix(ERRORS_AFTER)).await.unwrap();
     let mut sent = first.clone();
     sent.add(&second);
     let parts = wait_delivered(&all, &reference, &sent, &collector).await;
@@ -211,6 +233,39 @@ async fn load_balanced_replicas_sum_to_a_single_replica_across_a_scale_out() {
     for (service, home) in &after {
         assert!(home.len() <= 2, "{service} is on replicas {home:?}");
     }
+
+    let burns = burn_rates(&sent);
+    // A service that moved and fails: its replicas' own burn rates differ from what
+    // the sums give, so only summed rules can agree with the single replica.
+    let moved_burning: Vec<&String> = moved
+        .iter()
+        .copied()
+        .filter(|service| burns.get(*service).is_some_and(|b| *b > 0.0))
+        .collect();
+    assert!(
+        !moved_burning.is_empty(),
+        "no failing service moved (moved: {moved:?}); the comparison below would not need sums"
+    );
+    let service = moved_burning[0];
+    let mut own = Vec::new();
+    for (index, d) in all.iter().enumerate() {
+        if after[service].contains(&index) {
+            let slo = format!("avail-{service}");
+            let burn = d
+                .metric(
+                    "sloxide_slo_burn_rate",
+                    &[("slo", slo.as_str()), ("region", ""), ("window", "1h")],
+                )
+                .await
+                .unwrap();
+            own.push(burn);
+        }
+    }
+    let whole = burns[service];
+    assert!(
+        own.len() == 2 && own.iter().all(|b| (b - whole).abs() > 1.0),
+        "{service}: replicas' own 1h burn rates {own:?}, all events {whole}"
+    );
 
     // The SLO values from the sums match the reference, for every SLO and window,
     // moved services included: once both Prometheus servers have scraped the last
@@ -264,12 +319,59 @@ async fn load_balanced_replicas_sum_to_a_single_replica_across_a_scale_out() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // The alert state: the burning SLOs page and file tickets in both, the others do
-    // not. Alerts hold for 1m before they fire.
+    // Every SLO panel of the generated dashboard shows data from the recorded sums,
+    // with its variables at "All".
+    let dashboard: Value = serde_json::from_str(&sloxide::generate::dashboard(&config)).unwrap();
+    let mut slo_panels = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            if !expr.contains("sloxide:") {
+                continue;
+            }
+            slo_panels += 1;
+            let query = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$slo", ".*")
+                .replace("$service", ".*")
+                .replace("$region", ".*");
+            let result = cluster
+                .query(&query)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                !result.is_empty(),
+                "dashboard panel {} shows nothing: {query}",
+                panel["title"]
+            );
+        }
+    }
+    assert!(slo_panels >= 6, "{slo_panels} SLO panel queries");
+
+    // The alert state: what the SLOs' burn rates over everything sent call for, in
+    // both. Every event is within the last few minutes, so each tier's two windows hold
+    // the same events: a tier holds when the burn rate is over its threshold (page: 14.4
+    // or 6; ticket: 3 or 1). Alerts hold for 1m before they fire.
     let firing = r#"ALERTS{alertname="SloxideBurnRate",alertstate="firing"}"#;
-    let want: BTreeSet<String> = (0..BURNING)
-        .flat_map(|i| ["page", "ticket"].map(|severity| format!("avail-svc-{i} {severity}")))
-        .collect();
+    let mut want = BTreeSet::new();
+    for (service, burn) in &burns {
+        for threshold in [1.0, 3.0, 6.0, 14.4] {
+            assert!(
+                (burn / threshold - 1.0).abs() > 0.05,
+                "{service}'s burn rate {burn} is too close to {threshold} to tell"
+            );
+        }
+        if *burn > 6.0 {
+            want.insert(format!("avail-{service} page"));
+        }
+        if *burn > 1.0 {
+            want.insert(format!("avail-{service} ticket"));
+        }
+    }
+    assert!(
+        want.len() >= 4 && want.len() < 2 * SERVICES,
+        "the load should page some SLOs and not others: {want:?}"
+    );
     let alert_set = |result: BTreeMap<String, f64>| -> BTreeSet<String> {
         result
             .keys()
