@@ -36,8 +36,9 @@ pub const BUDGET_REMAINING: &str = "sloxide:slo_error_budget_remaining_ratio";
 /// is 0, 0 once the budget is spent.
 pub const BUDGET_EXHAUSTION: &str = "sloxide:slo_budget_exhaustion_seconds";
 
-/// The name of the recording rule group; it comes first, so that an evaluation of the
-/// alerting group reads the sums of the same round where the two run in order.
+/// The name of the recording rule group. Prometheus evaluates groups independently, so
+/// the alerts may read records one evaluation old; `promtool test rules` runs the groups
+/// in file order, and this one comes first.
 const RECORDING_GROUP: &str = "sloxide-slo-recording";
 /// The name of the alerting rule group.
 const GROUP: &str = "sloxide-slo-alerts";

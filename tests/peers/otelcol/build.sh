@@ -11,7 +11,7 @@ bin="$out/otelcol-sloxide-test"
 stamp="$bin.stamp"
 
 if ! command -v go >/dev/null 2>&1; then
-  echo "tests/peers/otelcol/build.sh: go is not on PATH; the Collector peer cannot be built" >&2
+  echo "tests/peers/otelcol/build.sh: go is not on PATH; the Collector peer needs Go 1.26 or later" >&2
   exit 1
 fi
 want="$(cd "$here" && cat go.mod go.sum main.go | sha256sum | cut -d' ' -f1) $(go env GOVERSION)"
