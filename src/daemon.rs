@@ -72,10 +72,23 @@ pub struct BoundAddrs {
     pub metrics: SocketAddr,
 }
 
+/// The listen backlog of every port: connections the kernel queues before they are
+/// accepted (it caps this at `net.core.somaxconn`). The OS default through std is 128,
+/// which a burst of new connections overruns.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Bind { key, addr, source })
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std's bind does: a restarted daemon can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| DaemonError::Bind { key, addr, source })
 }
 
 /// Runs the daemon until `shutdown` completes, then drains and returns: no reload, no

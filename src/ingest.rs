@@ -261,11 +261,10 @@ impl IngestError {
     /// The `reason` label under which this refusal is counted.
     pub fn reason(&self) -> RefusalReason {
         match self {
-            Self::Decode(_)
-            | Self::Json(_)
-            | Self::Decompress { .. }
-            | Self::Frame(_)
-            | Self::BodyRead(_) => RefusalReason::Decode,
+            Self::Decode(_) | Self::Json(_) | Self::Decompress { .. } | Self::Frame(_) => {
+                RefusalReason::Decode
+            }
+            Self::BodyRead(_) => RefusalReason::Aborted,
             Self::BodyTooLarge { .. } | Self::DecompressedTooLarge { .. } => {
                 RefusalReason::TooLarge
             }
@@ -549,34 +548,43 @@ impl Accepted {
     pub fn response(&self, signal: Signal, encoding: Encoding) -> Vec<u8> {
         let rejected = self.rejected as i64;
         let error_message = || self.message().unwrap_or_default().to_owned();
-        match signal {
-            Signal::Traces => encode(
-                &ExportTraceServiceResponse {
+        match encoding {
+            Encoding::Protobuf => match signal {
+                Signal::Traces => ExportTraceServiceResponse {
                     partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
                         rejected_spans: rejected,
                         error_message: error_message(),
                     }),
-                },
-                encoding,
-            ),
-            Signal::Logs => encode(
-                &ExportLogsServiceResponse {
+                }
+                .encode_to_vec(),
+                Signal::Logs => ExportLogsServiceResponse {
                     partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {
                         rejected_log_records: rejected,
                         error_message: error_message(),
                     }),
-                },
-                encoding,
-            ),
+                }
+                .encode_to_vec(),
+            },
+            // OTLP/JSON as the standard encoders write it: an absent partial success is
+            // left out (`{}`), and 64-bit integers are strings.
+            Encoding::Json => {
+                if rejected == 0 {
+                    return b"{}".to_vec();
+                }
+                let count = match signal {
+                    Signal::Traces => "rejectedSpans",
+                    Signal::Logs => "rejectedLogRecords",
+                };
+                serde_json::json!({
+                    "partialSuccess": {
+                        count: rejected.to_string(),
+                        "errorMessage": error_message(),
+                    }
+                })
+                .to_string()
+                .into_bytes()
+            }
         }
-    }
-}
-
-/// A response message as protobuf or as OTLP/JSON.
-fn encode<M: Message + serde::Serialize>(msg: &M, encoding: Encoding) -> Vec<u8> {
-    match encoding {
-        Encoding::Protobuf => msg.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(msg).unwrap_or_default(),
     }
 }
 

@@ -73,6 +73,9 @@ pub enum RefusalReason {
     Unsupported,
     /// Too many requests in flight, or shutting down.
     Overloaded,
+    /// The client went away, or its body stream failed, before the body was complete:
+    /// there was nothing to decode, and usually nobody to answer.
+    Aborted,
 }
 
 /// How one refusal reason is answered on each transport and counted.
@@ -90,7 +93,7 @@ pub struct Refusal {
 
 /// Every refusal, in [`RefusalReason`] order: the one place that maps a reason to its
 /// HTTP status, gRPC code and self-metric label.
-pub const REFUSALS: [Refusal; 4] = [
+pub const REFUSALS: [Refusal; 5] = [
     Refusal {
         reason: RefusalReason::Decode,
         label: "decode",
@@ -114,6 +117,12 @@ pub const REFUSALS: [Refusal; 4] = [
         label: "overloaded",
         http: http::StatusCode::SERVICE_UNAVAILABLE,
         grpc: tonic::Code::Unavailable,
+    },
+    Refusal {
+        reason: RefusalReason::Aborted,
+        label: "aborted",
+        http: http::StatusCode::BAD_REQUEST,
+        grpc: tonic::Code::Cancelled,
     },
 ];
 

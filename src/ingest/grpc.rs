@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes};
@@ -154,7 +155,8 @@ impl Export {
                 return Ok(unsupported(&err, limits.compression).into_http());
             }
         };
-        let req = req.map(|body| LimitedBody::new(body, limits.max_request_bytes));
+        let aborted = Arc::new(AtomicBool::new(false));
+        let req = req.map(|body| LimitedBody::new(body, limits.max_request_bytes, aborted.clone()));
         let req = if snappy {
             match unsnappy(req, limits.max_decompressed_bytes).await {
                 Ok(req) => req,
@@ -195,7 +197,15 @@ impl Export {
         // framing, decompression and size limit, which happen before our service sees
         // the message and tell us nothing but the status. So every refusal is counted
         // here, once, from the status it was answered with.
-        if let Some(reason) = refusal_of(&response) {
+        let reason = if aborted.load(Ordering::Relaxed) {
+            response = IngestError::BodyRead("the request body did not arrive whole".into())
+                .grpc_status()
+                .into_http();
+            Some(RefusalReason::Aborted)
+        } else {
+            refusal_of(&response)
+        };
+        if let Some(reason) = reason {
             ingest.telemetry().request_refused(
                 Transport::Grpc,
                 signal,
@@ -365,10 +375,14 @@ fn refusal_of(response: &HttpResponse) -> Option<RefusalReason> {
 }
 
 /// Counts the bytes of a gRPC request body as received and fails the stream with
-/// RESOURCE_EXHAUSTED once they pass the limit. It also reads the length prefix of the
+/// RESOURCE_EXHAUSTED once they pass the limit, or with CANCELLED (counted as
+/// `aborted`) when the transport fails it. It also reads the length prefix of the
 /// first frame, so an oversize message is refused before its bytes arrive.
 struct LimitedBody {
     inner: tonic::body::Body,
+    /// Set when the transport failed the body. tonic reads a cancelled request body as
+    /// a request that ended without a message, so the outcome is taken from here.
+    aborted: Arc<AtomicBool>,
     limit: usize,
     seen: usize,
     header: [u8; 5],
@@ -376,9 +390,10 @@ struct LimitedBody {
 }
 
 impl LimitedBody {
-    fn new(inner: tonic::body::Body, limit: usize) -> Self {
+    fn new(inner: tonic::body::Body, limit: usize, aborted: Arc<AtomicBool>) -> Self {
         Self {
             inner,
+            aborted,
             limit,
             seen: 0,
             header: [0; 5],
@@ -403,8 +418,26 @@ impl Body for LimitedBody {
         if self.failed {
             return Poll::Ready(None);
         }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                eprintln!("DEBUG body data {:?}", f.data_ref().map(|d| d.len()))
+            }
+            Poll::Ready(Some(Err(e))) => eprintln!("DEBUG body err {e}"),
+            Poll::Ready(None) => eprintln!("DEBUG body end"),
+            Poll::Pending => {}
+        }
+        let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
+            // The transport failed the body (a reset stream, a closed connection): the
+            // client went away before its message was complete, which is not an
+            // undecodable body.
+            Poll::Ready(Some(Err(status))) => {
+                self.failed = true;
+                self.aborted.store(true, Ordering::Relaxed);
+                let aborted = IngestError::BodyRead(status.message().to_owned());
+                return Poll::Ready(Some(Err(aborted.grpc_status())));
+            }
             other => return other,
         };
         if let Some(data) = frame.data_ref() {

@@ -365,16 +365,15 @@ async fn http_error_cases() {
     .await;
     assert_eq!((status, ct.as_str()), (200, "application/json"));
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let rejected = &v["partialSuccess"]["rejectedSpans"];
-    assert!(rejected == 1 || rejected == "1", "{v}");
+    // OTLP/JSON writes 64-bit integers as strings.
+    assert_eq!(v["partialSuccess"]["rejectedSpans"], "1", "{v}");
 
     // Logs: a record with neither time is rejected, the rest kept.
     let logs = JSON_LOGS.replace("\"observedTimeUnixNano\": \"1700000000000000001\", ", "");
     let (status, _, body) = post(&d, "/v1/logs", "application/json", None, logs.into_bytes()).await;
     assert_eq!(status, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let rejected = &v["partialSuccess"]["rejectedLogRecords"];
-    assert!(rejected == 1 || rejected == "1", "{v}");
+    assert_eq!(v["partialSuccess"]["rejectedLogRecords"], "1", "{v}");
     assert_eq!(
         d.metric(
             "sloxide_receiver_accepted_log_records_total",
@@ -584,4 +583,121 @@ async fn grpc_error_cases() {
         Some(3.0)
     );
     let _ = ExportTraceServiceRequest::default();
+}
+
+/// A request body that sends `0` and then fails, as a client that gives up mid-body.
+struct GivesUp(Option<Bytes>);
+
+impl http_body::Body for GivesUp {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(data) => Ok(http_body::Frame::data(data)),
+            None => Err(std::io::Error::other("the client gave up")),
+        }))
+    }
+}
+
+/// A client that goes away mid-body is counted as `aborted`, not as an undecodable
+/// body, on both transports; nothing of it is counted and the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
+    use tokio::io::AsyncWriteExt;
+
+    let d = Daemon::start(&config(""));
+    let refused = |transport: &'static str, reason: &'static str| {
+        let d = &d;
+        async move {
+            d.metric(
+                "sloxide_receiver_refused_requests_total",
+                &[
+                    ("transport", transport),
+                    ("signal", "traces"),
+                    ("reason", reason),
+                ],
+            )
+            .await
+        }
+    };
+
+    // OTLP/HTTP: a declared length, part of the body, then the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n{}",
+            "x".repeat(1000)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    drop(tcp);
+    let aborted = d
+        .wait_metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "http"),
+                ("signal", "traces"),
+                ("reason", "aborted"),
+            ],
+            1.0,
+        )
+        .await;
+    assert_eq!(aborted, Some(1.0));
+    assert_eq!(refused("http", "decode").await, Some(0.0));
+
+    // OTLP/gRPC: a message header promising 100000 bytes, 1000 of them, then the
+    // client's body fails and its stream is reset.
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, GivesUp>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut first = vec![0u8];
+    first.extend_from_slice(&100_000u32.to_be_bytes());
+    first.extend_from_slice(&[0u8; 1000]);
+    let request = http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(GivesUp(Some(Bytes::from(first))))
+        .unwrap();
+    send.ready().await.unwrap();
+    let _ = send.send_request(request).await;
+    let aborted = d
+        .wait_metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "grpc"),
+                ("signal", "traces"),
+                ("reason", "aborted"),
+            ],
+            1.0,
+        )
+        .await;
+    let page = d.scrape().await;
+    let grpc_refusals: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("sloxide_receiver_refused_requests_total{transport=\"grpc\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert_eq!(aborted, Some(1.0), "{grpc_refusals:?}");
+    assert_eq!(refused("grpc", "decode").await, Some(0.0));
+
+    // Nothing was counted, and the daemon still serves.
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_spans_total",
+            &[("transport", "grpc")]
+        )
+        .await,
+        Some(0.0)
+    );
+    assert_eq!(d.get("/healthz").await.0, 200);
 }
