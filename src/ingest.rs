@@ -338,6 +338,11 @@ pub struct Ingest {
     buffers: BufferPool,
 }
 
+/// How many records' worth of decode buffers each worker thread keeps between
+/// requests: the Collector's default batch (8192) fits, so steady traffic allocates
+/// nothing, while the memory of a larger request is given back when it is done.
+pub const RETAINED_RECORDS: usize = 8192;
+
 thread_local! {
     // Decoding is synchronous, so each worker thread keeps one batch per signal and
     // reuses its capacity: no allocation per request once warmed up.
@@ -517,6 +522,7 @@ impl Ingest {
 fn with_trace_batch<'a, R>(f: impl FnOnce(&mut TraceBatch<'a>) -> R) -> R {
     let mut batch: TraceBatch<'a> = TRACE_BATCH.take().unwrap_or_default().recycle();
     let out = f(&mut batch);
+    batch.trim(RETAINED_RECORDS);
     TRACE_BATCH.set(Some(batch.recycle()));
     out
 }
@@ -525,6 +531,7 @@ fn with_trace_batch<'a, R>(f: impl FnOnce(&mut TraceBatch<'a>) -> R) -> R {
 fn with_log_batch<'a, R>(f: impl FnOnce(&mut LogBatch<'a>) -> R) -> R {
     let mut batch: LogBatch<'a> = LOG_BATCH.take().unwrap_or_default().recycle();
     let out = f(&mut batch);
+    batch.trim(RETAINED_RECORDS);
     LOG_BATCH.set(Some(batch.recycle()));
     out
 }
@@ -674,6 +681,29 @@ mod tests {
             decompress(format, &compress(format, &zeros[..limit]), limit, &mut out).unwrap();
             assert_eq!(out.len(), limit, "{format:?}");
         }
+    }
+
+    #[test]
+    fn a_large_request_does_not_pin_its_decode_buffers() {
+        std::thread::spawn(|| {
+            // A request of 4096 records leaves its capacity for the next one...
+            with_trace_batch(|b| b.events.reserve(4096));
+            let kept = with_trace_batch(|b| b.events.capacity());
+            assert!(kept >= 4096, "{kept}");
+            // ...one of 200 000 gives it back, down to RETAINED_RECORDS.
+            with_trace_batch(|b| {
+                b.events.reserve(200_000);
+                b.values.reserve(200_000 * 4);
+            });
+            let (events, values) = with_trace_batch(|b| (b.events.capacity(), b.values.capacity()));
+            assert!(events <= RETAINED_RECORDS, "{events}");
+            assert!(values <= RETAINED_RECORDS * 2, "{values}");
+            with_log_batch(|b| b.events.reserve(200_000));
+            let logs = with_log_batch(|b| b.events.capacity());
+            assert!(logs <= RETAINED_RECORDS, "{logs}");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

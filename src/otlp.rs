@@ -306,6 +306,24 @@ impl<'a, E> Batch<'a, E> {
         }
     }
 
+    /// Gives back the memory of buffers grown past room for `events` records (and
+    /// their attribute rows), so that one huge request does not pin its size for as
+    /// long as the thread lives. Capacity up to that stays, and is reused.
+    pub fn trim(&mut self, events: usize) {
+        fn cap<T>(v: &mut Vec<T>, max: usize) {
+            if v.capacity() > max {
+                v.clear();
+                v.shrink_to(max);
+            }
+        }
+        cap(&mut self.events, events);
+        cap(
+            &mut self.values,
+            events.saturating_mul(self.width.max(1) + 1),
+        );
+        cap(&mut self.resources, events);
+    }
+
     /// The attribute row of a resource.
     #[inline]
     pub fn resource_attrs(&self, run: &ResourceRun) -> &[Value<'a>] {

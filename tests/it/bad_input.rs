@@ -701,3 +701,111 @@ async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
     );
     assert_eq!(d.get("/healthz").await.0, 200);
 }
+
+/// The daemon's resident memory, from `/proc/<pid>/status`, in bytes.
+fn rss_bytes(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A trace request of `n` spans that carry nothing but their start and end times, about
+/// as small as a counted span can be: a small gzip body that decodes into a very large batch.
+fn minimal_spans(n: usize) -> Vec<u8> {
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    // Span { start_time_unix_nano (field 7), end_time_unix_nano (field 8) }, fixed64
+    let mut span = vec![0x39];
+    span.extend_from_slice(&(end - 1_000_000).to_le_bytes());
+    span.push(0x41);
+    span.extend_from_slice(&end.to_le_bytes());
+    let mut spans = Vec::with_capacity(n * 20);
+    for _ in 0..n {
+        spans.push(0x12); // ScopeSpans.spans (field 2)
+        spans.push(span.len() as u8);
+        spans.extend_from_slice(&span);
+    }
+    let mut scope = vec![0x12]; // ResourceSpans.scope_spans (field 2)
+    prost::encoding::encode_varint(spans.len() as u64, &mut scope);
+    scope.extend_from_slice(&spans);
+    let mut request = vec![0x0a]; // ExportTraceServiceRequest.resource_spans (field 1)
+    prost::encoding::encode_varint(scope.len() as u64, &mut request);
+    request.extend_from_slice(&scope);
+    request
+}
+
+use std::time::Duration;
+
+/// One huge request after another (a few hundred kB of gzip that decode into a million
+/// spans each) must not leave their memory pinned in the worker threads: RSS comes back
+/// to within 64 MiB of where it was within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_requests_do_not_pin_memory() {
+    let d = Daemon::start(&config(""));
+    // Warm up with ordinary requests, so the baseline holds the steady-state buffers.
+    for _ in 0..4 {
+        let body = gzip(
+            &fixture::traces(&Shape {
+                resources: 1,
+                per_resource: 1000,
+                ..Shape::default()
+            })
+            .encode_to_vec(),
+        );
+        let (status, _, _) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            body,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(&d);
+    let n = 1_000_000;
+    let body = gzip(&minimal_spans(n));
+    assert!(body.len() < 1 << 20, "{} bytes of gzip", body.len());
+    let mut peak = before;
+    for _ in 0..3 {
+        let (status, _, reply) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        peak = peak.max(rss_bytes(&d));
+    }
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_spans_total",
+            &[("transport", "http")]
+        )
+        .await,
+        Some((4 * 1000 + 3 * n) as f64)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after = rss_bytes(&d);
+    while after > before + (64 << 20) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_bytes(&d);
+    }
+    assert!(
+        after <= before + (64 << 20),
+        "RSS {} MiB before, {} MiB at the peak, {} MiB 10 s after",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
+}
