@@ -27,6 +27,8 @@
 //! - [`config`]: the configuration, parsed then validated into checked types.
 //! - [`clock`]: time, behind a trait that tests drive.
 //! - [`generate`]: what `sloxide rules` and `sloxide dashboard` print.
+//! - `fuzz` (hidden): the bodies of the fuzz targets in `fuzz/`, shared with the
+//!   regression test that replays what they once found.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -37,6 +39,8 @@ pub mod daemon;
 pub mod export;
 pub mod families;
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod generate;
 pub mod ingest;
 pub mod otlp;

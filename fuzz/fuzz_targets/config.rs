@@ -1,10 +1,11 @@
 //! Configuration parsing and validation never panic, whatever the text.
+//!
+//! The body is `sloxide::fuzz::config`, which `tests/it/fuzz_regressions.rs` also runs on
+//! every file under `fuzz/regressions/config/`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = sloxide::config::Config::from_yaml(text, "fuzz.yaml");
-    }
+    sloxide::fuzz::config(data);
 });

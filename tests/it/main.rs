@@ -6,6 +6,7 @@ mod bad_input;
 mod compression;
 mod deploy;
 mod e2e;
+mod fuzz_regressions;
 mod gateway;
 mod generate;
 mod harness;
