@@ -160,6 +160,9 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest body once decompressed; at least `max_request_bytes`. Default 64MiB.
     pub max_decompressed_bytes: usize,
+    /// Most records (spans or log records) in one request; a request with more is
+    /// refused before its batch is built. Positive. Default 100000.
+    pub max_records_per_request: usize,
     /// Series per metric family before new label sets fold into overflow. Positive.
     /// Default 100000.
     pub max_series: usize,
@@ -180,6 +183,7 @@ impl Default for Limits {
         Self {
             max_request_bytes: 16 << 20,
             max_decompressed_bytes: 64 << 20,
+            max_records_per_request: 100_000,
             max_series: 100_000,
             max_series_per_service: 5_000,
             max_label_bytes: 256,
@@ -835,6 +839,7 @@ struct RawTiming {
 struct RawLimits {
     max_request_bytes: Option<Spanned<String>>,
     max_decompressed_bytes: Option<Spanned<String>>,
+    max_records_per_request: Option<Spanned<String>>,
     max_series: Option<Spanned<String>>,
     max_series_per_service: Option<Spanned<String>>,
     max_label_bytes: Option<Spanned<String>>,
@@ -1251,6 +1256,7 @@ impl RawLimits {
         let RawLimits {
             max_request_bytes,
             max_decompressed_bytes,
+            max_records_per_request,
             max_series,
             max_series_per_service,
             max_label_bytes,
@@ -1272,6 +1278,11 @@ impl RawLimits {
                 "limits.max_decompressed_bytes",
                 default.max_decompressed_bytes,
                 1,
+            )?,
+            max_records_per_request: positive_count(
+                max_records_per_request,
+                "limits.max_records_per_request",
+                default.max_records_per_request,
             )?,
             max_series: positive_count(max_series, "limits.max_series", default.max_series)?,
             max_series_per_service: positive_count(

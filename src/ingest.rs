@@ -64,6 +64,8 @@ pub struct BodyLimits {
     pub max_request_bytes: usize,
     /// The body once decompressed.
     pub max_decompressed_bytes: usize,
+    /// Records (spans or log records) in one request.
+    pub max_records: usize,
     /// The compressions accepted (`limits.compression`); uncompressed is always accepted.
     pub compression: Compressions,
 }
@@ -261,6 +263,7 @@ impl IngestError {
     /// The `reason` label under which this refusal is counted.
     pub fn reason(&self) -> RefusalReason {
         match self {
+            Self::Decode(DecodeError::TooManyRecords(_)) => RefusalReason::TooLarge,
             Self::Decode(_) | Self::Json(_) | Self::Decompress { .. } | Self::Frame(_) => {
                 RefusalReason::Decode
             }
@@ -284,6 +287,14 @@ impl IngestError {
     pub fn http_status(&self) -> ::http::StatusCode {
         self.reason().refusal().http
     }
+}
+
+/// A JSON request's `records` against `limits.max_records_per_request`.
+fn too_many(records: usize, max: usize) -> Result<(), IngestError> {
+    if records > max {
+        return Err(IngestError::Decode(DecodeError::TooManyRecords(max)));
+    }
+    Ok(())
 }
 
 /// What became of an accepted request.
@@ -331,6 +342,7 @@ pub struct Ingest {
     /// The body limits, readable without a lock.
     max_request_bytes: AtomicUsize,
     max_decompressed_bytes: AtomicUsize,
+    max_records: AtomicUsize,
     compression: AtomicU8,
     telemetry: Arc<Telemetry>,
     in_flight: Arc<Semaphore>,
@@ -357,6 +369,7 @@ impl Ingest {
         Self {
             max_request_bytes: AtomicUsize::new(target.limits.max_request_bytes),
             max_decompressed_bytes: AtomicUsize::new(target.limits.max_decompressed_bytes),
+            max_records: AtomicUsize::new(target.limits.max_records),
             compression: AtomicU8::new(target.limits.compression.bits()),
             gate: tokio::sync::RwLock::new(()),
             target: RwLock::new(target),
@@ -388,6 +401,8 @@ impl Ingest {
             .store(target.limits.max_request_bytes, Ordering::Relaxed);
         self.max_decompressed_bytes
             .store(target.limits.max_decompressed_bytes, Ordering::Relaxed);
+        self.max_records
+            .store(target.limits.max_records, Ordering::Relaxed);
         self.compression
             .store(target.limits.compression.bits(), Ordering::Relaxed);
         *current = target;
@@ -409,6 +424,7 @@ impl Ingest {
         BodyLimits {
             max_request_bytes: self.max_request_bytes.load(Ordering::Relaxed),
             max_decompressed_bytes: self.max_decompressed_bytes.load(Ordering::Relaxed),
+            max_records: self.max_records.load(Ordering::Relaxed),
             compression: Compressions::from_bits(self.compression.load(Ordering::Relaxed)),
         }
     }
@@ -471,15 +487,30 @@ impl Ingest {
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
         let target = self.target();
-        let Target { keys, recorder, .. } = &*target;
+        let Target {
+            keys,
+            recorder,
+            limits,
+        } = &*target;
+        let max = limits.max_records;
         let result = match (signal, encoding) {
             (Signal::Traces, Encoding::Protobuf) => with_trace_batch(|batch| {
+                batch.max_records = max;
                 walk_traces(body, keys, batch)?;
                 recorder.record_traces(batch);
                 Ok(Accepted::of(batch))
             }),
             (Signal::Traces, Encoding::Json) => json::decode_traces(body)
                 .map_err(IngestError::from)
+                .and_then(|req| {
+                    let records = req
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .map(|s| s.spans.len())
+                        .sum();
+                    too_many(records, max).map(|()| req)
+                })
                 .map(|req| {
                     with_trace_batch(|batch| {
                         json::fill_traces(&req, keys, batch);
@@ -488,12 +519,22 @@ impl Ingest {
                     })
                 }),
             (Signal::Logs, Encoding::Protobuf) => with_log_batch(|batch| {
+                batch.max_records = max;
                 walk_logs(body, keys, batch)?;
                 recorder.record_logs(batch);
                 Ok(Accepted::of(batch))
             }),
             (Signal::Logs, Encoding::Json) => json::decode_logs(body)
                 .map_err(IngestError::from)
+                .and_then(|req| {
+                    let records = req
+                        .resource_logs
+                        .iter()
+                        .flat_map(|r| &r.scope_logs)
+                        .map(|s| s.log_records.len())
+                        .sum();
+                    too_many(records, max).map(|()| req)
+                })
                 .map(|req| {
                     with_log_batch(|batch| {
                         json::fill_logs(&req, keys, batch);

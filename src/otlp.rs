@@ -260,6 +260,9 @@ pub struct Batch<'a, E> {
     pub rejected: u64,
     /// Why the first rejected record was rejected.
     pub reject_reason: Option<RejectReason>,
+    /// The most records (accepted or rejected) one request may hold; the walkers stop
+    /// with [`DecodeError::TooManyRecords`] at the next one.
+    pub max_records: usize,
 }
 
 impl<E> Default for Batch<'_, E> {
@@ -271,6 +274,7 @@ impl<E> Default for Batch<'_, E> {
             width: 1,
             rejected: 0,
             reject_reason: None,
+            max_records: usize::MAX,
         }
     }
 }
@@ -294,6 +298,7 @@ impl<'a, E> Batch<'a, E> {
             events,
             values,
             width,
+            max_records,
             ..
         } = self;
         Batch {
@@ -303,6 +308,7 @@ impl<'a, E> Batch<'a, E> {
             width,
             rejected: 0,
             reject_reason: None,
+            max_records,
         }
     }
 
@@ -342,6 +348,15 @@ impl<'a, E> Batch<'a, E> {
     #[inline]
     pub fn events_of(&self, run: &ResourceRun) -> &[E] {
         &self.events[run.events.start as usize..run.events.end as usize]
+    }
+
+    /// Refuses one more record once the request holds `max_records` already.
+    #[inline]
+    pub(crate) fn admit_record(&self) -> Result<(), DecodeError> {
+        if self.events.len() as u64 + self.rejected >= self.max_records as u64 {
+            return Err(DecodeError::TooManyRecords(self.max_records));
+        }
+        Ok(())
     }
 
     /// Appends an empty attribute row and returns its start.

@@ -56,6 +56,7 @@ fn limits(config: &Config) -> BodyLimits {
     BodyLimits {
         max_request_bytes: config.limits.max_request_bytes,
         max_decompressed_bytes: config.limits.max_decompressed_bytes,
+        max_records: config.limits.max_records_per_request,
         compression: config.limits.compression,
     }
 }

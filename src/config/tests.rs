@@ -86,6 +86,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(timing.max_skew, secs(M));
     assert_eq!(limits.max_request_bytes, 16 * 1024 * 1024);
     assert_eq!(limits.max_decompressed_bytes, 64 * 1024 * 1024);
+    assert_eq!(limits.max_records_per_request, 100_000);
     assert_eq!(limits.max_series, 100_000);
     assert_eq!(limits.max_series_per_service, 5_000);
     assert_eq!(limits.max_label_bytes, 256);
@@ -893,6 +894,11 @@ const BAD: &[(&str, &str, &[&str])] = &[
         "zero max_series",
         "limits:\n  max_series: 0\n",
         &["test.yaml:2:15: limits.max_series: 0 is not allowed; give a positive number"],
+    ),
+    (
+        "zero max_records_per_request",
+        "limits:\n  max_records_per_request: 0\n",
+        &["limits.max_records_per_request: 0 is not allowed"],
     ),
     (
         "zero max_series_per_service",

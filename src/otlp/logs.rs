@@ -43,6 +43,7 @@ pub fn walk_logs<'a>(
 
 #[inline]
 fn record<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut LogBatch<'a>) -> Result<(), DecodeError> {
+    out.admit_record()?;
     let row = out.push_row();
     let mut view = LogView {
         time: 0,

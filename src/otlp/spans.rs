@@ -47,6 +47,7 @@ pub fn walk_traces<'a>(
 /// 66 µs per 1000 spans (benches/pipeline.rs, `sloxide_walk_only`).
 #[inline(never)]
 fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<(), DecodeError> {
+    out.admit_record()?;
     let row = out.push_row();
     let mut view = SpanView {
         name: &[],

@@ -30,6 +30,9 @@ pub enum DecodeError {
     /// A length that does not fit the buffer.
     #[error("length {0} exceeds the remaining buffer")]
     BadLength(u64),
+    /// More records than `limits.max_records_per_request`; the walk stops there.
+    #[error("more than limits.max_records_per_request ({0}) records in one request")]
+    TooManyRecords(usize),
 }
 
 /// How deep deprecated groups may nest before the walker gives up (prost uses 100).

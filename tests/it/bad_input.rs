@@ -748,7 +748,8 @@ use std::time::Duration;
 /// to within 64 MiB of where it was within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_requests_do_not_pin_memory() {
-    let d = Daemon::start(&config(""));
+    // Past the default max_records_per_request, which would refuse them unbuilt.
+    let d = Daemon::start(&config("limits:\n  max_records_per_request: 2000000\n"));
     // Warm up with ordinary requests, so the baseline holds the steady-state buffers.
     for _ in 0..4 {
         let body = gzip(
@@ -807,5 +808,124 @@ async fn huge_requests_do_not_pin_memory() {
         before >> 20,
         peak >> 20,
         after >> 20
+    );
+}
+
+/// `limits.max_records_per_request`: a request with one record too many is refused
+/// whole with 413 / RESOURCE_EXHAUSTED (`too_large`) on every transport and encoding,
+/// before its batch is built; exactly the limit is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_records_in_one_request_are_refused_before_the_batch_is_built() {
+    let d = Daemon::start(&config("limits:\n  max_records_per_request: 100\n"));
+    let traces = |n: usize| {
+        fixture::traces(&Shape {
+            resources: 2,
+            per_resource: n / 2,
+            ..Shape::default()
+        })
+    };
+    let logs = |n: usize| {
+        fixture::logs(&Shape {
+            resources: 2,
+            per_resource: n / 2,
+            ..Shape::default()
+        })
+    };
+    let json = |n: usize| serde_json::to_vec(&traces(n)).unwrap();
+
+    // HTTP: protobuf traces and logs, gzipped protobuf, JSON.
+    let cases = [
+        (
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            traces(100).encode_to_vec(),
+            traces(102).encode_to_vec(),
+        ),
+        (
+            "/v1/logs",
+            "application/x-protobuf",
+            None,
+            logs(100).encode_to_vec(),
+            logs(102).encode_to_vec(),
+        ),
+        (
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            gzip(&traces(100).encode_to_vec()),
+            gzip(&traces(102).encode_to_vec()),
+        ),
+        ("/v1/traces", "application/json", None, json(100), json(102)),
+    ];
+    for (path, content_type, encoding, fits, over) in cases {
+        let (status, _, body) = post(&d, path, content_type, encoding, fits).await;
+        assert_eq!(
+            status,
+            200,
+            "{path} {content_type}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let (status, _, body) = post(&d, path, content_type, encoding, over).await;
+        assert_eq!(
+            status,
+            413,
+            "{path} {content_type}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    // gRPC.
+    grpc_call(&d, TRACE_EXPORT, traces(100).encode_to_vec(), None)
+        .await
+        .unwrap();
+    let refused = grpc_call(&d, TRACE_EXPORT, traces(102).encode_to_vec(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("max_records_per_request"),
+        "{refused:?}"
+    );
+
+    // Counted as too_large; only the requests that fit were counted.
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "http"),
+                ("signal", "traces"),
+                ("reason", "too_large")
+            ]
+        )
+        .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "grpc"),
+                ("signal", "traces"),
+                ("reason", "too_large")
+            ]
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_spans_total",
+            &[("transport", "http")]
+        )
+        .await,
+        Some(300.0)
+    );
+    assert_eq!(
+        d.metric(
+            "sloxide_receiver_accepted_spans_total",
+            &[("transport", "grpc")]
+        )
+        .await,
+        Some(100.0)
     );
 }
