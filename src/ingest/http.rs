@@ -8,8 +8,12 @@
 //! compressed body is then decompressed into a second pooled buffer, stopping (413) as
 //! soon as it passes `max_decompressed_bytes` (a snappy block, which declares its length,
 //! is refused before any of it is decompressed). Responses use the request's encoding.
+//! A refusal of an HTTP/1 request whose body is still arriving reads the rest first
+//! (bounded in time and bytes) and closes the connection after its answer, so the
+//! client reads the status rather than a reset.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -49,12 +53,17 @@ async fn logs(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
     export(ingest, Signal::Logs, req).await
 }
 
+/// How long a refusal goes on reading (and discarding) a body that is still arriving
+/// before it answers, and at most how much of it.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = 64 << 20;
+
 async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     // Answer errors in JSON only when the client clearly sent JSON.
     let encoding = content_type(&parts.headers);
     let reply_in = encoding.as_ref().copied().unwrap_or(Encoding::Protobuf);
-    match receive(&ingest, signal, &parts.headers, encoding, body).await {
+    match receive(&ingest, signal, &parts.headers, encoding, &mut body).await {
         Ok(accepted) => reply(
             StatusCode::OK,
             reply_in,
@@ -62,9 +71,34 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
         ),
         Err(err) => {
             ingest.refused(Transport::Http, signal, &err);
-            failure(reply_in, &err)
+            let mut response = failure(reply_in, &err);
+            if parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body) {
+                // An HTTP/1 client still sending would meet a closed connection (a reset,
+                // or a broken pipe) instead of the answer: read on, within bounds and with
+                // no permit held, then answer and close.
+                drain(&mut body).await;
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     }
+}
+
+/// Reads and discards what is left of `body`, for at most [`DRAIN_TIME`] and
+/// [`DRAIN_BYTES`].
+async fn drain(body: &mut Body) {
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 async fn receive(
@@ -72,7 +106,7 @@ async fn receive(
     signal: Signal,
     headers: &HeaderMap,
     encoding: Result<Encoding, IngestError>,
-    body: Body,
+    body: &mut Body,
 ) -> Result<Accepted, IngestError> {
     let _permit = ingest.admit()?;
     let encoding = encoding?;
@@ -87,7 +121,6 @@ async fn receive(
         return Err(IngestError::BodyTooLarge { limit });
     }
     let mut raw = ingest.buffers().get();
-    let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IngestError::BodyRead(e.to_string()))?;
         if let Some(data) = frame.data_ref() {

@@ -929,3 +929,79 @@ async fn too_many_records_in_one_request_are_refused_before_the_batch_is_built()
         Some(100.0)
     );
 }
+
+/// Python's urllib sends the whole body before it reads the answer. It must read every
+/// 413 (a body over `max_request_bytes`) and every 503 (no request may start: 64 others
+/// hold every slot), not a broken pipe or a reset: the daemon reads the rest of the body
+/// before it answers, and closes the connection after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urllib_reads_every_413_and_503() {
+    use tokio::io::AsyncWriteExt;
+
+    let python = std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !crate::harness::require(python, "python3") {
+        return;
+    }
+    let d = Daemon::start(&config("limits:\n  max_request_bytes: 64KiB\n"));
+    let script = r#"
+import sys, urllib.request, urllib.error
+url, size, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = []
+for _ in range(20):
+    req = urllib.request.Request(url, data=b"\0" * size, method="POST",
+                                 headers={"Content-Type": "application/x-protobuf"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        seen.append("200")
+    except urllib.error.HTTPError as e:
+        seen.append(str(e.code))
+    except Exception as e:
+        seen.append(type(e).__name__)
+print(" ".join(seen))
+sys.exit(0 if all(s == str(want) for s in seen) else 1)
+"#;
+    let run = |size: usize, want: u16| {
+        let url = format!("http://{}/v1/traces", d.http);
+        let script = script.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .args(["-c", &script, &url, &size.to_string(), &want.to_string()])
+                .output()
+                .unwrap()
+        })
+    };
+
+    // 1 MiB against a 64 KiB limit: 413, twenty times out of twenty.
+    let out = run(1 << 20, 413).await.unwrap();
+    assert!(
+        out.status.success(),
+        "urllib saw: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // 64 requests that stall mid-body hold every slot; then urllib's get 503.
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+        tcp.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\nxx",
+        )
+        .await
+        .unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = run(32 << 10, 503).await.unwrap();
+    assert!(
+        out.status.success(),
+        "urllib saw: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(stalled);
+    assert_eq!(d.get("/healthz").await.0, 200);
+}
