@@ -310,8 +310,7 @@ impl App {
             crate::ingest::http::router(ingest.clone()),
             until(otlp_stopped.clone()),
         ));
-        let metrics = tokio::spawn(serve_axum(
-            "metrics",
+        let metrics = tokio::spawn(serve_metrics(
             metrics_listener,
             self.exporter.clone().router(),
             until(metrics_stopped),
@@ -637,6 +636,19 @@ async fn serve_axum(
         .with_graceful_shutdown(stop)
         .await
         .map_err(|e| server_error(server, e))
+}
+
+/// The metrics port: as [`serve_axum`], on connections that close when a write to the
+/// client stalls (`export::serve::WRITE_STALL`).
+async fn serve_metrics(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    axum::serve(crate::export::serve::StallGuardedListener(listener), app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| server_error("metrics", e))
 }
 
 /// Ticks the aggregation in force every [`TICK`] until `stop`.

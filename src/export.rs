@@ -2,17 +2,20 @@
 //! `/readyz`.
 
 pub mod render;
+pub mod serve;
 pub mod text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::Mutex;
+use bytes::Bytes;
+use tokio::sync::{Mutex, Semaphore};
 
 use render::Renderer;
 
@@ -64,7 +67,18 @@ pub struct Exporter {
     source: Arc<dyn Scrape>,
     readiness: Arc<Readiness>,
     // Reused between scrapes; concurrent scrapes take turns.
-    buffers: Mutex<(String, Option<Renderer>)>,
+    buffers: Mutex<Buffers>,
+    /// Scrapes in progress, until their client has taken the response.
+    scrapes: Arc<Semaphore>,
+}
+
+/// The render state: the text buffer and renderer, and the last render, shared by
+/// every scrape that arrived before it started.
+#[derive(Debug, Default)]
+struct Buffers {
+    text: String,
+    renderer: Option<Renderer>,
+    last: Option<(Instant, Bytes)>,
 }
 
 impl Exporter {
@@ -73,7 +87,8 @@ impl Exporter {
         Self {
             source,
             readiness,
-            buffers: Mutex::new((String::new(), None)),
+            buffers: Mutex::new(Buffers::default()),
+            scrapes: Arc::new(Semaphore::new(serve::MAX_SCRAPES)),
         }
     }
 
@@ -87,13 +102,39 @@ impl Exporter {
     }
 }
 
+/// One scrape. At most [`serve::MAX_SCRAPES`] are in progress, each until its client
+/// has taken the whole response; more get 503. A scrape that finds a render running
+/// waits for it and, when that render started after the scrape arrived, shares its
+/// response rather than render again: scrapers that arrive together cost one render and
+/// one copy of the text.
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
+    let Ok(slot) = exporter.scrapes.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many scrapes in progress; retry\n",
+        )
+            .into_response();
+    };
+    let arrived = Instant::now();
     let mut buffers = exporter.buffers.lock().await;
-    let (text, renderer) = &mut *buffers;
-    exporter.source.scrape(renderer, text);
-    let body = text.as_bytes().to_vec();
+    let bytes = match &buffers.last {
+        Some((started, bytes)) if *started >= arrived => bytes.clone(),
+        _ => {
+            let started = Instant::now();
+            let Buffers { text, renderer, .. } = &mut *buffers;
+            exporter.source.scrape(renderer, text);
+            let bytes = Bytes::copy_from_slice(text.as_bytes());
+            buffers.last = Some((started, bytes.clone()));
+            bytes
+        }
+    };
     drop(buffers);
-    ([(header::CONTENT_TYPE, text::CONTENT_TYPE)], body).into_response()
+    (
+        [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
+        axum::body::Body::new(serve::ScrapeBody::new(bytes, slot)),
+    )
+        .into_response()
 }
 
 async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {

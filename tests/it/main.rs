@@ -13,6 +13,7 @@ mod harness;
 mod peers;
 mod prometheus;
 mod scaleout;
+mod scrape;
 mod slo;
 mod state;
 mod walker;
