@@ -72,6 +72,16 @@ pub struct BoundAddrs {
     pub metrics: SocketAddr,
 }
 
+/// The most streams (requests) one OTLP/gRPC connection may have open at once, which it
+/// is told in its HTTP/2 settings: a quarter of the requests in flight, so no single
+/// connection can take every slot.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How often an idle OTLP/gRPC connection is pinged, and how long an answer may take
+/// before the connection is dropped as dead.
+pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// See [`HTTP2_PING_INTERVAL`].
+pub const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The listen backlog of every port: connections the kernel queues before they are
 /// accepted (it caps this at `net.core.somaxconn`). The OS default through std is 128,
 /// which a burst of new connections overruns.
@@ -610,10 +620,15 @@ async fn serve_grpc(
 ) -> Result<(), DaemonError> {
     // Large frames and windows: a 1000-span request (about 380 KB) arrives in two DATA
     // frames rather than 24, each of which costs h2 an allocation and a wake-up.
+    // Each connection may open only a share of the requests in flight, and a peer that
+    // stops answering pings is dropped.
     tonic::transport::Server::builder()
         .max_frame_size(Some(256 * 1024))
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(8 << 20))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .serve_with_incoming_shutdown(
             grpc,
             // tonic ignores the builder's tcp_nodelay on this path; without it Nagle's

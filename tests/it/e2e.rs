@@ -435,3 +435,46 @@ async fn every_port_listens_with_a_large_backlog() {
         assert!(backlog >= 1024, "{addr}: backlog {backlog}");
     }
 }
+
+/// The OTLP/gRPC port tells each HTTP/2 connection how many streams it may open at
+/// once, so one connection cannot take every request slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_are_told_their_stream_limit() {
+    let d = Daemon::start(&config(""));
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection, noting the stream limit the server's settings give.
+    let limit = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = limit.clone();
+    tokio::spawn(async move {
+        let mut connection = connection;
+        std::future::poll_fn(|cx| {
+            let polled = std::pin::Pin::new(&mut connection).poll(cx);
+            seen.store(
+                connection.max_concurrent_send_streams(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            polled
+        })
+        .await
+    });
+    // The server's SETTINGS arrive with the first exchange: send one request.
+    let request = http::Request::post(format!(
+        "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        d.grpc
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    client = client.ready().await.unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        limit.load(std::sync::atomic::Ordering::Relaxed),
+        sloxide::daemon::MAX_STREAMS_PER_CONNECTION as usize
+    );
+}
