@@ -6,7 +6,7 @@ pub mod serve;
 pub mod text;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -67,13 +67,15 @@ pub struct Exporter {
     source: Arc<dyn Scrape>,
     readiness: Arc<Readiness>,
     // Reused between scrapes; concurrent scrapes take turns.
-    buffers: Mutex<Buffers>,
+    buffers: Arc<Mutex<Buffers>>,
+    /// Scrapes waiting for `buffers`: a render is kept for sharing only while some are.
+    waiting: AtomicUsize,
     /// Scrapes in progress, until their client has taken the response.
     scrapes: Arc<Semaphore>,
 }
 
-/// The render state: the text buffer and renderer, and the last render, shared by
-/// every scrape that arrived before it started.
+/// The render state: the text buffer and renderer, and the last render, kept while
+/// scrapes that arrived before it started are still waiting to share it.
 #[derive(Debug, Default)]
 struct Buffers {
     text: String,
@@ -87,8 +89,9 @@ impl Exporter {
         Self {
             source,
             readiness,
-            buffers: Mutex::new(Buffers::default()),
+            buffers: Arc::new(Mutex::new(Buffers::default())),
             scrapes: Arc::new(Semaphore::new(serve::MAX_SCRAPES)),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -117,18 +120,40 @@ async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
             .into_response();
     };
     let arrived = Instant::now();
-    let mut buffers = exporter.buffers.lock().await;
-    let bytes = match &buffers.last {
-        Some((started, bytes)) if *started >= arrived => bytes.clone(),
-        _ => {
-            let started = Instant::now();
-            let Buffers { text, renderer, .. } = &mut *buffers;
-            exporter.source.scrape(renderer, text);
-            let bytes = Bytes::copy_from_slice(text.as_bytes());
-            buffers.last = Some((started, bytes.clone()));
+    exporter.waiting.fetch_add(1, Ordering::SeqCst);
+    let mut buffers = exporter.buffers.clone().lock_owned().await;
+    let others_waiting = exporter.waiting.fetch_sub(1, Ordering::SeqCst) > 1;
+    let shared = match &buffers.last {
+        Some((started, bytes)) if *started >= arrived => Some(bytes.clone()),
+        _ => None,
+    };
+    let bytes = match shared {
+        Some(bytes) => bytes,
+        None => {
+            // Rendering takes a while at many series: off the runtime's workers, so
+            // health checks and ingest go on meanwhile.
+            let source = exporter.source.clone();
+            let rendered = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let Buffers { text, renderer, .. } = &mut *buffers;
+                source.scrape(renderer, text);
+                let bytes = Bytes::copy_from_slice(text.as_bytes());
+                buffers.last = Some((started, bytes.clone()));
+                (buffers, bytes)
+            })
+            .await;
+            let Ok((returned, bytes)) = rendered else {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "the render failed\n").into_response();
+            };
+            buffers = returned;
             bytes
         }
     };
+    // Keep the render only for scrapes still waiting: one that arrives later renders
+    // anew, and an idle daemon holds no page besides its text buffer.
+    if !others_waiting {
+        buffers.last = None;
+    }
     drop(buffers);
     (
         [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
@@ -144,4 +169,60 @@ async fn readyz(State(exporter): State<Arc<Exporter>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, exporter.readiness.describe()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A source whose every render takes 200 ms and is counted.
+    #[derive(Debug, Default)]
+    struct Slow(AtomicUsize);
+
+    impl Scrape for Slow {
+        fn scrape(&self, _: &mut Option<Renderer>, out: &mut String) {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::sleep(Duration::from_millis(200));
+            out.clear();
+            out.push_str(&format!("render {n}\n"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn scrapes_waiting_for_one_render_share_the_next_and_nothing_is_kept() {
+        let source = Arc::new(Slow::default());
+        let exporter = Arc::new(Exporter::new(source.clone(), Arc::default()));
+        let scrape = |exporter: Arc<Exporter>| {
+            tokio::spawn(async move {
+                let response = metrics(State(exporter)).await;
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                String::from_utf8(body.to_vec()).unwrap()
+            })
+        };
+        // The first renders; two arrive during that render and wait: the first of them
+        // to get the lock renders again (the running render started before they
+        // arrived), and the other shares that render.
+        let first = scrape(exporter.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = scrape(exporter.clone());
+        let third = scrape(exporter.clone());
+        let bodies = [
+            first.await.unwrap(),
+            second.await.unwrap(),
+            third.await.unwrap(),
+        ];
+        assert_eq!(source.0.load(Ordering::SeqCst), 2, "{bodies:?}");
+        assert_eq!(bodies[0], "render 1\n");
+        assert_eq!(bodies[1], "render 2\n");
+        assert_eq!(bodies[2], "render 2\n");
+        // No one is waiting: the shared render is not kept.
+        assert!(exporter.buffers.lock().await.last.is_none());
+        // A later scrape renders anew.
+        assert_eq!(scrape(exporter.clone()).await.unwrap(), "render 3\n");
+    }
 }
