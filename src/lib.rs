@@ -29,6 +29,9 @@
 //! - [`generate`]: what `sloxide rules` and `sloxide dashboard` print.
 //! - `fuzz` (hidden): the bodies of the fuzz targets in `fuzz/`, shared with the
 //!   regression test that replays what they once found.
+
+// The library logs through `tracing`; only the binary writes to stdout or stderr.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 #![deny(missing_docs)]
 
 pub mod aggregate;

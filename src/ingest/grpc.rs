@@ -418,16 +418,7 @@ impl Body for LimitedBody {
         if self.failed {
             return Poll::Ready(None);
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(f))) => {
-                eprintln!("DEBUG body data {:?}", f.data_ref().map(|d| d.len()))
-            }
-            Poll::Ready(Some(Err(e))) => eprintln!("DEBUG body err {e}"),
-            Poll::Ready(None) => eprintln!("DEBUG body end"),
-            Poll::Pending => {}
-        }
-        let frame = match polled {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             // The transport failed the body (a reset stream, a closed connection): the
             // client went away before its message was complete, which is not an
