@@ -473,8 +473,15 @@ async fn grpc_connections_are_told_their_stream_limit() {
         .unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        limit.load(std::sync::atomic::Ordering::Relaxed),
-        sloxide::daemon::MAX_STREAMS_PER_CONNECTION as usize
-    );
+    // The connection task notes the limit after it has processed the settings, which
+    // may be just after the response reached this task.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seen = limit.load(std::sync::atomic::Ordering::Relaxed);
+    while seen != sloxide::daemon::MAX_STREAMS_PER_CONNECTION as usize
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = limit.load(std::sync::atomic::Ordering::Relaxed);
+    }
+    assert_eq!(seen, sloxide::daemon::MAX_STREAMS_PER_CONNECTION as usize);
 }
