@@ -76,6 +76,10 @@ pub enum RefusalReason {
     /// The client went away, or its body stream failed, before the body was complete:
     /// there was nothing to decode, and usually nobody to answer.
     Aborted,
+    /// The body did not arrive within `limits.body_read_timeout`.
+    Timeout,
+    /// No valid bearer token (`auth`): refused before the body was read.
+    Unauthenticated,
 }
 
 /// How one refusal reason is answered on each transport and counted.
@@ -93,7 +97,7 @@ pub struct Refusal {
 
 /// Every refusal, in [`RefusalReason`] order: the one place that maps a reason to its
 /// HTTP status, gRPC code and self-metric label.
-pub const REFUSALS: [Refusal; 5] = [
+pub const REFUSALS: [Refusal; 7] = [
     Refusal {
         reason: RefusalReason::Decode,
         label: "decode",
@@ -123,6 +127,18 @@ pub const REFUSALS: [Refusal; 5] = [
         label: "aborted",
         http: http::StatusCode::BAD_REQUEST,
         grpc: tonic::Code::Cancelled,
+    },
+    Refusal {
+        reason: RefusalReason::Timeout,
+        label: "timeout",
+        http: http::StatusCode::REQUEST_TIMEOUT,
+        grpc: tonic::Code::DeadlineExceeded,
+    },
+    Refusal {
+        reason: RefusalReason::Unauthenticated,
+        label: "unauthenticated",
+        http: http::StatusCode::UNAUTHORIZED,
+        grpc: tonic::Code::Unauthenticated,
     },
 ];
 
