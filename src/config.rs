@@ -70,6 +70,24 @@ pub struct Config {
     pub slos: Vec<slo::Slo>,
     /// Multiwindow burn-rate alert tiers.
     pub alerting: slo::Alerting,
+    /// Bearer tokens that OTLP requests must carry; `None`: no authentication.
+    pub auth: Option<Auth>,
+}
+
+/// `auth`: bearer-token authentication, in the vocabulary of the OpenTelemetry
+/// Collector's `bearertokenauth` extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// A file of tokens, one per line (blank lines and `#` comments skipped). Readable,
+    /// with at least one token, when the configuration is checked; reread when it
+    /// changes.
+    pub bearer_tokens_file: PathBuf,
+    /// The request header that carries the token. A valid header name. Default
+    /// `Authorization`.
+    pub header: String,
+    /// The scheme before the token in that header (`<scheme> <token>`, matched without
+    /// regard to case); empty: the whole value is the token. Default `Bearer`.
+    pub scheme: String,
 }
 
 /// `listen`: the three listen addresses.
@@ -176,6 +194,16 @@ pub struct Limits {
     /// The compressions request bodies may use; uncompressed bodies are always accepted.
     /// Default: all of them ([`Compressions::ALL`]).
     pub compression: Compressions,
+    /// The bytes all requests in flight may hold at once: bodies as they arrive, their
+    /// decompressed form and their decode. At least 1MiB. Default 256MiB.
+    pub max_in_flight_bytes: usize,
+    /// How long a request body may take to arrive, from its headers to its last byte;
+    /// a body still arriving then is refused (408 / DEADLINE_EXCEEDED). At least 100ms,
+    /// at most 1h. Default 30s.
+    pub body_read_timeout: Duration,
+    /// How long a request waits for room in `max_in_flight_bytes` before it is refused
+    /// (503 / UNAVAILABLE). At most 1m; 0s refuses at once. Default 1s.
+    pub admission_wait: Duration,
 }
 
 impl Default for Limits {
@@ -189,6 +217,9 @@ impl Default for Limits {
             max_label_bytes: 256,
             series_idle_expiry: Duration::from_secs(900),
             compression: Compressions::ALL,
+            max_in_flight_bytes: 256 << 20,
+            body_read_timeout: Duration::from_secs(30),
+            admission_wait: Duration::from_secs(1),
         }
     }
 }
@@ -798,6 +829,70 @@ struct RawConfig {
     state: Option<RawState>,
     slos: Option<Vec<Spanned<slo::RawSlo>>>,
     alerting: Option<slo::RawAlerting>,
+    auth: Option<RawAuth>,
+}
+
+/// `auth` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    bearer_tokens_file: Option<Spanned<String>>,
+    header: Option<Spanned<String>>,
+    scheme: Option<Spanned<String>>,
+}
+
+impl RawAuth {
+    /// The checked section at `key` (`auth`, `metrics.auth`).
+    fn validate(self, key: &str, at: &Location) -> Result<Auth, Invalid> {
+        let RawAuth {
+            bearer_tokens_file,
+            header,
+            scheme,
+        } = self;
+        let file_key = format!("{key}.bearer_tokens_file");
+        let Some(file) = bearer_tokens_file else {
+            return Err(Invalid::new(
+                at,
+                file_key,
+                "missing; give the file of bearer tokens, one per line",
+            ));
+        };
+        let bearer_tokens_file = checked(Some(file), &file_key, PathBuf::new(), |path| {
+            let path = PathBuf::from(path);
+            match crate::auth::read_tokens(&path) {
+                Ok(tokens) if tokens.is_empty() => Err(format!(
+                    "{} holds no token; write one per line",
+                    path.display()
+                )),
+                Ok(_) => Ok(path),
+                Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            }
+        })?;
+        let header = checked(
+            header,
+            &format!("{key}.header"),
+            "Authorization".to_owned(),
+            |h| {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(format!("{h:?} is not a valid HTTP header name"));
+                }
+                Ok(h)
+            },
+        )?;
+        let scheme = checked(scheme, &format!("{key}.scheme"), "Bearer".to_owned(), |s| {
+            if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "{s:?} has spaces or control characters; a scheme is one word, such as Bearer"
+                ));
+            }
+            Ok(s)
+        })?;
+        Ok(Auth {
+            bearer_tokens_file,
+            header,
+            scheme,
+        })
+    }
 }
 
 /// `listen` as written.
@@ -845,6 +940,9 @@ struct RawLimits {
     max_label_bytes: Option<Spanned<String>>,
     series_idle_expiry: Option<Spanned<String>>,
     compression: Option<Vec<Spanned<Compression>>>,
+    max_in_flight_bytes: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
+    admission_wait: Option<Spanned<String>>,
 }
 
 /// `state` as written.
@@ -1011,6 +1109,7 @@ impl RawConfig {
             state,
             slos,
             alerting,
+            auth,
         } = self;
         let listen = listen.unwrap_or_default().validate()?;
         let region = region.unwrap_or_default().validate()?;
@@ -1029,6 +1128,9 @@ impl RawConfig {
             state: state.unwrap_or_default().validate()?,
             slos: slo::validate_slos(slos.unwrap_or_default(), max_label_bytes)?,
             alerting: alerting.unwrap_or_default().validate()?,
+            auth: auth
+                .map(|a| a.validate("auth", &Location::UNKNOWN))
+                .transpose()?,
         })
     }
 }
@@ -1262,6 +1364,9 @@ impl RawLimits {
             max_label_bytes,
             series_idle_expiry,
             compression,
+            max_in_flight_bytes,
+            body_read_timeout,
+            admission_wait,
         } = self;
         let default = Limits::default();
         let request_at = location_of(&max_request_bytes);
@@ -1307,6 +1412,26 @@ impl RawLimits {
                 None => default.compression,
                 Some(listed) => compressions(listed)?,
             },
+            max_in_flight_bytes: size_at_least(
+                max_in_flight_bytes,
+                "limits.max_in_flight_bytes",
+                default.max_in_flight_bytes,
+                1 << 20,
+            )?,
+            body_read_timeout: duration_in(
+                body_read_timeout,
+                "limits.body_read_timeout",
+                default.body_read_timeout,
+                Duration::from_millis(100),
+                Some(Duration::from_secs(3600)),
+            )?,
+            admission_wait: duration_in(
+                admission_wait,
+                "limits.admission_wait",
+                default.admission_wait,
+                Duration::ZERO,
+                Some(Duration::from_secs(60)),
+            )?,
         };
         if limits.max_decompressed_bytes < limits.max_request_bytes {
             // Point at whichever of the two the file sets, preferring the smaller one.

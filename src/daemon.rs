@@ -73,9 +73,12 @@ pub struct BoundAddrs {
 }
 
 /// The most streams (requests) one OTLP/gRPC connection may have open at once, which it
-/// is told in its HTTP/2 settings: a quarter of the requests in flight, so no single
-/// connection can take every slot.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// is told in its HTTP/2 settings. Admission is by memory, so an open stream that sends
+/// nothing holds next to nothing; the limit is generous so that a burst on a fresh
+/// connection, sent before the client has read these settings, is not refused
+/// (REFUSED_STREAM) past it, and it still bounds one connection's streams (Go's HTTP/2
+/// server allows 250).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How often an idle OTLP/gRPC connection is pinged, and how long an answer may take
 /// before the connection is dropped as dead.
 pub const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -542,6 +545,10 @@ impl Running {
             kept.push("state");
             next.state = old.state.clone();
         }
+        if next.limits.max_in_flight_bytes != old.limits.max_in_flight_bytes {
+            kept.push("limits.max_in_flight_bytes");
+            next.limits.max_in_flight_bytes = old.limits.max_in_flight_bytes;
+        }
         if !kept.is_empty() {
             tracing::warn!(
                 "reload: {} cannot change while running; the old values stay until a restart",
@@ -676,7 +683,11 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
             _ = every.tick() => {
                 let pipeline = pipeline.clone();
                 // The tick walks every series: keep it off the I/O workers.
-                let _ = tokio::task::spawn_blocking(move || pipeline.tick()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    pipeline.tick();
+                    pipeline.ingest.release_memory();
+                })
+                .await;
             }
             () = &mut stop => break,
         }

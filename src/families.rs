@@ -191,6 +191,18 @@ pub const RECEIVER_REFUSED_REQUESTS: Metric = metric(
     Counter,
     "OTLP requests refused whole; nothing in them was counted.",
 );
+/// Bytes held by OTLP requests in flight.
+pub const RECEIVER_IN_FLIGHT_BYTES: Metric = metric(
+    "sloxide_receiver_in_flight_bytes",
+    Gauge,
+    "Bytes held by OTLP requests in flight (bodies, decompressed bodies, decodes), both transports.",
+);
+/// The in-flight budget.
+pub const RECEIVER_IN_FLIGHT_LIMIT_BYTES: Metric = metric(
+    "sloxide_receiver_in_flight_limit_bytes",
+    Gauge,
+    "limits.max_in_flight_bytes: what OTLP requests in flight may hold at once before new ones wait.",
+);
 /// When the last checkpoint was written.
 pub const CHECKPOINT_LAST_SUCCESS: Metric = metric(
     "sloxide_checkpoint_last_success_timestamp_seconds",
@@ -282,7 +294,7 @@ mod tests {
     #[test]
     fn every_family_name_is_a_string_literal_exactly_once() {
         let names = declared();
-        assert_eq!(names.len(), 34, "{names:?}");
+        assert_eq!(names.len(), 36, "{names:?}");
         let mut files = Vec::new();
         sources(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),

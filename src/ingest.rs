@@ -5,13 +5,19 @@
 //! The transports ([`grpc`], [`http`]) only move bytes and map [`IngestError`]s to their
 //! status codes; neither knows what happens to a record after [`Ingest::export`].
 
+pub mod admission;
 pub mod buffers;
+pub mod decoders;
 pub mod grpc;
 pub mod http;
 
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceResponse,
@@ -20,8 +26,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use crate::auth::BearerTokens;
 use crate::config::{Compression, Compressions};
 use crate::otlp::json::{self, JsonError};
 use crate::otlp::logs::{LogBatch, walk_logs};
@@ -29,7 +37,9 @@ use crate::otlp::spans::{TraceBatch, walk_traces};
 use crate::otlp::wire::DecodeError;
 use crate::otlp::{AttrKeys, Batch, RejectReason};
 use crate::telemetry::{RefusalReason, Signal, Telemetry, Transport};
-use buffers::BufferPool;
+use admission::{Budget, Reservation};
+use buffers::{BufferPool, PooledBuf};
+use decoders::DecodePool;
 
 /// The stage after decoding. The aggregation implements it; it must not block.
 pub trait Recorder: Send + Sync + 'static {
@@ -68,6 +78,10 @@ pub struct BodyLimits {
     pub max_records: usize,
     /// The compressions accepted (`limits.compression`); uncompressed is always accepted.
     pub compression: Compressions,
+    /// How long a body may take to arrive, from its headers to its last byte.
+    pub body_read_timeout: Duration,
+    /// How long a request waits for room in the in-flight budget before it is refused.
+    pub admission_wait: Duration,
 }
 
 /// How a compressed body is laid out: what one `Content-Encoding` (or `grpc-encoding`)
@@ -194,9 +208,22 @@ pub fn decompress(
     Ok(())
 }
 
-/// How many requests may be in flight at once across both transports, before new ones
-/// are refused with 503 / UNAVAILABLE. It bounds memory at about this many bodies.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+/// Uncompressed protobuf bodies up to this size are decoded on the async worker that
+/// read them (a 1000-span request, about 380 KB, takes about 100 µs); larger ones, and
+/// every compressed body, go to the decode threads ([`decoders`]), so no request can
+/// stall the health and metrics endpoints for long.
+pub const INLINE_PROTOBUF_BYTES: usize = 1 << 20;
+/// As [`INLINE_PROTOBUF_BYTES`], for JSON, which decodes several times slower.
+pub const INLINE_JSON_BYTES: usize = 256 << 10;
+
+/// The budget charged for decoding a body, as a multiple of its size: a protobuf batch
+/// refers into the body, while JSON is decoded into owned structures first.
+fn decode_estimate(encoding: Encoding, len: usize) -> usize {
+    match encoding {
+        Encoding::Protobuf => len,
+        Encoding::Json => len.saturating_mul(2),
+    }
+}
 
 /// A request that was refused as a whole: nothing in it was counted.
 #[derive(Debug, thiserror::Error)]
@@ -251,9 +278,15 @@ pub enum IngestError {
         /// What `limits.compression` accepts.
         accepted: Compressions,
     },
-    /// Too many requests in flight, or shutting down.
+    /// The in-flight budget stayed full for the whole wait, or shutting down.
     #[error("server overloaded or shutting down; retry later")]
     Overloaded,
+    /// No valid bearer token (`auth`).
+    #[error("missing or invalid bearer token (auth)")]
+    Unauthenticated,
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within limits.body_read_timeout ({0:?})")]
+    Timeout(Duration),
     /// The client's body stream failed before it was complete.
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
@@ -275,6 +308,8 @@ impl IngestError {
             | Self::UnsupportedEncoding { .. }
             | Self::CompressionOff { .. } => RefusalReason::Unsupported,
             Self::Overloaded => RefusalReason::Overloaded,
+            Self::Timeout(_) => RefusalReason::Timeout,
+            Self::Unauthenticated => RefusalReason::Unauthenticated,
         }
     }
 
@@ -318,6 +353,8 @@ pub struct Target {
     pub limits: BodyLimits,
     /// Where decoded batches go.
     pub recorder: Arc<dyn Recorder>,
+    /// The bearer tokens requests must carry (`auth`); `None`: any request.
+    pub auth: Option<Arc<BearerTokens>>,
 }
 
 impl std::fmt::Debug for Target {
@@ -344,11 +381,25 @@ pub struct Ingest {
     max_decompressed_bytes: AtomicUsize,
     max_records: AtomicUsize,
     compression: AtomicU8,
+    body_read_timeout_nanos: AtomicU64,
+    admission_wait_nanos: AtomicU64,
+    /// `Target::auth`, readable without the target's lock.
+    auth: RwLock<Option<Arc<BearerTokens>>>,
     telemetry: Arc<Telemetry>,
-    in_flight: Arc<Semaphore>,
+    budget: Arc<Budget>,
+    /// Bodies being decompressed or decoded at once: one per decode thread.
+    decode_slots: Semaphore,
+    decoders: DecodePool,
     closing: AtomicBool,
-    buffers: BufferPool,
+    buffers: Arc<BufferPool>,
+    /// Requests held more than [`RELEASE_AFTER_BYTES`]: give the memory back once they
+    /// are done.
+    release_pending: AtomicBool,
 }
+
+/// Once requests in flight have held this much, their memory is given back to the OS
+/// when they are done ([`Ingest::release_memory`]).
+pub const RELEASE_AFTER_BYTES: usize = 32 << 20;
 
 /// How many records' worth of decode buffers each worker thread keeps between
 /// requests: the Collector's default batch (8192) fits, so steady traffic allocates
@@ -363,20 +414,30 @@ thread_local! {
 }
 
 impl Ingest {
-    /// An ingest stage feeding `target`, with at most `max_in_flight` requests at once.
-    pub fn new(target: Target, max_in_flight: usize, telemetry: Arc<Telemetry>) -> Self {
+    /// An ingest stage feeding `target`, whose requests hold at most
+    /// `max_in_flight_bytes` at once ([`admission`]).
+    pub fn new(target: Target, max_in_flight_bytes: usize, telemetry: Arc<Telemetry>) -> Self {
         let keep = target.limits.max_request_bytes.min(4 << 20);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let budget = Arc::new(Budget::new(max_in_flight_bytes));
+        telemetry.watch_budget(budget.clone());
         Self {
             max_request_bytes: AtomicUsize::new(target.limits.max_request_bytes),
             max_decompressed_bytes: AtomicUsize::new(target.limits.max_decompressed_bytes),
             max_records: AtomicUsize::new(target.limits.max_records),
             compression: AtomicU8::new(target.limits.compression.bits()),
+            body_read_timeout_nanos: AtomicU64::new(nanos(target.limits.body_read_timeout)),
+            admission_wait_nanos: AtomicU64::new(nanos(target.limits.admission_wait)),
+            auth: RwLock::new(target.auth.clone()),
             gate: tokio::sync::RwLock::new(()),
             target: RwLock::new(target),
             telemetry,
-            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            budget,
+            decode_slots: Semaphore::new(cores.max(2)),
+            decoders: DecodePool::new(cores.max(2)),
             closing: AtomicBool::new(false),
-            buffers: BufferPool::new(max_in_flight.max(1) * 2, keep),
+            buffers: Arc::new(BufferPool::new(128, keep)),
+            release_pending: AtomicBool::new(false),
         }
     }
 
@@ -405,6 +466,14 @@ impl Ingest {
             .store(target.limits.max_records, Ordering::Relaxed);
         self.compression
             .store(target.limits.compression.bits(), Ordering::Relaxed);
+        self.body_read_timeout_nanos
+            .store(nanos(target.limits.body_read_timeout), Ordering::Relaxed);
+        self.admission_wait_nanos
+            .store(nanos(target.limits.admission_wait), Ordering::Relaxed);
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = target.auth.clone();
         *current = target;
     }
 
@@ -426,6 +495,10 @@ impl Ingest {
             max_decompressed_bytes: self.max_decompressed_bytes.load(Ordering::Relaxed),
             max_records: self.max_records.load(Ordering::Relaxed),
             compression: Compressions::from_bits(self.compression.load(Ordering::Relaxed)),
+            body_read_timeout: Duration::from_nanos(
+                self.body_read_timeout_nanos.load(Ordering::Relaxed),
+            ),
+            admission_wait: Duration::from_nanos(self.admission_wait_nanos.load(Ordering::Relaxed)),
         }
     }
 
@@ -435,21 +508,161 @@ impl Ingest {
     }
 
     /// The pool that request bodies are read into.
-    pub fn buffers(&self) -> &BufferPool {
+    pub fn buffers(&self) -> &Arc<BufferPool> {
         &self.buffers
     }
 
-    /// Admits one request, or refuses it when too many are in flight or the daemon is
-    /// shutting down. Hold the permit until the response is built.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+    /// The in-flight budget.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Refuses a request without a valid token when `auth` is configured; before
+    /// admission, so it costs neither memory nor decoding.
+    pub fn authenticate(&self, headers: &::http::HeaderMap) -> Result<(), IngestError> {
+        let auth = self
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match auth.as_ref() {
+            Some(tokens) if !tokens.allows(headers) => Err(IngestError::Unauthenticated),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits one request with its base reservation, waiting for room for at most
+    /// `limits.admission_wait` (or until `client_deadline`); refuses it when the budget
+    /// stays full or the daemon is shutting down. Hold the reservation until the
+    /// response is built.
+    pub async fn admit(
+        &self,
+        client_deadline: Option<Instant>,
+    ) -> Result<Reservation, IngestError> {
         // Relaxed: a request racing the shutdown flag is drained like any in-flight one.
         if self.closing.load(Ordering::Relaxed) {
             return Err(IngestError::Overloaded);
         }
-        self.in_flight
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| IngestError::Overloaded)
+        let wait = self.limits().admission_wait;
+        self.budget
+            .admit(admission::wait_deadline(wait, client_deadline))
+            .await
+    }
+
+    /// Reads `body` into `out`, charging its bytes to `reservation` as they arrive:
+    /// refused when it passes `limit` bytes (checked as it arrives, so an oversize body
+    /// is never held whole), when it has not ended by `deadline` (timeout), or when the
+    /// transport fails it (aborted). `check` sees the bytes so far after each frame, to
+    /// refuse early on what a prefix declares.
+    pub async fn read_body<B>(
+        &self,
+        body: &mut B,
+        out: &mut Vec<u8>,
+        limit: usize,
+        reservation: &mut Reservation,
+        deadline: Instant,
+        check: impl Fn(&[u8]) -> Result<(), IngestError>,
+    ) -> Result<(), IngestError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(IngestError::Timeout(self.limits().body_read_timeout)),
+                Ok(None) => return Ok(()),
+                Ok(Some(Err(e))) => return Err(IngestError::BodyRead(e.to_string())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if out.len() + data.len() > limit {
+                return Err(IngestError::BodyTooLarge {
+                    limit: limit.min(self.limits().max_request_bytes),
+                });
+            }
+            reservation.charge(data.len());
+            out.extend_from_slice(data);
+            check(out)?;
+        }
+    }
+
+    /// Decompresses (when `compressed`), decodes and records the body in `raw[start..]`,
+    /// charging its decompressed size and decode to `reservation`. A small uncompressed
+    /// body ([`INLINE_PROTOBUF_BYTES`], [`INLINE_JSON_BYTES`]) is decoded here; any other
+    /// goes to the blocking pool, one per decode slot, waiting for a slot for at most
+    /// `limits.admission_wait` (or until `client_deadline`) before it is refused
+    /// (overloaded). Waits (as a parked task) while a reload is under way.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn process(
+        self: &Arc<Self>,
+        transport: Transport,
+        signal: Signal,
+        encoding: Encoding,
+        compressed: Option<Format>,
+        raw: PooledBuf,
+        start: usize,
+        mut reservation: Reservation,
+        client_deadline: Option<Instant>,
+    ) -> Result<Accepted, IngestError> {
+        let len = raw.len() - start;
+        let inline = match encoding {
+            Encoding::Protobuf => INLINE_PROTOBUF_BYTES,
+            Encoding::Json => INLINE_JSON_BYTES,
+        };
+        if compressed.is_none() && len <= inline {
+            reservation.charge(decode_estimate(encoding, len));
+            let _entered = self.enter().await;
+            return self.export(transport, signal, encoding, &raw[start..]);
+        }
+        let limits = self.limits();
+        let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(wait, self.decode_slots.acquire()).await else {
+            return Err(IngestError::Overloaded);
+        };
+        let _entered = self.enter().await;
+        let ingest = self.clone();
+        let work = move || {
+            let mut reservation = reservation;
+            let inflated = match compressed {
+                None => None,
+                Some(format) => {
+                    let mut inflated = ingest.buffers.get();
+                    decompress(
+                        format,
+                        &raw[start..],
+                        limits.max_decompressed_bytes,
+                        &mut inflated,
+                    )?;
+                    reservation.charge(inflated.len());
+                    Some(inflated)
+                }
+            };
+            let body = inflated.as_deref().map_or(&raw[start..], |b| &b[..]);
+            reservation.charge(decode_estimate(encoding, body.len()));
+            ingest.export(transport, signal, encoding, body)
+        };
+        self.decoders
+            .run(work)
+            .await
+            .ok_or_else(|| IngestError::BodyRead("the decode thread failed".to_owned()))?
+    }
+
+    /// Gives memory that large requests used back to the OS once they are done; call it
+    /// off the async workers, about once a second (the daemon's tick does). The
+    /// allocator keeps freed memory for reuse, and a few requests of tens of megabytes
+    /// would otherwise leave the daemon's RSS at their peak for good.
+    pub fn release_memory(&self) {
+        let peak = self.budget.take_peak_bytes();
+        if peak >= RELEASE_AFTER_BYTES {
+            self.release_pending.store(true, Ordering::Relaxed);
+        }
+        if self.release_pending.load(Ordering::Relaxed)
+            && self.budget.in_use_bytes() < RELEASE_AFTER_BYTES
+        {
+            self.release_pending.store(false, Ordering::Relaxed);
+            crate::memory::release_free_memory();
+        }
     }
 
     /// Refuses new requests from now on (shutdown).
@@ -491,6 +704,7 @@ impl Ingest {
             keys,
             recorder,
             limits,
+            ..
         } = &*target;
         let max = limits.max_records;
         let result = match (signal, encoding) {
@@ -557,6 +771,10 @@ impl Ingest {
             Err(err) => Err(err),
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Runs `f` on this thread's reusable trace batch.

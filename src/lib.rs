@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod auth;
 pub mod classify;
 pub mod clock;
 pub mod config;
@@ -46,6 +47,7 @@ pub mod fixture;
 pub mod fuzz;
 pub mod generate;
 pub mod ingest;
+pub mod memory;
 pub mod otlp;
 pub mod pipeline;
 pub mod slo;

@@ -14,7 +14,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::export::Scrape;
 use crate::export::render::Renderer;
-use crate::ingest::{BodyLimits, DEFAULT_MAX_IN_FLIGHT, Ingest, Target};
+use crate::ingest::{BodyLimits, Ingest, Target};
 use crate::state::StateMetrics;
 use crate::state::proto::Checkpoint;
 use crate::state::snapshot::{self, RestoreReport, Scope};
@@ -48,6 +48,11 @@ impl Generation {
             keys: self.plan.keys().clone(),
             limits: limits(&self.config),
             recorder: self.aggregator.clone(),
+            auth: self
+                .config
+                .auth
+                .as_ref()
+                .map(|a| Arc::new(crate::auth::BearerTokens::new(a))),
         }
     }
 }
@@ -58,6 +63,8 @@ fn limits(config: &Config) -> BodyLimits {
         max_decompressed_bytes: config.limits.max_decompressed_bytes,
         max_records: config.limits.max_records_per_request,
         compression: config.limits.compression,
+        body_read_timeout: config.limits.body_read_timeout,
+        admission_wait: config.limits.admission_wait,
     }
 }
 
@@ -93,7 +100,7 @@ impl Pipeline {
         let telemetry = Arc::new(Telemetry::default());
         let ingest = Arc::new(Ingest::new(
             generation.target(),
-            DEFAULT_MAX_IN_FLIGHT,
+            config.limits.max_in_flight_bytes,
             telemetry.clone(),
         ));
         let state = Arc::new(StateMetrics::default());

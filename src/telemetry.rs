@@ -180,6 +180,7 @@ pub struct Telemetry {
     accepted: [[AtomicU64; 2]; 2],
     rejected: [[[AtomicU64; 2]; 2]; 2],
     refused_requests: [[[AtomicU64; REFUSALS.len()]; 2]; 2],
+    budget: std::sync::OnceLock<std::sync::Arc<crate::ingest::admission::Budget>>,
 }
 
 impl Telemetry {
@@ -257,6 +258,18 @@ impl Telemetry {
     /// Records of one transport and signal rejected one by one for `reason`.
     pub fn rejected(&self, transport: Transport, signal: Signal, reason: RejectReason) -> u64 {
         self.rejected[transport as usize][signal as usize][reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Reports on `budget` from now on (the ingest stage's in-flight budget).
+    pub fn watch_budget(&self, budget: std::sync::Arc<crate::ingest::admission::Budget>) {
+        let _ = self.budget.set(budget);
+    }
+
+    /// Bytes held by requests in flight, and the budget; zeros before one is watched.
+    pub fn in_flight(&self) -> (usize, usize) {
+        self.budget
+            .get()
+            .map_or((0, 0), |b| (b.in_use_bytes(), b.total_bytes()))
     }
 
     /// Requests of one transport and signal refused whole for `reason`.

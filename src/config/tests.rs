@@ -21,6 +21,13 @@ fn parse_ok(yaml: &str) -> Config {
     }
 }
 
+fn parse_err(yaml: &str) -> String {
+    match parse(yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(error) => error.to_string(),
+    }
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -67,7 +74,9 @@ fn defaults_are_the_documented_ones() {
         state,
         slos,
         alerting,
+        auth,
     } = config;
+    assert_eq!(auth, None);
     assert_eq!(listen.otlp_grpc.to_string(), "0.0.0.0:4317");
     assert_eq!(listen.otlp_http.to_string(), "0.0.0.0:4318");
     assert_eq!(listen.metrics.to_string(), "0.0.0.0:9464");
@@ -92,6 +101,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(limits.max_label_bytes, 256);
     assert_eq!(limits.series_idle_expiry, secs(15 * M));
     assert_eq!(limits.compression, Compressions::ALL);
+    assert_eq!(limits.max_in_flight_bytes, 256 << 20);
+    assert_eq!(limits.body_read_timeout, secs(30));
+    assert_eq!(limits.admission_wait, secs(1));
     assert_eq!(
         limits.compression.to_string(),
         "gzip, zstd, deflate, snappy or identity"
@@ -901,6 +913,43 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["limits.max_records_per_request: 0 is not allowed"],
     ),
     (
+        "a tiny in-flight budget",
+        "limits:\n  max_in_flight_bytes: 64KiB\n",
+        &[
+            "test.yaml:2:24: limits.max_in_flight_bytes: `64KiB` is too small; the minimum is 1048576 bytes",
+        ],
+    ),
+    (
+        "a body timeout too short to mean anything",
+        "limits:\n  body_read_timeout: 10ms\n",
+        &["limits.body_read_timeout: `10ms` is too short; the minimum is 100ms"],
+    ),
+    (
+        "an admission wait past a minute",
+        "limits:\n  admission_wait: 5m\n",
+        &["limits.admission_wait: `5m` is too long; the maximum is 1m"],
+    ),
+    (
+        "auth without its tokens file",
+        "auth:\n  header: x-token\n",
+        &["auth.bearer_tokens_file: missing; give the file of bearer tokens, one per line"],
+    ),
+    (
+        "auth with a tokens file that is not there",
+        "auth:\n  bearer_tokens_file: /nonexistent/sloxide-tokens\n",
+        &["test.yaml:2:23: auth.bearer_tokens_file: cannot read /nonexistent/sloxide-tokens:"],
+    ),
+    (
+        "auth with a header name that is not one",
+        "auth:\n  bearer_tokens_file: /nonexistent/t\n  header: \"x token\"\n",
+        &["auth.bearer_tokens_file: cannot read"],
+    ),
+    (
+        "auth with an unknown key",
+        "auth:\n  tokens_file: /tmp/t\n",
+        &["unknown field `tokens_file`"],
+    ),
+    (
         "zero max_series_per_service",
         "limits:\n  max_series_per_service: 0\n",
         &["limits.max_series_per_service: 0 is not allowed"],
@@ -1250,4 +1299,34 @@ fn compression_lists_the_accepted_ones() {
         assert_eq!(Compressions::from_bits(set.bits()), set);
         assert_eq!(Compressions::of(&set.iter().collect::<Vec<_>>()), set);
     }
+}
+
+#[test]
+fn auth_reads_its_tokens_file_and_defaults_to_bearer_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "t1\n").unwrap();
+    let config = parse_ok(&format!(
+        "auth:\n  bearer_tokens_file: {}\n",
+        file.display()
+    ));
+    let auth = config.auth.unwrap();
+    assert_eq!(auth.bearer_tokens_file, file);
+    assert_eq!(auth.header, "Authorization");
+    assert_eq!(auth.scheme, "Bearer");
+    let bad = format!(
+        "auth:\n  bearer_tokens_file: {}\n  header: \"x token\"\n",
+        file.display()
+    );
+    let err = parse_err(&bad);
+    assert!(
+        err.contains("auth.header: \"x token\" is not a valid HTTP header name"),
+        "{err}"
+    );
+    std::fs::write(&file, "# only a comment\n").unwrap();
+    let err = parse_err(&format!(
+        "auth:\n  bearer_tokens_file: {}\n",
+        file.display()
+    ));
+    assert!(err.contains("holds no token; write one per line"), "{err}");
 }

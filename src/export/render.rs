@@ -77,7 +77,7 @@ type Write = fn(&Frame<'_>, &Metric, &mut Encoder<'_>);
 
 /// Every family `/metrics` serves, in exposition order, with the function that writes
 /// its samples.
-const FAMILIES: [(&Metric, When, Write); 34] = [
+const FAMILIES: [(&Metric, When, Write); 36] = [
     (&families::SPANS, When::Always, spans),
     (&families::SPAN_DURATION, When::Always, span_durations),
     (
@@ -141,6 +141,16 @@ const FAMILIES: [(&Metric, When, Write); 34] = [
         &families::RECEIVER_REFUSED_REQUESTS,
         When::Always,
         refused_requests,
+    ),
+    (
+        &families::RECEIVER_IN_FLIGHT_BYTES,
+        When::Always,
+        in_flight_bytes,
+    ),
+    (
+        &families::RECEIVER_IN_FLIGHT_LIMIT_BYTES,
+        When::Always,
+        in_flight_limit_bytes,
     ),
     (
         &families::CHECKPOINT_LAST_SUCCESS,
@@ -657,6 +667,14 @@ fn refused_requests(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
             }
         }
     }
+}
+
+fn in_flight_bytes(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.telemetry.in_flight().0 as u64);
+}
+
+fn in_flight_limit_bytes(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.telemetry.in_flight().1 as u64);
 }
 
 fn checkpoint_last_success(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {

@@ -3,6 +3,7 @@
 
 use crossbeam_queue::ArrayQueue;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
 /// A lock-free pool of `Vec<u8>`. A buffer that grew past `keep_capacity` is freed
 /// instead of returned, so one huge request does not pin its memory forever.
@@ -21,35 +22,39 @@ impl BufferPool {
         }
     }
 
-    /// An empty buffer, reused when one is idle.
-    pub fn get(&self) -> PooledBuf<'_> {
+    /// An empty buffer, reused when one is idle. It owns a handle on the pool, so it
+    /// can move to a blocking thread for decoding.
+    pub fn get(self: &Arc<Self>) -> PooledBuf {
         let mut buf = self.free.pop().unwrap_or_default();
         buf.clear();
-        PooledBuf { buf, pool: self }
+        PooledBuf {
+            buf,
+            pool: self.clone(),
+        }
     }
 }
 
 /// A buffer that goes back to its pool when dropped.
 #[derive(Debug)]
-pub struct PooledBuf<'p> {
+pub struct PooledBuf {
     buf: Vec<u8>,
-    pool: &'p BufferPool,
+    pool: Arc<BufferPool>,
 }
 
-impl Deref for PooledBuf<'_> {
+impl Deref for PooledBuf {
     type Target = Vec<u8>;
     fn deref(&self) -> &Vec<u8> {
         &self.buf
     }
 }
 
-impl DerefMut for PooledBuf<'_> {
+impl DerefMut for PooledBuf {
     fn deref_mut(&mut self) -> &mut Vec<u8> {
         &mut self.buf
     }
 }
 
-impl Drop for PooledBuf<'_> {
+impl Drop for PooledBuf {
     fn drop(&mut self) {
         if self.buf.capacity() <= self.pool.keep_capacity {
             let buf = std::mem::take(&mut self.buf);
@@ -65,7 +70,7 @@ mod tests {
 
     #[test]
     fn buffers_are_reused_and_oversized_ones_dropped() {
-        let pool = BufferPool::new(2, 1024);
+        let pool = Arc::new(BufferPool::new(2, 1024));
         let ptr = {
             let mut b = pool.get();
             b.extend_from_slice(&[1; 100]);

@@ -1,33 +1,31 @@
-//! OTLP/gRPC: tonic services for `TraceService/Export` and `LogsService/Export`, with a
-//! codec that hands the raw message bytes to the walker instead of prost structs.
+//! OTLP/gRPC: `TraceService/Export` and `LogsService/Export`, unary calls served
+//! directly on the HTTP/2 request: the body is read by the same admission and limits as
+//! OTLP/HTTP ([`Ingest::read_body`]), its one length-prefixed message is unframed and,
+//! when compressed (`grpc-encoding` gzip, zstd, deflate or snappy), decompressed by
+//! sloxide, bounded by `max_decompressed_bytes`, and walked without a prost struct.
 //!
-//! tonic frames and decompresses the message (gzip, zstd, deflate; bounded by
-//! `max_decompressed_bytes`); a body wrapper in front of it enforces `max_request_bytes`
-//! on the bytes as received. tonic has no snappy, which the OpenTelemetry Collector's
-//! gRPC exporter can send (snappy framing format), so a snappy message is read whole
-//! (bounded the same way), decompressed by sloxide and handed to tonic uncompressed. A
-//! `grpc-encoding` that `limits.compression` leaves out, or that sloxide does not know,
+//! A `grpc-encoding` that `limits.compression` leaves out, or that sloxide does not know,
 //! is refused with UNIMPLEMENTED before the body is read. The metrics service, and every
-//! other path, answers UNIMPLEMENTED.
+//! other path, answers UNIMPLEMENTED. The client's `grpc-timeout` bounds how long a
+//! request waits for room in the in-flight budget.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::{Grpc, UnaryService};
-use tonic::{Request, Response, Status};
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use super::{Encoding, Format, Ingest, IngestError};
+use super::{Accepted, Encoding, Format, Ingest, IngestError};
 use crate::config::{Compression, Compressions};
-use crate::telemetry::{RefusalReason, Signal, Transport};
+use crate::telemetry::{Signal, Transport};
 
 /// A codec whose messages are the raw protobuf bytes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -79,37 +77,26 @@ pub const LOGS_EXPORT: &str = "/opentelemetry.proto.collector.logs.v1.LogsServic
 
 /// The OTLP/gRPC server: `TraceService/Export` and `LogsService/Export`; every other
 /// path (the metrics service included) answers UNIMPLEMENTED.
-///
-/// It dispatches on the path itself rather than through tonic's `Routes`, which sit on
-/// an axum router and box the request body, the response body and the future again
-/// on every request: about 10 allocations per request saved (the whole-run test in
-/// tests/it/alloc.rs counts them).
 #[derive(Debug, Clone)]
 pub struct OtlpGrpc {
-    traces: Export,
-    logs: Export,
+    ingest: Arc<Ingest>,
 }
 
 impl OtlpGrpc {
     /// The server, feeding `ingest`.
     pub fn new(ingest: Arc<Ingest>) -> Self {
-        Self {
-            traces: Export {
-                ingest: ingest.clone(),
-                signal: Signal::Traces,
-            },
-            logs: Export {
-                ingest,
-                signal: Signal::Logs,
-            },
-        }
+        Self { ingest }
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-type HttpResponse = http::Response<tonic::body::Body>;
+type HttpResponse = http::Response<GrpcBody>;
 
-impl tower::Service<http::Request<tonic::body::Body>> for OtlpGrpc {
+impl<B> tower::Service<http::Request<B>> for OtlpGrpc
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
     type Response = HttpResponse;
     type Error = Infallible;
     type Future = BoxFuture<Result<HttpResponse, Infallible>>;
@@ -118,111 +105,231 @@ impl tower::Service<http::Request<tonic::body::Body>> for OtlpGrpc {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let export = match req.uri().path() {
-            TRACE_EXPORT => self.traces.clone(),
-            LOGS_EXPORT => self.logs.clone(),
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let signal = match req.uri().path() {
+            TRACE_EXPORT => Signal::Traces,
+            LOGS_EXPORT => Signal::Logs,
             _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
         };
-        Box::pin(export.handle(req))
-    }
-}
-
-/// The one unary `Export` method, for either signal.
-#[derive(Debug, Clone)]
-struct Export {
-    ingest: Arc<Ingest>,
-    signal: Signal,
-}
-
-impl Export {
-    async fn handle(
-        self,
-        req: http::Request<tonic::body::Body>,
-    ) -> Result<HttpResponse, Infallible> {
-        let _permit = match self.ingest.admit() {
-            Ok(permit) => permit,
-            Err(err) => {
-                self.ingest.refused(Transport::Grpc, self.signal, &err);
-                return Ok(err.grpc_status().into_http());
-            }
-        };
-        let limits = self.ingest.limits();
-        let snappy = match message_compression(req.headers(), limits.compression) {
-            Ok(compression) => compression == Some(Compression::Snappy),
-            Err(err) => {
-                self.ingest.refused(Transport::Grpc, self.signal, &err);
-                return Ok(unsupported(&err, limits.compression).into_http());
-            }
-        };
-        let aborted = Arc::new(AtomicBool::new(false));
-        let req = req.map(|body| LimitedBody::new(body, limits.max_request_bytes, aborted.clone()));
-        let req = if snappy {
-            match unsnappy(req, limits.max_decompressed_bytes).await {
-                Ok(req) => req,
-                Err(status) => {
-                    let reason = RefusalReason::of_grpc_code(status.code());
-                    if let Some(reason) = reason {
-                        self.ingest.telemetry().request_refused(
-                            Transport::Grpc,
-                            self.signal,
-                            reason,
-                            &status.message(),
-                        );
-                    }
-                    return Ok(status.into_http());
-                }
-            }
-        } else {
-            req.map(tonic::body::Body::new)
-        };
-        let mut grpc = Grpc::new(RawCodec)
-            .max_decoding_message_size(limits.max_decompressed_bytes)
-            .max_encoding_message_size(usize::MAX);
-        for (compression, encoding) in TONIC_DECODES {
-            if limits.compression.contains(compression) {
-                grpc = grpc.accept_compressed(encoding);
-            }
-        }
         let ingest = self.ingest.clone();
-        let signal = self.signal;
-        let mut response = grpc.unary(self, req).await;
-        // tonic answers a message it cannot decompress or unframe with INTERNAL; it is
-        // the client's body that is wrong, so answer it as every other undecodable body.
-        let status = response.headers_mut().get_mut("grpc-status");
-        if let Some(status) = status.filter(|code| code.as_bytes() == b"13") {
-            *status = HeaderValue::from_static("3");
-        }
-        // Refusals come from our service, from the body limit, or from tonic's own
-        // framing, decompression and size limit, which happen before our service sees
-        // the message and tell us nothing but the status. So every refusal is counted
-        // here, once, from the status it was answered with.
-        let reason = if aborted.load(Ordering::Relaxed) {
-            response = IngestError::BodyRead("the request body did not arrive whole".into())
-                .grpc_status()
-                .into_http();
-            Some(RefusalReason::Aborted)
-        } else {
-            refusal_of(&response)
-        };
-        if let Some(reason) = reason {
-            ingest.telemetry().request_refused(
-                Transport::Grpc,
-                signal,
-                reason,
-                &"see grpc-message",
-            );
-        }
-        Ok(response)
+        Box::pin(async move { Ok(export(ingest, signal, req).await) })
     }
 }
 
-/// The compressions tonic decompresses itself, and its names for them.
-const TONIC_DECODES: [(Compression, CompressionEncoding); 3] = [
-    (Compression::Gzip, CompressionEncoding::Gzip),
-    (Compression::Zstd, CompressionEncoding::Zstd),
-    (Compression::Deflate, CompressionEncoding::Deflate),
-];
+/// One unary `Export` call, for either signal.
+async fn export<B>(ingest: Arc<Ingest>, signal: Signal, req: http::Request<B>) -> HttpResponse
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, mut body) = req.into_parts();
+    match receive(&ingest, signal, &parts.headers, &mut body).await {
+        Ok(accepted) => success(accepted.response(signal, Encoding::Protobuf)),
+        Err(err) => {
+            ingest.refused(Transport::Grpc, signal, &err);
+            match err {
+                IngestError::UnsupportedEncoding { accepted, .. }
+                | IngestError::CompressionOff { accepted, .. } => {
+                    unsupported(&err, accepted).into_http()
+                }
+                err => err.grpc_status().into_http(),
+            }
+        }
+    }
+}
+
+async fn receive<B>(
+    ingest: &Arc<Ingest>,
+    signal: Signal,
+    headers: &HeaderMap,
+    body: &mut B,
+) -> Result<Accepted, IngestError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let limits = ingest.limits();
+    let client_deadline = grpc_timeout(headers).map(|t| Instant::now() + t);
+    let deadline = Instant::now() + limits.body_read_timeout;
+    ingest.authenticate(headers)?;
+    let mut reservation = ingest.admit(client_deadline).await?;
+    let format = message_compression(headers, limits.compression)?.map(format_of);
+    let mut raw = ingest.buffers().get();
+    let check = |seen: &[u8]| {
+        check_prefix(
+            seen,
+            format.is_some(),
+            limits.max_request_bytes,
+            limits.max_decompressed_bytes,
+        )
+    };
+    ingest
+        .read_body(
+            body,
+            &mut raw,
+            limits.max_request_bytes.saturating_add(PREFIX),
+            &mut reservation,
+            deadline,
+            check,
+        )
+        .await?;
+    let compressed = unframe(&raw, format.is_some())?;
+    ingest
+        .process(
+            Transport::Grpc,
+            signal,
+            Encoding::Protobuf,
+            format.filter(|_| compressed),
+            raw,
+            PREFIX,
+            reservation,
+            client_deadline,
+        )
+        .await
+}
+
+/// The length prefix of a gRPC message: a compressed flag and a big-endian length.
+const PREFIX: usize = 5;
+
+/// Refuses a message as soon as its prefix is in: an unknown flag, a compressed flag
+/// without a `grpc-encoding`, or a declared length over the limit that applies to it
+/// (the body as received when compressed, the decompressed body when not).
+fn check_prefix(
+    seen: &[u8],
+    encoded: bool,
+    max_request: usize,
+    max_decompressed: usize,
+) -> Result<(), IngestError> {
+    let [flag, a, b, c, d, ..] = *seen else {
+        return Ok(());
+    };
+    let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+    match flag {
+        0 if declared > max_decompressed.min(max_request) => Err(IngestError::BodyTooLarge {
+            limit: max_decompressed.min(max_request),
+        }),
+        0 => Ok(()),
+        1 if !encoded => Err(IngestError::Frame(
+            "compressed flag set without a grpc-encoding",
+        )),
+        1 if declared > max_request => Err(IngestError::BodyTooLarge { limit: max_request }),
+        1 => Ok(()),
+        _ => Err(IngestError::Frame("unknown compressed flag")),
+    }
+}
+
+/// Checks that `body` is exactly one length-prefixed message (what [`check_prefix`]
+/// already let through); true when it is compressed.
+fn unframe(body: &[u8], encoded: bool) -> Result<bool, IngestError> {
+    let [flag, a, b, c, d, message @ ..] = body else {
+        return Err(IngestError::Frame(if body.is_empty() {
+            "the request carried no message"
+        } else {
+            "shorter than its 5-byte prefix"
+        }));
+    };
+    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    if message.len() < len {
+        return Err(IngestError::Frame("shorter than its length prefix"));
+    }
+    if message.len() > len {
+        return Err(IngestError::Frame("more than one message in a unary call"));
+    }
+    match flag {
+        0 => Ok(false),
+        1 if encoded => Ok(true),
+        1 => Err(IngestError::Frame(
+            "compressed flag set without a grpc-encoding",
+        )),
+        _ => Err(IngestError::Frame("unknown compressed flag")),
+    }
+}
+
+/// How a `grpc-encoding` lays out its messages.
+fn format_of(compression: Compression) -> Format {
+    match compression {
+        Compression::Gzip => Format::Gzip,
+        Compression::Zstd => Format::Zstd,
+        // gRPC's `deflate` is zlib-wrapped, as HTTP's is.
+        Compression::Deflate => Format::Zlib,
+        // The Collector sends the snappy framing format; a raw block is read too.
+        Compression::Snappy => Format::Snappy,
+    }
+}
+
+/// The client's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit); `None`
+/// without one or when it does not parse.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The answer to an accepted call: the response message, then `grpc-status: 0` in the
+/// trailers.
+fn success(message: Vec<u8>) -> HttpResponse {
+    let mut framed = Vec::with_capacity(PREFIX + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut response = http::Response::new(GrpcBody {
+        message: Some(Bytes::from(framed)),
+        trailers: Some(trailers),
+    });
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+/// A unary gRPC response body: one message, then the trailers; empty for a
+/// trailers-only (error) response, whose status is in the headers.
+#[derive(Debug, Default)]
+pub struct GrpcBody {
+    message: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.message {
+            Some(m) => SizeHint::with_exact(m.len() as u64),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}
 
 /// The compression named by `grpc-encoding`: `None` without one (no header, or
 /// `identity`); an error when it is unknown or turned off by `limits.compression`.
@@ -271,206 +378,10 @@ fn unsupported(err: &IngestError, accepted: Compressions) -> Status {
     status
 }
 
-/// Reads a snappy-compressed request whole (the body limit applies as it arrives) and
-/// returns it with its message decompressed and framed uncompressed, for tonic.
-async fn unsnappy(
-    req: http::Request<LimitedBody>,
-    limit: usize,
-) -> Result<http::Request<tonic::body::Body>, Status> {
-    let (mut parts, body) = req.into_parts();
-    let raw = body.collect().await?.to_bytes();
-    let message = reframe(&raw, Format::Snappy, limit).map_err(|err| err.grpc_status())?;
-    parts.headers.remove("grpc-encoding");
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    let body = http_body_util::Full::new(Bytes::from(message));
-    Ok(http::Request::from_parts(
-        parts,
-        tonic::body::Body::new(body),
-    ))
-}
-
-/// The one length-prefixed message of a unary request body, decompressed from `format`
-/// (when its compressed flag is set) and framed again uncompressed.
-fn reframe(body: &[u8], format: Format, limit: usize) -> Result<Vec<u8>, IngestError> {
-    let [flag, a, b, c, d, message @ ..] = body else {
-        return Err(IngestError::Frame("shorter than its 5-byte prefix"));
-    };
-    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    if message.len() < len {
-        return Err(IngestError::Frame("shorter than its length prefix"));
-    }
-    if message.len() > len {
-        return Err(IngestError::Frame("more than one message in a unary call"));
-    }
-    let mut out = Vec::with_capacity(5 + len.min(limit));
-    out.extend_from_slice(&[0; 5]);
-    match flag {
-        0 => out.extend_from_slice(message),
-        1 => super::decompress(format, message, limit, &mut out)?,
-        _ => return Err(IngestError::Frame("unknown compressed flag")),
-    }
-    let len =
-        u32::try_from(out.len() - 5).map_err(|_| IngestError::DecompressedTooLarge { limit })?;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    Ok(out)
-}
-
-type ExportResult = Result<Response<Bytes>, Status>;
-
-/// The response of one export: ready at once, or (only while a reload is under way)
-/// after waiting for it to finish.
-pub enum ExportFuture {
-    /// Exported already.
-    Ready(Option<ExportResult>),
-    /// Waiting for a reload, then exporting.
-    Waiting(BoxFuture<ExportResult>),
-}
-
-impl Future for ExportFuture {
-    type Output = ExportResult;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExportResult> {
-        match self.get_mut() {
-            Self::Ready(out) => Poll::Ready(
-                out.take()
-                    .unwrap_or_else(|| Err(Status::internal("export polled after completion"))),
-            ),
-            Self::Waiting(f) => f.as_mut().poll(cx),
-        }
-    }
-}
-
-fn export(ingest: &Ingest, signal: Signal, body: &[u8]) -> ExportResult {
-    ingest
-        .export(Transport::Grpc, signal, Encoding::Protobuf, body)
-        .map(|accepted| {
-            let bytes = accepted.response(signal, Encoding::Protobuf);
-            Response::new(Bytes::from(bytes))
-        })
-        .map_err(|err| err.grpc_status())
-}
-
-impl UnaryService<Bytes> for Export {
-    type Response = Bytes;
-    type Future = ExportFuture;
-
-    fn call(&mut self, request: Request<Bytes>) -> ExportFuture {
-        let body = request.into_inner();
-        if let Some(_entered) = self.ingest.try_enter() {
-            return ExportFuture::Ready(Some(export(&self.ingest, self.signal, &body)));
-        }
-        let (ingest, signal) = (self.ingest.clone(), self.signal);
-        ExportFuture::Waiting(Box::pin(async move {
-            let _entered = ingest.enter().await;
-            export(&ingest, signal, &body)
-        }))
-    }
-}
-
-/// The refusal reason of an error response, read from its `grpc-status` header (set
-/// only on trailers-only error responses; a success carries it in the trailers).
-fn refusal_of(response: &HttpResponse) -> Option<RefusalReason> {
-    let code = response.headers().get("grpc-status")?.to_str().ok()?;
-    RefusalReason::of_grpc_code(tonic::Code::from_bytes(code.as_bytes()))
-}
-
-/// Counts the bytes of a gRPC request body as received and fails the stream with
-/// RESOURCE_EXHAUSTED once they pass the limit, or with CANCELLED (counted as
-/// `aborted`) when the transport fails it. It also reads the length prefix of the
-/// first frame, so an oversize message is refused before its bytes arrive.
-struct LimitedBody {
-    inner: tonic::body::Body,
-    /// Set when the transport failed the body. tonic reads a cancelled request body as
-    /// a request that ended without a message, so the outcome is taken from here.
-    aborted: Arc<AtomicBool>,
-    limit: usize,
-    seen: usize,
-    header: [u8; 5],
-    failed: bool,
-}
-
-impl LimitedBody {
-    fn new(inner: tonic::body::Body, limit: usize, aborted: Arc<AtomicBool>) -> Self {
-        Self {
-            inner,
-            aborted,
-            limit,
-            seen: 0,
-            header: [0; 5],
-            failed: false,
-        }
-    }
-
-    fn over_limit(&mut self) -> Status {
-        self.failed = true;
-        IngestError::BodyTooLarge { limit: self.limit }.grpc_status()
-    }
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if self.failed {
-            return Poll::Ready(None);
-        }
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => frame,
-            // The transport failed the body (a reset stream, a closed connection): the
-            // client went away before its message was complete, which is not an
-            // undecodable body.
-            Poll::Ready(Some(Err(status))) => {
-                self.failed = true;
-                self.aborted.store(true, Ordering::Relaxed);
-                let aborted = IngestError::BodyRead(status.message().to_owned());
-                return Poll::Ready(Some(Err(aborted.grpc_status())));
-            }
-            other => return other,
-        };
-        if let Some(data) = frame.data_ref() {
-            let before = self.seen;
-            for (i, byte) in data
-                .chunk()
-                .iter()
-                .take(5usize.saturating_sub(before))
-                .enumerate()
-            {
-                self.header[before + i] = *byte;
-            }
-            self.seen = before + data.len();
-            let declared = if self.seen >= 5 {
-                u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]) as usize
-            } else {
-                0
-            };
-            if declared > self.limit || self.seen > self.limit.saturating_add(5) {
-                return Poll::Ready(Some(Err(self.over_limit())));
-            }
-        }
-        Poll::Ready(Some(Ok(frame)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::RefusalReason;
 
     fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
         let mut body = vec![flag];
@@ -480,57 +391,82 @@ mod tests {
     }
 
     #[test]
-    fn a_snappy_message_is_framed_again_uncompressed() {
-        let message: Vec<u8> = (0..50_000u32).map(|i| (i % 7) as u8).collect();
-        let mut framed = snap::write::FrameEncoder::new(Vec::new());
-        std::io::Write::write_all(&mut framed, &message).unwrap();
-        let framed = framed.into_inner().unwrap();
-        let block = snap::raw::Encoder::new().compress_vec(&message).unwrap();
-        for compressed in [framed, block] {
-            let out = reframe(&frame(1, &compressed), Format::Snappy, 1 << 20).unwrap();
-            assert_eq!(out, frame(0, &message));
+    fn one_message_is_unframed_and_anything_else_refused() {
+        assert!(!unframe(&frame(0, b"abc"), false).unwrap());
+        assert!(!unframe(&frame(0, b""), true).unwrap());
+        assert!(unframe(&frame(1, b"abc"), true).unwrap());
+        let mut two = frame(0, b"ab");
+        two.extend(frame(0, b"cd"));
+        let mut cut = frame(0, b"abc");
+        cut.pop();
+        let cases = [
+            (vec![], "the request carried no message"),
+            (vec![0, 0, 0], "shorter than its 5-byte prefix"),
+            (cut, "shorter than its length prefix"),
+            (two, "more than one message in a unary call"),
+            (frame(2, b"ab"), "unknown compressed flag"),
+            (
+                frame(1, b"ab"),
+                "compressed flag set without a grpc-encoding",
+            ),
+        ];
+        for (body, why) in cases {
+            let err = unframe(&body, false).unwrap_err();
+            assert!(
+                matches!(err, IngestError::Frame(w) if w == why),
+                "{body:?}: {err}"
+            );
+            assert_eq!(err.grpc_status().code(), tonic::Code::InvalidArgument);
         }
-        // The compressed flag may be off even under `grpc-encoding: snappy`.
-        let out = reframe(&frame(0, &message), Format::Snappy, 1 << 20).unwrap();
-        assert_eq!(out, frame(0, &message));
     }
 
     #[test]
-    fn malformed_frames_and_bombs_are_refused() {
-        let block = snap::raw::Encoder::new()
-            .compress_vec(&[0u8; 100_000])
-            .unwrap();
-        let limit = 10_000;
-        let too_large = reframe(&frame(1, &block), Format::Snappy, limit).unwrap_err();
-        assert!(matches!(
-            too_large,
-            IngestError::DecompressedTooLarge { limit: 10_000 }
-        ));
-        assert_eq!(
-            too_large.grpc_status().code(),
-            tonic::Code::ResourceExhausted
-        );
-        let mut two = frame(0, b"ab");
-        two.extend(frame(0, b"cd"));
-        let mut cut = frame(1, &block);
-        cut.pop();
-        let cases = [
-            vec![],
-            vec![1, 0, 0],
-            cut,
-            two,
-            frame(2, b"ab"),
-            // Declares 10 bytes, then copies from before the start.
-            frame(1, b"\x0a\x02\xff\xff"),
-        ];
-        for body in cases {
-            let err = reframe(&body, Format::Snappy, limit).unwrap_err();
-            assert_eq!(
-                err.grpc_status().code(),
-                tonic::Code::InvalidArgument,
-                "{body:?}: {err}"
+    fn an_oversize_message_is_refused_from_its_prefix() {
+        let (request, decompressed) = (1000, 4000);
+        let prefix = |flag: u8, len: u32| {
+            let mut p = vec![flag];
+            p.extend_from_slice(&len.to_be_bytes());
+            p
+        };
+        assert!(check_prefix(&[0, 0], false, request, decompressed).is_ok());
+        assert!(check_prefix(&prefix(0, 1000), false, request, decompressed).is_ok());
+        assert!(check_prefix(&prefix(1, 1000), true, request, decompressed).is_ok());
+        for (flag, encoded) in [(0, false), (1, true)] {
+            let err =
+                check_prefix(&prefix(flag, 1001), encoded, request, decompressed).unwrap_err();
+            assert!(
+                matches!(err, IngestError::BodyTooLarge { limit: 1000 }),
+                "{err}"
             );
+            assert_eq!(err.grpc_status().code(), tonic::Code::ResourceExhausted);
         }
+        assert!(check_prefix(&prefix(1, 10), false, request, decompressed).is_err());
+        assert!(check_prefix(&prefix(7, 10), true, request, decompressed).is_err());
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        let headers = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            headers
+        };
+        let cases = [
+            ("1H", Some(Duration::from_secs(3600))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("10S", Some(Duration::from_secs(10))),
+            ("250m", Some(Duration::from_millis(250))),
+            ("99999999u", Some(Duration::from_micros(99_999_999))),
+            ("5n", Some(Duration::from_nanos(5))),
+            ("123456789S", None),
+            ("S", None),
+            ("10s", None),
+            ("-1S", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(grpc_timeout(&headers(value)), want, "{value}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -72,7 +74,15 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
         Err(err) => {
             ingest.refused(Transport::Http, signal, &err);
             let mut response = failure(reply_in, &err);
-            if parts.version < http::Version::HTTP_2 && !http_body::Body::is_end_stream(&body) {
+            let timed_out = matches!(err, IngestError::Timeout(_));
+            if timed_out {
+                // Reading on would wait for the same slow client again.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            } else if parts.version < http::Version::HTTP_2
+                && !http_body::Body::is_end_stream(&body)
+            {
                 // An HTTP/1 client still sending would meet a closed connection (a reset,
                 // or a broken pipe) instead of the answer: read on, within bounds and with
                 // no permit held, then answer and close.
@@ -102,15 +112,17 @@ async fn drain(body: &mut Body) {
 }
 
 async fn receive(
-    ingest: &Ingest,
+    ingest: &Arc<Ingest>,
     signal: Signal,
     headers: &HeaderMap,
     encoding: Result<Encoding, IngestError>,
     body: &mut Body,
 ) -> Result<Accepted, IngestError> {
-    let _permit = ingest.admit()?;
-    let encoding = encoding?;
     let limits = ingest.limits();
+    let deadline = Instant::now() + limits.body_read_timeout;
+    ingest.authenticate(headers)?;
+    let mut reservation = ingest.admit(None).await?;
+    let encoding = encoding?;
     let compressed = content_encoding(headers, limits.compression)?;
     let limit = limits.max_request_bytes;
     let declared = headers
@@ -121,25 +133,28 @@ async fn receive(
         return Err(IngestError::BodyTooLarge { limit });
     }
     let mut raw = ingest.buffers().get();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| IngestError::BodyRead(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if raw.len() + data.len() > limit {
-                return Err(IngestError::BodyTooLarge { limit });
-            }
-            raw.extend_from_slice(data);
-        }
-    }
-    // Decoding and recording wait (as a parked task) while a reload is under way.
-    let _entered = ingest.enter().await;
-    if let Some(format) = compressed {
-        let mut inflated = ingest.buffers().get();
-        ingest.decompress(format, &raw, &mut inflated)?;
-        drop(raw);
-        ingest.export(Transport::Http, signal, encoding, &inflated)
-    } else {
-        ingest.export(Transport::Http, signal, encoding, &raw)
-    }
+    ingest
+        .read_body(
+            body,
+            &mut raw,
+            limit,
+            &mut reservation,
+            deadline,
+            |_| Ok(()),
+        )
+        .await?;
+    ingest
+        .process(
+            Transport::Http,
+            signal,
+            encoding,
+            compressed,
+            raw,
+            0,
+            reservation,
+            None,
+        )
+        .await
 }
 
 /// The body's compression: `None` when it has none (no header, or `identity`); an error
@@ -208,6 +223,11 @@ fn failure(encoding: Encoding, err: &IngestError) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }

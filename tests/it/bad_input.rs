@@ -931,9 +931,10 @@ async fn too_many_records_in_one_request_are_refused_before_the_batch_is_built()
 }
 
 /// Python's urllib sends the whole body before it reads the answer. It must read every
-/// 413 (a body over `max_request_bytes`) and every 503 (no request may start: 64 others
-/// hold every slot), not a broken pipe or a reset: the daemon reads the rest of the body
-/// before it answers, and closes the connection after.
+/// 413 (a body over `max_request_bytes`) and every 503 (the in-flight budget is held by
+/// stalled bodies, and `admission_wait: 0s` refuses at once), not a broken pipe or a
+/// reset: the daemon reads the rest of the body before it answers, and closes the
+/// connection after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urllib_reads_every_413_and_503() {
     use tokio::io::AsyncWriteExt;
@@ -945,7 +946,9 @@ async fn urllib_reads_every_413_and_503() {
     if !crate::harness::require(python, "python3") {
         return;
     }
-    let d = Daemon::start(&config("limits:\n  max_request_bytes: 64KiB\n"));
+    let d = Daemon::start(&config(
+        "limits:\n  max_request_bytes: 64KiB\n  max_in_flight_bytes: 1MiB\n  admission_wait: 0s\n",
+    ));
     let script = r#"
 import sys, urllib.request, urllib.error
 url, size, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -983,15 +986,17 @@ sys.exit(0 if all(s == str(want) for s in seen) else 1)
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // 64 requests that stall mid-body hold every slot; then urllib's get 503.
+    // Requests that stall after 60 KB of their body hold the whole 1 MiB budget (each
+    // is charged its base and what it sent); then urllib's get 503.
     let mut stalled = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
         tcp.write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\nxx",
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 65000\r\n\r\n",
         )
         .await
         .unwrap();
+        tcp.write_all(&[0u8; 60_000]).await.unwrap();
         stalled.push(tcp);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -1,7 +1,9 @@
 //! The integration test binary: one binary, one module per concern.
 
+mod admission;
 mod aggregate;
 mod alloc;
+mod auth;
 mod bad_input;
 mod compression;
 mod deploy;

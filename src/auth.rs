@@ -1,0 +1,286 @@
+//! Bearer-token authentication (`auth`, `metrics.auth`): a request must carry one of the
+//! tokens of `bearer_tokens_file` in its `header`, after its `scheme`.
+//!
+//! The file is reread when it changes (its length or modification time, looked at no
+//! more than once a second, on a request), so tokens rotate without a restart; a file
+//! that cannot be read, or holds no token, keeps the tokens in force, and is logged.
+//! Tokens are compared in time that does not depend on where they differ.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName};
+
+use crate::config::Auth;
+
+/// How often the tokens file is looked at for a change, at most.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The tokens of a file, one per line; blank lines and lines starting with `#` are
+/// skipped, and spaces around a token are not part of it.
+pub fn read_tokens(path: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.as_bytes().to_vec())
+        .collect())
+}
+
+/// The tokens in force for one `auth` section.
+#[derive(Debug)]
+pub struct BearerTokens {
+    file: PathBuf,
+    header: HeaderName,
+    scheme: String,
+    state: RwLock<Loaded>,
+    /// Unix milliseconds of the last look at the file.
+    checked_ms: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    /// The file's length and modification time when read.
+    stamp: Option<(u64, SystemTime)>,
+    tokens: Arc<HashSet<Vec<u8>>>,
+}
+
+impl BearerTokens {
+    /// Reads the tokens of `auth`. A file that cannot be read now (it was readable when
+    /// the configuration was checked) is logged, and no token is in force until it can:
+    /// every request is refused rather than let through.
+    pub fn new(auth: &Auth) -> Self {
+        let header =
+            HeaderName::from_bytes(auth.header.as_bytes()).unwrap_or(http::header::AUTHORIZATION);
+        let stamp = stamp(&auth.bearer_tokens_file);
+        let tokens = read_tokens(&auth.bearer_tokens_file).unwrap_or_else(|e| {
+            tracing::error!(
+                file = %auth.bearer_tokens_file.display(),
+                "cannot read the bearer tokens file ({e}); every request is refused until it can be read"
+            );
+            Vec::new()
+        });
+        Self {
+            file: auth.bearer_tokens_file.clone(),
+            header,
+            scheme: auth.scheme.clone(),
+            state: RwLock::new(Loaded {
+                stamp,
+                tokens: Arc::new(tokens.into_iter().collect()),
+            }),
+            checked_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    /// True when `headers` carry a token in force.
+    pub fn allows(&self, headers: &HeaderMap) -> bool {
+        self.refresh();
+        let Some(token) = headers
+            .get(&self.header)
+            .and_then(|v| self.token_of(v.as_bytes()))
+        else {
+            return false;
+        };
+        let tokens = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tokens
+            .clone();
+        // Every token is compared, each in time independent of where it differs.
+        tokens
+            .iter()
+            .fold(false, |found, t| found | constant_time_eq(t, token))
+    }
+
+    /// The scheme this section expects (for `WWW-Authenticate`).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// The token of a header value: what follows the scheme and one or more spaces,
+    /// or the whole value without a scheme.
+    fn token_of<'v>(&self, value: &'v [u8]) -> Option<&'v [u8]> {
+        if self.scheme.is_empty() {
+            return Some(value.trim_ascii()).filter(|t| !t.is_empty());
+        }
+        let scheme = self.scheme.as_bytes();
+        if value.len() <= scheme.len() || !value[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            return None;
+        }
+        let rest = &value[scheme.len()..];
+        if !rest.starts_with(b" ") {
+            return None;
+        }
+        Some(rest.trim_ascii()).filter(|t| !t.is_empty())
+    }
+
+    /// Rereads the file if it changed, at most once per [`RECHECK`].
+    fn refresh(&self) {
+        let now = now_ms();
+        let last = self.checked_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < RECHECK.as_millis() as u64
+            || self
+                .checked_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let current = stamp(&self.file);
+        let unchanged = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stamp
+            == current;
+        if unchanged {
+            return;
+        }
+        match read_tokens(&self.file) {
+            Ok(tokens) if !tokens.is_empty() => {
+                let count = tokens.len();
+                let mut state = self
+                    .state
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state.stamp = current;
+                state.tokens = Arc::new(tokens.into_iter().collect());
+                tracing::info!(file = %self.file.display(), tokens = count, "bearer tokens reread");
+            }
+            Ok(_) => tracing::error!(
+                file = %self.file.display(),
+                "the bearer tokens file holds no token now; the tokens read before stay in force"
+            ),
+            Err(e) => tracing::error!(
+                file = %self.file.display(),
+                "cannot reread the bearer tokens file ({e}); the tokens read before stay in force"
+            ),
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Equality whose time depends on the lengths only, not on where the bytes differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(dir: &Path, tokens: &str, header: &str, scheme: &str) -> Auth {
+        let file = dir.join("tokens");
+        std::fs::write(&file, tokens).unwrap();
+        Auth {
+            bearer_tokens_file: file,
+            header: header.to_owned(),
+            scheme: scheme.to_owned(),
+        }
+    }
+
+    fn with(name: &str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn tokens_are_matched_after_their_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = BearerTokens::new(&auth(
+            dir.path(),
+            "# comment\n\n  s3cret  \nother\n",
+            "Authorization",
+            "Bearer",
+        ));
+        assert!(tokens.allows(&with("authorization", "Bearer s3cret")));
+        assert!(tokens.allows(&with("Authorization", "bearer  other")));
+        for (name, value) in [
+            ("authorization", "Bearer wrong"),
+            ("authorization", "Bearer s3cre"),
+            ("authorization", "Bearer"),
+            ("authorization", "Bearer "),
+            ("authorization", "Basic s3cret"),
+            ("authorization", "Bearers3cret"),
+            ("authorization", "s3cret"),
+            ("x-token", "Bearer s3cret"),
+            ("authorization", "Bearer # comment"),
+        ] {
+            assert!(!tokens.allows(&with(name, value)), "{name}: {value}");
+        }
+        assert!(!tokens.allows(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn without_a_scheme_the_whole_value_is_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = BearerTokens::new(&auth(dir.path(), "abc\n", "x-api-key", ""));
+        assert!(tokens.allows(&with("x-api-key", "abc")));
+        assert!(!tokens.allows(&with("x-api-key", "Bearer abc")));
+        assert!(!tokens.allows(&with("authorization", "abc")));
+    }
+
+    #[test]
+    fn a_changed_file_is_reread_and_a_broken_one_keeps_the_old_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = auth(dir.path(), "old\n", "Authorization", "Bearer");
+        let tokens = BearerTokens::new(&config);
+        assert!(tokens.allows(&with("authorization", "Bearer old")));
+        std::fs::write(&config.bearer_tokens_file, "new-token\n").unwrap();
+        // Looked at no more than once a second.
+        tokens.checked_ms.store(0, Ordering::Relaxed);
+        assert!(tokens.allows(&with("authorization", "Bearer new-token")));
+        assert!(!tokens.allows(&with("authorization", "Bearer old")));
+        std::fs::write(&config.bearer_tokens_file, "# nothing\n").unwrap();
+        tokens.checked_ms.store(0, Ordering::Relaxed);
+        assert!(tokens.allows(&with("authorization", "Bearer new-token")));
+        std::fs::remove_file(&config.bearer_tokens_file).unwrap();
+        tokens.checked_ms.store(0, Ordering::Relaxed);
+        assert!(tokens.allows(&with("authorization", "Bearer new-token")));
+    }
+
+    #[test]
+    fn an_unreadable_file_lets_nothing_through_until_it_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Auth {
+            bearer_tokens_file: dir.path().join("missing"),
+            header: "Authorization".to_owned(),
+            scheme: "Bearer".to_owned(),
+        };
+        let tokens = BearerTokens::new(&config);
+        assert!(!tokens.allows(&with("authorization", "Bearer ")));
+        std::fs::write(&config.bearer_tokens_file, "late\n").unwrap();
+        tokens.checked_ms.store(0, Ordering::Relaxed);
+        assert!(tokens.allows(&with("authorization", "Bearer late")));
+    }
+
+    #[test]
+    fn equality_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

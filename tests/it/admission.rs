@@ -1,0 +1,382 @@
+//! Admission under attack and under bursts, with the real binary on loopback: stalled
+//! senders hold only what they sent and are dropped at `limits.body_read_timeout`;
+//! bursts of concurrent exports are absorbed, not refused; large decodes stay off the
+//! workers that answer `/healthz`.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use sloxide::fixture::{self, Shape};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bad_input::grpc_call;
+use crate::e2e::post;
+use crate::harness::{Daemon, config};
+
+const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+fn spans(n: usize) -> Vec<u8> {
+    fixture::traces(&Shape {
+        resources: 4,
+        per_resource: n / 4,
+        services: 4,
+        ..Shape::default()
+    })
+    .encode_to_vec()
+}
+
+async fn refused(d: &Daemon, transport: &str, reason: &str) -> f64 {
+    d.metric(
+        "sloxide_receiver_refused_requests_total",
+        &[
+            ("transport", transport),
+            ("signal", "traces"),
+            ("reason", reason),
+        ],
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
+async fn accepted(d: &Daemon, transport: &str) -> f64 {
+    d.metric(
+        "sloxide_receiver_accepted_spans_total",
+        &[("transport", transport)],
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
+/// 64 HTTP/1.1 requests that stall mid-body, and one HTTP/2 connection whose streams all
+/// stall mid-message, while other clients export on both transports: every other
+/// export is answered, and quickly. At `body_read_timeout` the stalled ones get 408 /
+/// DEADLINE_EXCEEDED, counted as `timeout`, and hold nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_and_streams_do_not_starve_other_clients() {
+    let d = Daemon::start(&config("limits:\n  body_read_timeout: 4s\n"));
+    let started = Instant::now();
+
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+        tcp.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+        stalled.push(tcp);
+    }
+
+    // One HTTP/2 connection opens 64 streams. Each declares a 100 000-byte message and
+    // sends 10 bytes of it.
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let mut client = client.clone();
+        let addr = d.grpc;
+        streams.push(tokio::spawn(async move {
+            let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            client = client.ready().await.unwrap();
+            let (response, mut body) = client.send_request(request, false).unwrap();
+            let mut prefix = vec![0u8];
+            prefix.extend_from_slice(&100_000u32.to_be_bytes());
+            prefix.extend_from_slice(b"0123456789");
+            body.send_data(Bytes::from(prefix), false).unwrap();
+            let response = response.await;
+            drop(body);
+            response.map(|r| {
+                r.headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+        }));
+    }
+
+    // Meanwhile, others export over both transports, one after another.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let body = spans(100);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t = Instant::now();
+        grpc_call(&d, TRACE_EXPORT, body.clone(), None)
+            .await
+            .expect("a gRPC export while others stall");
+        let (status, _, _) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(d.get("/healthz").await.0, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the other clients were served before the stalled ones timed out ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest export pair {slowest:?}"
+    );
+
+    // The stalled HTTP/1 requests are answered 408 and their connections closed.
+    for mut tcp in stalled {
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+            .await
+            .expect("the stalled request is answered and closed")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+    }
+    // Every stalled stream is answered DEADLINE_EXCEEDED (4).
+    for stream in streams {
+        let status = tokio::time::timeout(Duration::from_secs(30), stream)
+            .await
+            .expect("the stalled stream is answered")
+            .unwrap()
+            .expect("a response, not a reset");
+        assert_eq!(status.as_deref(), Some("4"));
+    }
+    assert_eq!(refused(&d, "http", "timeout").await, 64.0);
+    assert_eq!(refused(&d, "grpc", "timeout").await, 64.0);
+    assert_eq!(refused(&d, "http", "overloaded").await, 0.0);
+    assert_eq!(refused(&d, "grpc", "overloaded").await, 0.0);
+    assert_eq!(accepted(&d, "grpc").await, 1000.0);
+    assert_eq!(accepted(&d, "http").await, 1000.0);
+    assert_eq!(
+        d.metric("sloxide_receiver_in_flight_bytes", &[]).await,
+        Some(0.0)
+    );
+}
+
+/// 120 concurrent exports of 2000 spans each, from clients that never retry (the
+/// JavaScript gRPC exporter does not retry UNAVAILABLE): over gRPC on 120 connections
+/// and on one, and over HTTP. Nothing is refused, and every span is counted. Then the
+/// same with a budget that holds only a few of them at once: they wait their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_concurrent_exports_lose_nothing() {
+    for (budget, extra) in [
+        ("default", ""),
+        (
+            "16MiB",
+            "limits:\n  max_in_flight_bytes: 16MiB\n  admission_wait: 20s\n",
+        ),
+    ] {
+        let d = Daemon::start(&config(extra));
+        let body = Bytes::from(spans(2000));
+        assert!(body.len() > 200_000, "{} bytes", body.len());
+
+        // 120 connections, one export each, all at once.
+        let calls: Vec<_> = (0..120)
+            .map(|_| {
+                let body = body.to_vec();
+                let d = &d;
+                async move { grpc_call(d, TRACE_EXPORT, body, None).await }
+            })
+            .collect();
+        let results = futures_join_all(calls).await;
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(failed.is_empty(), "budget {budget}: {failed:?}");
+
+        // One channel, 120 calls at once on it.
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", d.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..120)
+            .map(|_| {
+                let mut client = tonic::client::Grpc::new(channel.clone());
+                let body = body.clone();
+                async move {
+                    client.ready().await.unwrap();
+                    client
+                        .unary(
+                            tonic::Request::new(body),
+                            http::uri::PathAndQuery::from_static(TRACE_EXPORT),
+                            sloxide::ingest::grpc::RawCodec,
+                        )
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .collect();
+        let results = futures_join_all(calls).await;
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "budget {budget}, one channel: {failed:?}"
+        );
+
+        // HTTP: 120 at once, no retry.
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/v1/traces", d.http);
+        let posts: Vec<_> = (0..120)
+            .map(|_| {
+                client
+                    .post(&url)
+                    .header("content-type", "application/x-protobuf")
+                    .body(body.clone())
+                    .send()
+            })
+            .collect();
+        for response in futures_join_all(posts).await {
+            let response = response.unwrap();
+            assert_eq!(response.status(), 200, "budget {budget}");
+        }
+
+        assert_eq!(accepted(&d, "grpc").await, 2.0 * 120.0 * 2000.0, "{budget}");
+        assert_eq!(accepted(&d, "http").await, 120.0 * 2000.0, "{budget}");
+        for transport in ["grpc", "http"] {
+            assert_eq!(refused(&d, transport, "overloaded").await, 0.0, "{budget}");
+        }
+    }
+}
+
+/// Runs futures concurrently on this task, in order of their results.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futures.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
+}
+
+/// 64 concurrent gzipped OTLP/JSON bodies of about 60 MB each (the most the default
+/// `max_decompressed_bytes` allows): their decompression and decoding run on the
+/// blocking pool, so `/healthz` answers within 100 ms throughout. Each request is
+/// either counted whole or refused (503, for want of room in the budget), never half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_json_bodies_do_not_stall_the_health_check() {
+    let gzip_cli = std::process::Command::new("gzip")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !crate::harness::require(gzip_cli, "gzip") {
+        return;
+    }
+    // Each body holds about 180 000 spans.
+    let d = Daemon::start(&config("limits:\n  max_records_per_request: 1000000\n"));
+    // One span in OTLP/JSON, repeated: about 60 MB of text.
+    let span = r#"{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /api/orders","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000120000000","attributes":[{"key":"http.route","value":{"stringValue":"/api/orders"}},{"key":"http.response.status_code","value":{"intValue":"200"}}],"status":{}}"#;
+    let per_request = 60_000_000 / (span.len() + 1);
+    let mut json = String::with_capacity(61_000_000);
+    json.push_str(r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"orders"}}]},"scopeSpans":[{"spans":["#);
+    for i in 0..per_request {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(span);
+    }
+    json.push_str("]}]}]}");
+    assert!(json.len() < 64 << 20);
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = gzip.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut stdin, json.as_bytes()).unwrap();
+    });
+    let body = Bytes::from(gzip.wait_with_output().unwrap().stdout);
+    writer.join().unwrap();
+
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/traces", d.http);
+    let posts: Vec<_> = (0..64)
+        .map(|_| {
+            let request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("content-encoding", "gzip")
+                .body(body.clone())
+                .send();
+            tokio::spawn(async move { request.await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+
+    // Probe /healthz every 50 ms from a thread of its own (plain blocking I/O, so the
+    // test's own busy runtime adds nothing to what is measured) until every post is
+    // answered (bounded: 120 s).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let done = done.clone();
+        let addr = d.metrics;
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let (mut slowest, mut probes) = (Duration::ZERO, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let t = Instant::now();
+                let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+                std::io::Write::write_all(
+                    &mut tcp,
+                    b"GET /healthz HTTP/1.1\r\nhost: sloxide\r\nconnection: close\r\n\r\n",
+                )
+                .unwrap();
+                let mut reply = String::new();
+                std::io::Read::read_to_string(&mut tcp, &mut reply).unwrap();
+                assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+                slowest = slowest.max(t.elapsed());
+                probes += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (slowest, probes)
+        })
+    };
+    let mut answered = Vec::new();
+    for post in posts {
+        answered.push(post.await.unwrap().expect("an answer"));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (slowest, probes) = prober.join().unwrap();
+    let mut ok = 0;
+    for status in answered {
+        match status {
+            200 => ok += 1,
+            503 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    eprintln!("{ok} of 64 accepted; {probes} probes, slowest {slowest:?}");
+    assert!(ok >= 1, "at least one large body is accepted");
+    assert!(probes >= 10, "{probes} probes");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "/healthz took {slowest:?} at worst"
+    );
+    assert_eq!(accepted(&d, "http").await, (ok * per_request) as f64);
+    assert_eq!(refused(&d, "http", "overloaded").await, (64 - ok) as f64);
+}
