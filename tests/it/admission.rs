@@ -10,7 +10,7 @@ use prost::Message;
 use sloxide::fixture::{self, Shape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bad_input::grpc_call;
+use crate::bad_input::{grpc_call, rss_bytes};
 use crate::e2e::post;
 use crate::harness::{Daemon, config};
 
@@ -276,7 +276,8 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 /// 64 concurrent gzipped OTLP/JSON bodies of about 60 MB each (the most the default
 /// `max_decompressed_bytes` allows): their decompression and decoding run on the
 /// blocking pool, so `/healthz` answers within 100 ms throughout. Each request is
-/// either counted whole or refused (503, for want of room in the budget), never half.
+/// either counted whole or refused (503, for want of room in the budget), never half,
+/// and within 10 s of the last answer RSS is back within 64 MiB of where it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_json_bodies_do_not_stall_the_health_check() {
     let gzip_cli = std::process::Command::new("gzip")
@@ -314,6 +315,8 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
     let body = Bytes::from(gzip.wait_with_output().unwrap().stdout);
     writer.join().unwrap();
 
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes(&d);
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/traces", d.http);
     let posts: Vec<_> = (0..64)
@@ -379,4 +382,18 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
     );
     assert_eq!(accepted(&d, "http").await, (ok * per_request) as f64);
     assert_eq!(refused(&d, "http", "overloaded").await, (64 - ok) as f64);
+
+    let settle = Instant::now() + Duration::from_secs(10);
+    let mut after = rss_bytes(&d);
+    while after > before + (64 << 20) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = rss_bytes(&d);
+    }
+    eprintln!("RSS {} MiB before, {} MiB after", before >> 20, after >> 20);
+    assert!(
+        after <= before + (64 << 20),
+        "RSS {} MiB before, {} MiB 10 s after",
+        before >> 20,
+        after >> 20
+    );
 }

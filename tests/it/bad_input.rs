@@ -703,7 +703,7 @@ async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
 }
 
 /// The daemon's resident memory, from `/proc/<pid>/status`, in bytes.
-fn rss_bytes(d: &Daemon) -> u64 {
+pub fn rss_bytes(d: &Daemon) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     let kb: u64 = status
         .lines()
