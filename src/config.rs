@@ -70,6 +70,53 @@ pub struct Config {
     pub slos: Vec<slo::Slo>,
     /// Multiwindow burn-rate alert tiers.
     pub alerting: slo::Alerting,
+    /// TLS on both OTLP ports; `None` serves them in clear text.
+    pub tls: Option<Tls>,
+    /// The metrics port's own settings.
+    pub metrics: Metrics,
+}
+
+/// `tls` and `metrics.tls`: a certificate and its key, and optionally the CA that client
+/// certificates must chain to, in the OpenTelemetry Collector's vocabulary. Validation
+/// has read every file once and found a usable certificate, key and CA in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate that chains to
+    /// one of them.
+    pub client_ca_file: Option<PathBuf>,
+    /// The oldest TLS version accepted. Default 1.2.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS version (`min_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+impl TlsVersion {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_2 => "1.2",
+            Self::V1_3 => "1.3",
+        }
+    }
+}
+
+/// `metrics`: the metrics port's settings (its address is `listen.metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// TLS on the metrics port; `None` serves it in clear text.
+    pub tls: Option<Tls>,
 }
 
 /// `listen`: the three listen addresses.
@@ -176,6 +223,16 @@ pub struct Limits {
     /// The compressions request bodies may use; uncompressed bodies are always accepted.
     /// Default: all of them ([`Compressions::ALL`]).
     pub compression: Compressions,
+    /// Open connections per OTLP port; at the cap the port stops accepting until one
+    /// closes (the descriptor budget may lower it, see `net`). Positive. Default 4096.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head (TLS handshake included)
+    /// this long after it opened, or after its first byte of a later HTTP/1 request, is
+    /// closed. Positive. Default 10s.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY). Positive. Default 60s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -189,6 +246,9 @@ impl Default for Limits {
             max_label_bytes: 256,
             series_idle_expiry: Duration::from_secs(900),
             compression: Compressions::ALL,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -798,6 +858,25 @@ struct RawConfig {
     state: Option<RawState>,
     slos: Option<Vec<Spanned<slo::RawSlo>>>,
     alerting: Option<slo::RawAlerting>,
+    tls: Option<Spanned<RawTls>>,
+    metrics: Option<RawMetrics>,
+}
+
+/// `tls` and `metrics.tls` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    client_ca_file: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
+}
+
+/// `metrics` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    tls: Option<Spanned<RawTls>>,
 }
 
 /// `listen` as written.
@@ -845,6 +924,9 @@ struct RawLimits {
     max_label_bytes: Option<Spanned<String>>,
     series_idle_expiry: Option<Spanned<String>>,
     compression: Option<Vec<Spanned<Compression>>>,
+    max_connections: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 /// `state` as written.
@@ -1011,6 +1093,8 @@ impl RawConfig {
             state,
             slos,
             alerting,
+            tls,
+            metrics,
         } = self;
         let listen = listen.unwrap_or_default().validate()?;
         let region = region.unwrap_or_default().validate()?;
@@ -1029,6 +1113,13 @@ impl RawConfig {
             state: state.unwrap_or_default().validate()?,
             slos: slo::validate_slos(slos.unwrap_or_default(), max_label_bytes)?,
             alerting: alerting.unwrap_or_default().validate()?,
+            tls: tls.map(|tls| validate_tls(tls, "tls")).transpose()?,
+            metrics: Metrics {
+                tls: metrics
+                    .and_then(|m| m.tls)
+                    .map(|tls| validate_tls(tls, "metrics.tls"))
+                    .transpose()?,
+            },
         })
     }
 }
@@ -1262,6 +1353,9 @@ impl RawLimits {
             max_label_bytes,
             series_idle_expiry,
             compression,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
         } = self;
         let default = Limits::default();
         let request_at = location_of(&max_request_bytes);
@@ -1307,6 +1401,25 @@ impl RawLimits {
                 None => default.compression,
                 Some(listed) => compressions(listed)?,
             },
+            max_connections: positive_count(
+                max_connections,
+                "limits.max_connections",
+                default.max_connections,
+            )?,
+            header_read_timeout: duration_in(
+                header_read_timeout,
+                "limits.header_read_timeout",
+                default.header_read_timeout,
+                Duration::from_nanos(1),
+                None,
+            )?,
+            idle_timeout: duration_in(
+                idle_timeout,
+                "limits.idle_timeout",
+                default.idle_timeout,
+                Duration::from_nanos(1),
+                None,
+            )?,
         };
         if limits.max_decompressed_bytes < limits.max_request_bytes {
             // Point at whichever of the two the file sets, preferring the smaller one.
@@ -1369,4 +1482,77 @@ impl RawState {
             )?,
         })
     }
+}
+
+/// `tls` or `metrics.tls` (`key`): both files given, the version known, and every file
+/// readable and holding what it should, so that a bad path stops `sloxide check` and
+/// the start rather than the first handshake.
+fn validate_tls(raw: Spanned<RawTls>, key: &str) -> Result<Tls, Invalid> {
+    let Spanned {
+        value: raw,
+        referenced: at,
+        ..
+    } = raw;
+    let RawTls {
+        cert_file,
+        key_file,
+        client_ca_file,
+        min_version,
+    } = raw;
+    let locations = [
+        location_of(&cert_file),
+        location_of(&key_file),
+        location_of(&client_ca_file),
+    ];
+    let path = |value: Option<Spanned<String>>, name: &str| -> Result<Option<PathBuf>, Invalid> {
+        checked(value, &format!("{key}.{name}"), None, |path| {
+            if path.is_empty() {
+                return Err("an empty path is not allowed; give a PEM file".to_owned());
+            }
+            Ok(Some(PathBuf::from(path)))
+        })
+    };
+    let required = |path: Option<PathBuf>, name: &str| {
+        path.ok_or_else(|| {
+            Invalid::new(
+                &at,
+                format!("{key}.{name}"),
+                format!("{key} needs both cert_file and key_file; give the path of the PEM {name}"),
+            )
+        })
+    };
+    let cert_file = required(path(cert_file, "cert_file")?, "cert_file")?;
+    let key_file = required(path(key_file, "key_file")?, "key_file")?;
+    let client_ca_file = path(client_ca_file, "client_ca_file")?;
+    let min_version = checked(
+        min_version,
+        &format!("{key}.min_version"),
+        TlsVersion::default(),
+        |text| match text.as_str() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(format!(
+                "`{text}` is not a TLS version sloxide accepts; write \"1.2\" or \"1.3\""
+            )),
+        },
+    )?;
+    let tls = Tls {
+        cert_file,
+        key_file,
+        client_ca_file,
+        min_version,
+    };
+    if let Err(e) = crate::net::tls::load(&tls) {
+        let name = e.file.name();
+        let location = match locations[e.file as usize] {
+            location if Position::of(&location).is_some() => location,
+            _ => at,
+        };
+        return Err(Invalid::new(
+            &location,
+            format!("{key}.{name}"),
+            e.to_string(),
+        ));
+    }
+    Ok(tls)
 }

@@ -180,6 +180,8 @@ pub struct Telemetry {
     accepted: [[AtomicU64; 2]; 2],
     rejected: [[[AtomicU64; 2]; 2]; 2],
     refused_requests: [[[AtomicU64; REFUSALS.len()]; 2]; 2],
+    /// The connection layer's counters (`net`).
+    pub connections: crate::net::metrics::ConnectionMetrics,
 }
 
 impl Telemetry {
