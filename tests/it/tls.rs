@@ -466,3 +466,53 @@ fn check_names_the_key_and_path_of_a_missing_certificate() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_certificate_files_again_and_takes_new_paths() {
+    let pki = Pki::new("first CA");
+    let first = pki.server();
+    let d = Daemon::start(&tls_config(&pki, false, ""));
+    let (cert, _) = https_get(d.http, client_config(&pki.ca_der, b"http/1.1", None), "/")
+        .await
+        .unwrap();
+    assert_eq!(cert, first.der);
+
+    // A configuration naming a missing file is refused; the old certificate stays.
+    let missing = pki.path("missing.pem").display().to_string();
+    std::fs::write(
+        d.config_path(),
+        config(&format!(
+            "tls: {}\n",
+            pki.yaml("")
+                .replace(&pki.path("server.pem").display().to_string(), &missing)
+        )),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    assert_eq!(
+        d.wait_metric("sloxide_config_last_reload_successful", &[], 0.0)
+            .await,
+        Some(0.0)
+    );
+
+    // Files elsewhere, from another CA: the reload takes them.
+    let second_ca = Pki::new("second CA");
+    let second = second_ca.server();
+    std::fs::write(d.config_path(), tls_config(&second_ca, false, "")).unwrap();
+    d.signal(libc::SIGHUP);
+    let trusts_second = client_config(&second_ca.ca_der, b"http/1.1", None);
+    let mut seen = None;
+    for _ in 0..50 {
+        if let Ok((cert, _)) = https_get(d.http, trusts_second.clone(), "/").await {
+            seen = Some(cert);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.as_ref(), Some(&second.der));
+    assert_eq!(
+        d.wait_metric("sloxide_config_last_reload_successful", &[], 1.0)
+            .await,
+        Some(1.0)
+    );
+}
