@@ -283,3 +283,42 @@ async fn out_of_descriptors_the_metrics_port_answers_and_nothing_spins() {
         .unwrap();
     assert!(accept_errors < 100.0, "{accept_errors} accept errors");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_is_kept() {
+    let d = Daemon::start(&config(
+        "limits: {header_read_timeout: 1s, idle_timeout: 1s}",
+    ));
+    for addr in [d.http, d.grpc] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driven = tokio::spawn(connection);
+        // A request every 400 ms for 2 s: never idle for the 1 s.
+        let mut client = client;
+        for _ in 0..5 {
+            client = client.ready().await.unwrap();
+            let request = http::Request::get(format!("http://{addr}/v1/traces"))
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            response.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert!(!driven.is_finished(), "closed while in use");
+        // Then idle: the server says GOAWAY (NO_ERROR), and the connection ends cleanly.
+        let ended = tokio::time::timeout(Duration::from_secs(5), driven)
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
+    }
+    for port in ["otlp_http", "otlp_grpc"] {
+        let idle = d
+            .metric(
+                "sloxide_connections_timed_out_total",
+                &[("port", port), ("timeout", "idle")],
+            )
+            .await;
+        assert_eq!(idle, Some(1.0), "{port}");
+    }
+}
