@@ -72,6 +72,55 @@ pub struct Config {
     pub alerting: slo::Alerting,
     /// Bearer tokens that OTLP requests must carry; `None`: no authentication.
     pub auth: Option<Auth>,
+    /// TLS on both OTLP ports; `None` serves them in clear text.
+    pub tls: Option<Tls>,
+    /// The metrics port's own settings.
+    pub metrics: Metrics,
+}
+
+/// `tls` and `metrics.tls`: a certificate and its key, and optionally the CA that client
+/// certificates must chain to, in the OpenTelemetry Collector's vocabulary. Validation
+/// has read every file once and found a usable certificate, key and CA in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate that chains to
+    /// one of them.
+    pub client_ca_file: Option<PathBuf>,
+    /// The oldest TLS version accepted. Default 1.2.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS version (`min_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+impl TlsVersion {
+    /// As written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1_2 => "1.2",
+            Self::V1_3 => "1.3",
+        }
+    }
+}
+
+/// `metrics`: the metrics port's settings (its address is `listen.metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// TLS on the metrics port; `None` serves it in clear text.
+    pub tls: Option<Tls>,
+    /// Bearer tokens that `GET /metrics` must carry; `None`: none needed.
+    pub auth: Option<Auth>,
 }
 
 /// `auth`: bearer-token authentication, in the vocabulary of the OpenTelemetry
@@ -204,6 +253,16 @@ pub struct Limits {
     /// How long a request waits for room in `max_in_flight_bytes` before it is refused
     /// (503 / UNAVAILABLE). At most 1m; 0s refuses at once. Default 1s.
     pub admission_wait: Duration,
+    /// Open connections per OTLP port; at the cap the port stops accepting until one
+    /// closes (the descriptor budget may lower it, see `net`). Positive. Default 4096.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head (TLS handshake included)
+    /// this long after it opened, or after its first byte of a later HTTP/1 request, is
+    /// closed. Positive. Default 10s.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY). Positive. Default 60s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -220,6 +279,9 @@ impl Default for Limits {
             max_in_flight_bytes: 256 << 20,
             body_read_timeout: Duration::from_secs(30),
             admission_wait: Duration::from_secs(1),
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -830,6 +892,26 @@ struct RawConfig {
     slos: Option<Vec<Spanned<slo::RawSlo>>>,
     alerting: Option<slo::RawAlerting>,
     auth: Option<RawAuth>,
+    tls: Option<Spanned<RawTls>>,
+    metrics: Option<RawMetrics>,
+}
+
+/// `tls` and `metrics.tls` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    client_ca_file: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
+}
+
+/// `metrics` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    tls: Option<Spanned<RawTls>>,
+    auth: Option<RawAuth>,
 }
 
 /// `auth` as written.
@@ -943,6 +1025,9 @@ struct RawLimits {
     max_in_flight_bytes: Option<Spanned<String>>,
     body_read_timeout: Option<Spanned<String>>,
     admission_wait: Option<Spanned<String>>,
+    max_connections: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 /// `state` as written.
@@ -1110,6 +1195,8 @@ impl RawConfig {
             slos,
             alerting,
             auth,
+            tls,
+            metrics,
         } = self;
         let listen = listen.unwrap_or_default().validate()?;
         let region = region.unwrap_or_default().validate()?;
@@ -1131,6 +1218,18 @@ impl RawConfig {
             auth: auth
                 .map(|a| a.validate("auth", &Location::UNKNOWN))
                 .transpose()?,
+            tls: tls.map(|tls| validate_tls(tls, "tls")).transpose()?,
+            metrics: {
+                let RawMetrics { tls, auth } = metrics.unwrap_or_default();
+                Metrics {
+                    tls: tls
+                        .map(|tls| validate_tls(tls, "metrics.tls"))
+                        .transpose()?,
+                    auth: auth
+                        .map(|a| a.validate("metrics.auth", &Location::UNKNOWN))
+                        .transpose()?,
+                }
+            },
         })
     }
 }
@@ -1367,6 +1466,9 @@ impl RawLimits {
             max_in_flight_bytes,
             body_read_timeout,
             admission_wait,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
         } = self;
         let default = Limits::default();
         let request_at = location_of(&max_request_bytes);
@@ -1432,6 +1534,25 @@ impl RawLimits {
                 Duration::ZERO,
                 Some(Duration::from_secs(60)),
             )?,
+            max_connections: positive_count(
+                max_connections,
+                "limits.max_connections",
+                default.max_connections,
+            )?,
+            header_read_timeout: duration_in(
+                header_read_timeout,
+                "limits.header_read_timeout",
+                default.header_read_timeout,
+                Duration::from_nanos(1),
+                None,
+            )?,
+            idle_timeout: duration_in(
+                idle_timeout,
+                "limits.idle_timeout",
+                default.idle_timeout,
+                Duration::from_nanos(1),
+                None,
+            )?,
         };
         if limits.max_decompressed_bytes < limits.max_request_bytes {
             // Point at whichever of the two the file sets, preferring the smaller one.
@@ -1494,4 +1615,77 @@ impl RawState {
             )?,
         })
     }
+}
+
+/// `tls` or `metrics.tls` (`key`): both files given, the version known, and every file
+/// readable and holding what it should, so that a bad path stops `sloxide check` and
+/// the start rather than the first handshake.
+fn validate_tls(raw: Spanned<RawTls>, key: &str) -> Result<Tls, Invalid> {
+    let Spanned {
+        value: raw,
+        referenced: at,
+        ..
+    } = raw;
+    let RawTls {
+        cert_file,
+        key_file,
+        client_ca_file,
+        min_version,
+    } = raw;
+    let locations = [
+        location_of(&cert_file),
+        location_of(&key_file),
+        location_of(&client_ca_file),
+    ];
+    let path = |value: Option<Spanned<String>>, name: &str| -> Result<Option<PathBuf>, Invalid> {
+        checked(value, &format!("{key}.{name}"), None, |path| {
+            if path.is_empty() {
+                return Err("an empty path is not allowed; give a PEM file".to_owned());
+            }
+            Ok(Some(PathBuf::from(path)))
+        })
+    };
+    let required = |path: Option<PathBuf>, name: &str| {
+        path.ok_or_else(|| {
+            Invalid::new(
+                &at,
+                format!("{key}.{name}"),
+                format!("{key} needs both cert_file and key_file; give the path of the PEM {name}"),
+            )
+        })
+    };
+    let cert_file = required(path(cert_file, "cert_file")?, "cert_file")?;
+    let key_file = required(path(key_file, "key_file")?, "key_file")?;
+    let client_ca_file = path(client_ca_file, "client_ca_file")?;
+    let min_version = checked(
+        min_version,
+        &format!("{key}.min_version"),
+        TlsVersion::default(),
+        |text| match text.as_str() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(format!(
+                "`{text}` is not a TLS version sloxide accepts; write \"1.2\" or \"1.3\""
+            )),
+        },
+    )?;
+    let tls = Tls {
+        cert_file,
+        key_file,
+        client_ca_file,
+        min_version,
+    };
+    if let Err(e) = crate::net::tls::load(&tls) {
+        let name = e.file.name();
+        let location = match locations[e.file as usize] {
+            location if Position::of(&location).is_some() => location,
+            _ => at,
+        };
+        return Err(Invalid::new(
+            &location,
+            format!("{key}.{name}"),
+            e.to_string(),
+        ));
+    }
+    Ok(tls)
 }

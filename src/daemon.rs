@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -20,6 +19,7 @@ use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::export::{Exporter, Readiness};
 use crate::ingest::grpc::OtlpGrpc;
+use crate::net::{self, Port, TlsListeners, tls::Certificates};
 use crate::pipeline::Pipeline;
 use crate::state::file::{self, Generation};
 use crate::state::snapshot::{RestoreReport, Scope, SloDecision};
@@ -50,6 +50,15 @@ pub enum DaemonError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("{key}.{}: {source}", .source.file.name())]
+    Tls {
+        /// `tls` or `metrics.tls`.
+        key: &'static str,
+        /// What is wrong with which file.
+        #[source]
+        source: net::tls::TlsError,
     },
     /// A server failed while running.
     #[error("{server} server failed: {message}")]
@@ -257,6 +266,7 @@ pub struct Running {
     metrics: JoinHandle<Result<(), DaemonError>>,
     tick: JoinHandle<()>,
     periodic: Option<JoinHandle<()>>,
+    certificates: [Option<Arc<Certificates>>; 2],
 }
 
 impl App {
@@ -283,6 +293,7 @@ impl App {
         };
         let readiness = Arc::new(Readiness::default());
         let exporter = Arc::new(Exporter::new(pipeline.clone(), readiness.clone()));
+        exporter.set_auth(metrics_auth(config));
         Ok(Self {
             pipeline,
             readiness,
@@ -309,31 +320,80 @@ impl App {
             metrics: local(&metrics_listener, config.listen.metrics),
         };
 
+        let telemetry = &self.pipeline.telemetry;
+        let certificates = |listeners: TlsListeners, tls: &Option<crate::config::Tls>| {
+            tls.as_ref()
+                .map(|tls| Certificates::new(listeners, tls, telemetry.clone()))
+                .transpose()
+                .map_err(|source| DaemonError::Tls {
+                    key: listeners.key(),
+                    source,
+                })
+        };
+        let otlp_tls = certificates(TlsListeners::Otlp, &config.tls)?;
+        let metrics_tls = certificates(TlsListeners::Metrics, &config.metrics.tls)?;
+        let otlp_cap = otlp_cap(config.limits.max_connections);
+        let timeouts = net::Timeouts {
+            header_read: config.limits.header_read_timeout,
+            idle: config.limits.idle_timeout,
+        };
+        let listener = |port, cap, tls: &Option<Arc<Certificates>>| Ports {
+            port,
+            cap,
+            timeouts,
+            tls: tls.clone(),
+            telemetry: telemetry.clone(),
+        };
+
         let (stop_otlp, otlp_stopped) = watch::channel(false);
         let (stop_metrics, metrics_stopped) = watch::channel(false);
         let ingest = &self.pipeline.ingest;
         let grpc = tokio::spawn(serve_grpc(
             OtlpGrpc::new(ingest.clone()),
             grpc_listener,
-            until(otlp_stopped.clone()),
+            listener(Port::OtlpGrpc, otlp_cap, &otlp_tls),
+            otlp_stopped.clone(),
         ));
         let http = tokio::spawn(serve_axum(
-            "OTLP/HTTP",
             http_listener,
             crate::ingest::http::router(ingest.clone()),
-            until(otlp_stopped.clone()),
+            listener(Port::OtlpHttp, otlp_cap, &otlp_tls),
+            otlp_stopped.clone(),
         ));
         let metrics = tokio::spawn(serve_metrics(
             metrics_listener,
             self.exporter.clone().router(),
-            until(metrics_stopped),
+            listener(Port::Metrics, net::METRICS_MAX_CONNECTIONS, &metrics_tls),
+            metrics_stopped.clone(),
         ));
+        for certificates in [&otlp_tls, &metrics_tls].into_iter().flatten() {
+            tokio::spawn(certificates.clone().watch(metrics_stopped.clone()));
+        }
         let tick = tokio::spawn(tick(self.pipeline.clone(), until(otlp_stopped.clone())));
         let periodic = self.checkpoints.clone().map(|c| {
             tokio::spawn(c.periodic(config.state.checkpoint_interval, until(otlp_stopped)))
         });
 
         self.readiness.set_ready();
+        for (port, addr, tls) in [
+            (Port::OtlpGrpc, bound.otlp_grpc, &otlp_tls),
+            (Port::OtlpHttp, bound.otlp_http, &otlp_tls),
+            (Port::Metrics, bound.metrics, &metrics_tls),
+        ] {
+            let (tls, client_auth) = match tls {
+                Some(c) => ("on", c.client_auth()),
+                None => ("off", "none"),
+            };
+            let cap = if port == Port::Metrics {
+                net::METRICS_MAX_CONNECTIONS
+            } else {
+                otlp_cap
+            };
+            tracing::info!(
+                "listener {}={addr} tls={tls} client_auth={client_auth} max_connections={cap}",
+                port.as_str()
+            );
+        }
         tracing::info!(
             otlp_grpc = %bound.otlp_grpc,
             otlp_http = %bound.otlp_http,
@@ -352,8 +412,34 @@ impl App {
             metrics,
             tick,
             periodic,
+            certificates: [otlp_tls, metrics_tls],
         })
     }
+}
+
+/// `limits.max_connections`, clamped to the descriptor budget (after raising the soft
+/// descriptor limit to the hard one); warns once when it is lowered.
+fn otlp_cap(configured: usize) -> usize {
+    let nofile = net::raise_nofile_limit();
+    let cap = net::otlp_cap(configured, nofile);
+    if cap < configured {
+        tracing::warn!(
+            "limits.max_connections lowered from {configured} to {cap} per OTLP port: the descriptor limit (RLIMIT_NOFILE) is {}, and the metrics port ({}) and the daemon's own files ({}) keep theirs; raise the limit (e.g. LimitNOFILE) to allow more",
+            nofile.unwrap_or_default(),
+            net::METRICS_MAX_CONNECTIONS,
+            net::RESERVED_DESCRIPTORS
+        );
+    }
+    cap
+}
+
+/// The tokens `GET /metrics` requires under `config` (`metrics.auth`).
+fn metrics_auth(config: &Config) -> Option<Arc<crate::auth::BearerTokens>> {
+    config
+        .metrics
+        .auth
+        .as_ref()
+        .map(|a| Arc::new(crate::auth::BearerTokens::new(a)))
 }
 
 /// Loads the newest readable checkpoint of `dir` into `pipeline`, logging what it
@@ -549,6 +635,30 @@ impl Running {
             kept.push("limits.max_in_flight_bytes");
             next.limits.max_in_flight_bytes = old.limits.max_in_flight_bytes;
         }
+        if next.tls.is_some() != old.tls.is_some() {
+            kept.push("tls (on or off)");
+            next.tls = old.tls.clone();
+        }
+        if next.metrics.tls.is_some() != old.metrics.tls.is_some() {
+            kept.push("metrics.tls (on or off)");
+            next.metrics.tls = old.metrics.tls.clone();
+        }
+        if next.limits.max_connections != old.limits.max_connections
+            || next.limits.header_read_timeout != old.limits.header_read_timeout
+            || next.limits.idle_timeout != old.limits.idle_timeout
+        {
+            kept.push("the connection limits");
+            next.limits.max_connections = old.limits.max_connections;
+            next.limits.header_read_timeout = old.limits.header_read_timeout;
+            next.limits.idle_timeout = old.limits.idle_timeout;
+        }
+        // The certificate files are read again (new paths taken) on every reload.
+        for (certificates, tls) in self.certificates.iter().zip([&next.tls, &next.metrics.tls]) {
+            if let (Some(certificates), Some(tls)) = (certificates, tls) {
+                let (certificates, tls) = (certificates.clone(), tls.clone());
+                let _ = tokio::task::spawn_blocking(move || certificates.set(&tls)).await;
+            }
+        }
         if !kept.is_empty() {
             tracing::warn!(
                 "reload: {} cannot change while running; the old values stay until a restart",
@@ -556,9 +666,11 @@ impl Running {
             );
         }
         let pipeline = pipeline.clone();
+        let auth = metrics_auth(&next);
         let applied = tokio::task::spawn_blocking(move || pipeline.reload(&next)).await;
         match applied {
             Ok(Ok(report)) => {
+                self.app.exporter.set_auth(auth);
                 log_decisions("reload", &report);
                 tracing::info!("configuration reloaded");
             }
@@ -620,57 +732,98 @@ async fn until(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// What the three ports share in how they serve: see [`net::Listener`].
+struct Ports {
+    port: Port,
+    cap: usize,
+    timeouts: net::Timeouts,
+    tls: Option<Arc<Certificates>>,
+    telemetry: Arc<crate::telemetry::Telemetry>,
+}
+
+impl Ports {
+    fn listener<S, B>(
+        self,
+        http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+        service: S,
+        request: fn(http::Request<hyper::body::Incoming>) -> http::Request<B>,
+    ) -> net::Listener<S, B> {
+        net::Listener {
+            port: self.port,
+            cap: self.cap,
+            timeouts: self.timeouts,
+            tls: self.tls,
+            stall_guard: self.port == Port::Metrics,
+            http,
+            service,
+            request,
+            telemetry: self.telemetry,
+        }
+    }
+}
+
+/// HTTP/2 settings of both OTLP ports: the per-connection stream limit and the pings.
+fn otlp_http2(http: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    http.http2()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(HTTP2_PING_INTERVAL)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+}
+
 async fn serve_grpc(
     grpc: OtlpGrpc,
     listener: TcpListener,
-    stop: impl Future<Output = ()>,
+    ports: Ports,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    // Large frames and windows: a 1000-span request (about 380 KB) arrives in two DATA
-    // frames rather than 24, each of which costs h2 an allocation and a wake-up.
-    // Each connection may open only a share of the requests in flight, and a peer that
-    // stops answering pings is dropped.
-    tonic::transport::Server::builder()
-        .max_frame_size(Some(256 * 1024))
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(8 << 20))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
-        .serve_with_incoming_shutdown(
-            grpc,
-            // tonic ignores the builder's tcp_nodelay on this path; without it Nagle's
-            // algorithm holds back small writes (responses, window updates) and
-            // throughput halves (examples/loadgen.rs).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop,
-        )
-        .await
-        .map_err(|e| server_error("OTLP/gRPC", e))
+    // HTTP/2 only, as gRPC is. Large frames and windows: a 1000-span request (about
+    // 380 KB) arrives in two DATA frames rather than 24, each of which costs h2 an
+    // allocation and a wake-up. Each connection may open only a share of the requests
+    // in flight, and a peer that stops answering pings is dropped.
+    let mut http = net::http_builder().http2_only();
+    otlp_http2(&mut http);
+    http.http2()
+        .max_frame_size(256 * 1024)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    ports
+        .listener(http, grpc, |req| req)
+        .serve(listener, stop)
+        .await;
+    Ok(())
 }
 
 async fn serve_axum(
-    server: &'static str,
     listener: TcpListener,
     app: axum::Router,
-    stop: impl Future<Output = ()> + Send + 'static,
+    ports: Ports,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    axum::serve(listener.tap_io(nodelay), app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| server_error(server, e))
+    // HTTP/1, and HTTP/2 (h2c, or by ALPN under TLS).
+    let mut http = net::http_builder();
+    otlp_http2(&mut http);
+    ports
+        .listener(http, app, |req| req.map(axum::body::Body::new))
+        .serve(listener, stop)
+        .await;
+    Ok(())
 }
 
-/// The metrics port: as [`serve_axum`], on connections that close when a write to the
-/// client stalls (`export::serve::WRITE_STALL`).
+/// The metrics port: as [`serve_axum`] without the OTLP HTTP/2 settings, on connections
+/// that close when a write to the client stalls (`export::serve::WRITE_STALL`).
 async fn serve_metrics(
     listener: TcpListener,
     app: axum::Router,
-    stop: impl Future<Output = ()> + Send + 'static,
+    ports: Ports,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    axum::serve(crate::export::serve::StallGuardedListener(listener), app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| server_error("metrics", e))
+    ports
+        .listener(net::http_builder(), app, |req| {
+            req.map(axum::body::Body::new)
+        })
+        .serve(listener, stop)
+        .await;
+    Ok(())
 }
 
 /// Ticks the aggregation in force every [`TICK`] until `stop`.
@@ -691,14 +844,6 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
             }
             () = &mut stop => break,
         }
-    }
-}
-
-/// Turns Nagle's algorithm off on an accepted connection: responses are small and must
-/// not wait for the next write.
-fn nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
 }
 

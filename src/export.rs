@@ -1,22 +1,24 @@
-//! The metrics port: `GET /metrics` in the Prometheus text format, `/healthz` and
-//! `/readyz`.
+//! The metrics port: `GET /metrics` in the Prometheus text format (behind bearer tokens
+//! when `metrics.auth` is set), `/healthz` and `/readyz` (never behind tokens: probes
+//! carry none).
 
 pub mod render;
 pub mod serve;
 pub mod text;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::auth::BearerTokens;
 use render::Renderer;
 
 /// What the metrics port renders: the pipeline implements it. `renderer` is kept
@@ -72,6 +74,8 @@ pub struct Exporter {
     waiting: AtomicUsize,
     /// Scrapes in progress, until their client has taken the response.
     scrapes: Arc<Semaphore>,
+    /// The tokens `/metrics` requires (`metrics.auth`).
+    auth: RwLock<Option<Arc<BearerTokens>>>,
 }
 
 /// The render state: the text buffer and renderer, and the last render, kept while
@@ -92,7 +96,24 @@ impl Exporter {
             buffers: Arc::new(Mutex::new(Buffers::default())),
             scrapes: Arc::new(Semaphore::new(serve::MAX_SCRAPES)),
             waiting: AtomicUsize::new(0),
+            auth: RwLock::new(None),
         }
+    }
+
+    /// Requires one of these tokens on `/metrics` from now on (`None`: none).
+    pub fn set_auth(&self, auth: Option<Arc<BearerTokens>>) {
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
+    }
+
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let auth = self
+            .auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        auth.as_ref().is_none_or(|tokens| tokens.allows(headers))
     }
 
     /// The routes of the metrics port.
@@ -110,7 +131,15 @@ impl Exporter {
 /// waits for it and, when that render started after the scrape arrived, shares its
 /// response rather than render again: scrapers that arrive together cost one render and
 /// one copy of the text.
-async fn metrics(State(exporter): State<Arc<Exporter>>) -> Response {
+async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
+    if !exporter.allows(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "missing or invalid bearer token (metrics.auth)\n",
+        )
+            .into_response();
+    }
     let Ok(slot) = exporter.scrapes.clone().try_acquire_owned() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -197,7 +226,7 @@ mod tests {
         let exporter = Arc::new(Exporter::new(source.clone(), Arc::default()));
         let scrape = |exporter: Arc<Exporter>| {
             tokio::spawn(async move {
-                let response = metrics(State(exporter)).await;
+                let response = metrics(State(exporter), HeaderMap::new()).await;
                 let body = axum::body::to_bytes(response.into_body(), usize::MAX)
                     .await
                     .unwrap();

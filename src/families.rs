@@ -197,11 +197,59 @@ pub const RECEIVER_IN_FLIGHT_BYTES: Metric = metric(
     Gauge,
     "Bytes held by OTLP requests in flight (bodies, decompressed bodies, decodes), both transports.",
 );
+/// Reservations that waited for room.
+pub const RECEIVER_ADMISSION_WAITS: Metric = metric(
+    "sloxide_receiver_admission_waits_total",
+    Counter,
+    "OTLP requests that found limits.max_in_flight_bytes full and waited for room (up to limits.admission_wait); those still without room then are counted as refused, reason overloaded.",
+);
 /// The in-flight budget.
 pub const RECEIVER_IN_FLIGHT_LIMIT_BYTES: Metric = metric(
     "sloxide_receiver_in_flight_limit_bytes",
     Gauge,
     "limits.max_in_flight_bytes: what OTLP requests in flight may hold at once before new ones wait.",
+);
+/// Open connections per port.
+pub const CONNECTIONS_OPEN: Metric = metric(
+    "sloxide_connections_open",
+    Gauge,
+    "Connections open now, per port (otlp_grpc, otlp_http, metrics).",
+);
+/// The cap on open connections per port.
+pub const CONNECTIONS_LIMIT: Metric = metric(
+    "sloxide_connections_limit",
+    Gauge,
+    "The most connections a port keeps open at once (limits.max_connections after the descriptor budget; the metrics port's is fixed); at the cap the port stops accepting until one closes.",
+);
+/// Connections accepted per port.
+pub const CONNECTIONS_ACCEPTED: Metric = metric(
+    "sloxide_connections_accepted_total",
+    Counter,
+    "Connections accepted, per port.",
+);
+/// Failed accepts per port.
+pub const ACCEPT_ERRORS: Metric = metric(
+    "sloxide_accept_errors_total",
+    Counter,
+    "Failed accept calls (out of file descriptors or socket memory, ...), per port; each is followed by a pause of 5ms doubling to 1s.",
+);
+/// Connections closed by a timeout.
+pub const CONNECTIONS_TIMED_OUT: Metric = metric(
+    "sloxide_connections_timed_out_total",
+    Counter,
+    "Connections closed by limits.header_read_timeout (timeout=\"header\", TLS handshake included) or limits.idle_timeout (timeout=\"idle\"), per port.",
+);
+/// Failed TLS handshakes.
+pub const TLS_HANDSHAKE_FAILURES: Metric = metric(
+    "sloxide_tls_handshake_failures_total",
+    Counter,
+    "TLS handshakes that failed or did not finish within limits.header_read_timeout, per port.",
+);
+/// Certificate reloads.
+pub const TLS_CERTIFICATE_RELOADS: Metric = metric(
+    "sloxide_tls_certificate_reloads_total",
+    Counter,
+    "Certificate files read again after they changed or at a configuration reload, per group of listeners (otlp: tls, metrics: metrics.tls): result=\"applied\", or \"refused\" when the new files do not make a usable certificate and the old one stays.",
 );
 /// When the last checkpoint was written.
 pub const CHECKPOINT_LAST_SUCCESS: Metric = metric(
@@ -294,7 +342,7 @@ mod tests {
     #[test]
     fn every_family_name_is_a_string_literal_exactly_once() {
         let names = declared();
-        assert_eq!(names.len(), 36, "{names:?}");
+        assert_eq!(names.len(), 44, "{names:?}");
         let mut files = Vec::new();
         sources(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),

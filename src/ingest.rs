@@ -215,10 +215,35 @@ pub fn decompress(
 pub const INLINE_PROTOBUF_BYTES: usize = 1 << 20;
 /// As [`INLINE_PROTOBUF_BYTES`], for JSON, which decodes several times slower.
 pub const INLINE_JSON_BYTES: usize = 256 << 10;
+/// Compressed bodies up to this size are decompressed where they were read, as long as
+/// they inflate to no more than [`INLINE_PROTOBUF_BYTES`] (a gzipped 1000-span request
+/// is about 20 to 60 KB); larger ones, and ones that inflate further, go to a decode
+/// thread.
+pub const INLINE_COMPRESSED_BYTES: usize = 128 << 10;
+
+/// Decompresses `src` into `out` under `limit`, and within what `reservation` may still
+/// hold: a body that would take the in-flight budget past its ceiling is refused
+/// (overloaded) rather than decompressed further. The bytes are charged.
+fn decompress_within(
+    format: Format,
+    src: &[u8],
+    limit: usize,
+    reservation: &mut Reservation,
+    out: &mut Vec<u8>,
+) -> Result<(), IngestError> {
+    let room = reservation.room();
+    match decompress(format, src, limit.min(room), out) {
+        Err(IngestError::DecompressedTooLarge { .. }) if room < limit => {
+            Err(IngestError::Overloaded)
+        }
+        Err(err) => Err(err),
+        Ok(()) => reservation.charge(out.len()),
+    }
+}
 
 /// The budget charged for decoding a body, as a multiple of its size: a protobuf batch
 /// refers into the body, while JSON is decoded into owned structures first.
-fn decode_estimate(encoding: Encoding, len: usize) -> usize {
+pub(crate) fn decode_estimate(encoding: Encoding, len: usize) -> usize {
     match encoding {
         Encoding::Protobuf => len,
         Encoding::Json => len.saturating_mul(2),
@@ -388,7 +413,7 @@ pub struct Ingest {
     telemetry: Arc<Telemetry>,
     budget: Arc<Budget>,
     /// Bodies being decompressed or decoded at once: one per decode thread.
-    decode_slots: Semaphore,
+    decode_slots: Arc<Semaphore>,
     decoders: DecodePool,
     closing: AtomicBool,
     buffers: Arc<BufferPool>,
@@ -417,7 +442,9 @@ impl Ingest {
     /// An ingest stage feeding `target`, whose requests hold at most
     /// `max_in_flight_bytes` at once ([`admission`]).
     pub fn new(target: Target, max_in_flight_bytes: usize, telemetry: Arc<Telemetry>) -> Self {
-        let keep = target.limits.max_request_bytes.min(4 << 20);
+        // Idle buffers are kept up to 1 MiB each (a 1000-span request is about 380 KB),
+        // 64 at most: what the pool can pin is bounded.
+        let keep = target.limits.max_request_bytes.min(1 << 20);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let budget = Arc::new(Budget::new(max_in_flight_bytes));
         telemetry.watch_budget(budget.clone());
@@ -433,10 +460,10 @@ impl Ingest {
             target: RwLock::new(target),
             telemetry,
             budget,
-            decode_slots: Semaphore::new(cores.max(2)),
+            decode_slots: Arc::new(Semaphore::new(cores.max(2))),
             decoders: DecodePool::new(cores.max(2)),
             closing: AtomicBool::new(false),
-            buffers: Arc::new(BufferPool::new(128, keep)),
+            buffers: Arc::new(BufferPool::new(64, keep)),
             release_pending: AtomicBool::new(false),
         }
     }
@@ -530,12 +557,14 @@ impl Ingest {
         }
     }
 
-    /// Admits one request with its base reservation, waiting for room for at most
+    /// Admits one request with a reservation of its base and `expected` bytes (what its
+    /// body and decode are expected to hold), waiting for room for at most
     /// `limits.admission_wait` (or until `client_deadline`); refuses it when the budget
     /// stays full or the daemon is shutting down. Hold the reservation until the
     /// response is built.
     pub async fn admit(
         &self,
+        expected: usize,
         client_deadline: Option<Instant>,
     ) -> Result<Reservation, IngestError> {
         // Relaxed: a request racing the shutdown flag is drained like any in-flight one.
@@ -544,15 +573,18 @@ impl Ingest {
         }
         let wait = self.limits().admission_wait;
         self.budget
-            .admit(admission::wait_deadline(wait, client_deadline))
+            .admit(expected, admission::wait_deadline(wait, client_deadline))
             .await
     }
 
     /// Reads `body` into `out`, charging its bytes to `reservation` as they arrive:
     /// refused when it passes `limit` bytes (checked as it arrives, so an oversize body
-    /// is never held whole), when it has not ended by `deadline` (timeout), or when the
-    /// transport fails it (aborted). `check` sees the bytes so far after each frame, to
-    /// refuse early on what a prefix declares.
+    /// is never held whole), when it has not ended by `deadline` (timeout), when the
+    /// transport fails it (aborted), or when it would take the budget past its ceiling
+    /// (overloaded). Once `prefix` bytes are in, `on_prefix` reads them and says how
+    /// much the request is expected to hold in all (body and decode); the reservation is
+    /// set to that ([`Reservation::expect`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn read_body<B>(
         &self,
         body: &mut B,
@@ -560,12 +592,14 @@ impl Ingest {
         limit: usize,
         reservation: &mut Reservation,
         deadline: Instant,
-        check: impl Fn(&[u8]) -> Result<(), IngestError>,
+        prefix: usize,
+        on_prefix: impl Fn(&[u8]) -> Result<usize, IngestError>,
     ) -> Result<(), IngestError>
     where
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        let mut prefix_seen = prefix == 0;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => return Err(IngestError::Timeout(self.limits().body_read_timeout)),
@@ -581,16 +615,21 @@ impl Ingest {
                     limit: limit.min(self.limits().max_request_bytes),
                 });
             }
-            reservation.charge(data.len());
+            reservation.charge(data.len())?;
             out.extend_from_slice(data);
-            check(out)?;
+            if !prefix_seen && out.len() >= prefix {
+                prefix_seen = true;
+                reservation.expect(on_prefix(out)?)?;
+            }
         }
     }
 
     /// Decompresses (when `compressed`), decodes and records the body in `raw[start..]`,
-    /// charging its decompressed size and decode to `reservation`. A small uncompressed
-    /// body ([`INLINE_PROTOBUF_BYTES`], [`INLINE_JSON_BYTES`]) is decoded here; any other
-    /// goes to the blocking pool, one per decode slot, waiting for a slot for at most
+    /// charging its decompressed size and decode to `reservation` (refused, overloaded,
+    /// past the budget's ceiling). Small bodies are decoded here: uncompressed ones up to
+    /// [`INLINE_PROTOBUF_BYTES`] ([`INLINE_JSON_BYTES`]), compressed ones up to
+    /// [`INLINE_COMPRESSED_BYTES`] that inflate to no more than [`INLINE_PROTOBUF_BYTES`].
+    /// Any other goes to a decode thread ([`decoders`]), waiting for one for at most
     /// `limits.admission_wait` (or until `client_deadline`) before it is refused
     /// (overloaded). Waits (as a parked task) while a reload is under way.
     #[allow(clippy::too_many_arguments)]
@@ -605,41 +644,62 @@ impl Ingest {
         mut reservation: Reservation,
         client_deadline: Option<Instant>,
     ) -> Result<Accepted, IngestError> {
-        let len = raw.len() - start;
+        let limits = self.limits();
         let inline = match encoding {
             Encoding::Protobuf => INLINE_PROTOBUF_BYTES,
             Encoding::Json => INLINE_JSON_BYTES,
         };
-        if compressed.is_none() && len <= inline {
-            reservation.charge(decode_estimate(encoding, len));
-            let _entered = self.enter().await;
-            return self.export(transport, signal, encoding, &raw[start..]);
+        // A small compressed body (what a Collector sends by default) is inflated here
+        // when it stays small; one that grows past that goes to a decode thread whole.
+        let mut inflated = None;
+        if let Some(format) = compressed
+            && raw.len() - start <= INLINE_COMPRESSED_BYTES
+        {
+            let cap = INLINE_PROTOBUF_BYTES.min(limits.max_decompressed_bytes);
+            let mut out = self.buffers.get();
+            match decompress_within(format, &raw[start..], cap, &mut reservation, &mut out) {
+                Ok(()) => inflated = Some(out),
+                Err(IngestError::DecompressedTooLarge { .. })
+                    if cap < limits.max_decompressed_bytes => {}
+                Err(err) => return Err(err),
+            }
         }
-        let limits = self.limits();
+        let done = compressed.is_none() || inflated.is_some();
+        let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
+        if done && len <= inline {
+            reservation.charge(decode_estimate(encoding, len))?;
+            let body = inflated.as_deref().map_or(&raw[start..], |b| &b[..]);
+            let _entered = self.enter().await;
+            return self.export(transport, signal, encoding, body);
+        }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
-        let Ok(Ok(_slot)) = tokio::time::timeout_at(wait, self.decode_slots.acquire()).await else {
+        let Ok(Ok(slot)) =
+            tokio::time::timeout_at(wait, self.decode_slots.clone().acquire_owned()).await
+        else {
             return Err(IngestError::Overloaded);
         };
         let _entered = self.enter().await;
         let ingest = self.clone();
         let work = move || {
+            let _slot = slot;
             let mut reservation = reservation;
-            let inflated = match compressed {
-                None => None,
-                Some(format) => {
-                    let mut inflated = ingest.buffers.get();
-                    decompress(
+            let inflated = match (inflated, compressed) {
+                (Some(inflated), _) => Some(inflated),
+                (None, None) => None,
+                (None, Some(format)) => {
+                    let mut out = ingest.buffers.get();
+                    decompress_within(
                         format,
                         &raw[start..],
                         limits.max_decompressed_bytes,
-                        &mut inflated,
+                        &mut reservation,
+                        &mut out,
                     )?;
-                    reservation.charge(inflated.len());
-                    Some(inflated)
+                    Some(out)
                 }
             };
             let body = inflated.as_deref().map_or(&raw[start..], |b| &b[..]);
-            reservation.charge(decode_estimate(encoding, body.len()));
+            reservation.charge(decode_estimate(encoding, body.len()))?;
             ingest.export(transport, signal, encoding, body)
         };
         self.decoders

@@ -9,6 +9,8 @@
 //!                 inflate)  or JSON)   SLO checks)  the store)   quantiles)   render)
 //! ```
 //!
+//! - [`net`]: the connection layer of all three ports: accept loop, connection caps,
+//!   descriptor budget, timeouts, TLS.
 //! - [`ingest`]: the transports and the body stage, shared by gRPC and HTTP.
 //! - [`otlp`]: the zero-copy protobuf walkers, the JSON slow path, the OTLP enums.
 //! - [`classify`]: the configuration compiled into label rules and SLO checks.
@@ -48,6 +50,7 @@ pub mod fuzz;
 pub mod generate;
 pub mod ingest;
 pub mod memory;
+pub mod net;
 pub mod otlp;
 pub mod pipeline;
 pub mod slo;

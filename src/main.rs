@@ -220,6 +220,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
     });
 
+    sloxide::memory::configure();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -181,6 +181,8 @@ pub struct Telemetry {
     rejected: [[[AtomicU64; 2]; 2]; 2],
     refused_requests: [[[AtomicU64; REFUSALS.len()]; 2]; 2],
     budget: std::sync::OnceLock<std::sync::Arc<crate::ingest::admission::Budget>>,
+    /// The connection layer's counters (`net`).
+    pub connections: crate::net::metrics::ConnectionMetrics,
 }
 
 impl Telemetry {
@@ -263,6 +265,11 @@ impl Telemetry {
     /// Reports on `budget` from now on (the ingest stage's in-flight budget).
     pub fn watch_budget(&self, budget: std::sync::Arc<crate::ingest::admission::Budget>) {
         let _ = self.budget.set(budget);
+    }
+
+    /// Requests that waited for room in the in-flight budget.
+    pub fn admission_waits(&self) -> u64 {
+        self.budget.get().map_or(0, |b| b.waits())
     }
 
     /// Bytes held by requests in flight, and the budget; zeros before one is watched.

@@ -75,8 +75,12 @@ fn defaults_are_the_documented_ones() {
         slos,
         alerting,
         auth,
+        tls,
+        metrics,
     } = config;
     assert_eq!(auth, None);
+    assert_eq!(tls, None);
+    assert_eq!(metrics, Metrics::default());
     assert_eq!(listen.otlp_grpc.to_string(), "0.0.0.0:4317");
     assert_eq!(listen.otlp_http.to_string(), "0.0.0.0:4318");
     assert_eq!(listen.metrics.to_string(), "0.0.0.0:9464");
@@ -104,6 +108,9 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(limits.max_in_flight_bytes, 256 << 20);
     assert_eq!(limits.body_read_timeout, secs(30));
     assert_eq!(limits.admission_wait, secs(1));
+    assert_eq!(limits.max_connections, 4096);
+    assert_eq!(limits.header_read_timeout, secs(10));
+    assert_eq!(limits.idle_timeout, secs(60));
     assert_eq!(
         limits.compression.to_string(),
         "gzip, zstd, deflate, snappy or identity"
@@ -1329,4 +1336,57 @@ fn auth_reads_its_tokens_file_and_defaults_to_bearer_authorization() {
         file.display()
     ));
     assert!(err.contains("holds no token; write one per line"), "{err}");
+}
+
+#[test]
+fn connection_limits_read_and_refuse_zero() {
+    let config =
+        parse_ok("limits: {max_connections: 100, header_read_timeout: 2s, idle_timeout: 3s}");
+    assert_eq!(config.limits.max_connections, 100);
+    assert_eq!(config.limits.header_read_timeout, secs(2));
+    assert_eq!(config.limits.idle_timeout, secs(3));
+    for yaml in [
+        "limits: {max_connections: 0}",
+        "limits: {header_read_timeout: 0s}",
+        "limits: {idle_timeout: 0s}",
+    ] {
+        let error = parse(yaml).unwrap_err().to_string();
+        assert!(error.contains("limits."), "{error}");
+    }
+}
+
+#[test]
+fn tls_files_are_checked_and_errors_name_the_key_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not PEM at all\n").unwrap();
+    let (m, g) = (missing.display(), garbage.display());
+
+    let error = parse(&format!("tls: {{cert_file: {m}, key_file: {m}}}")).unwrap_err();
+    assert_eq!(error.key(), Some("tls.cert_file"));
+    let text = error.to_string();
+    assert!(
+        text.contains(&m.to_string()) && text.contains("cannot read"),
+        "{text}"
+    );
+    assert_eq!(error.position().map(|p| p.line), Some(1));
+
+    let error = parse(&format!(
+        "metrics:\n  tls:\n    cert_file: {g}\n    key_file: {g}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(error.key(), Some("metrics.tls.cert_file"));
+    assert!(error.to_string().contains("no PEM CERTIFICATE"), "{error}");
+    assert_eq!(error.position().map(|p| p.line), Some(3));
+
+    let error = parse(&format!("tls: {{cert_file: {g}}}")).unwrap_err();
+    assert_eq!(error.key(), Some("tls.key_file"));
+    assert!(error.to_string().contains("needs both"), "{error}");
+
+    let error = parse(&format!(
+        "tls: {{cert_file: {g}, key_file: {g}, min_version: \"1.1\"}}"
+    ))
+    .unwrap_err();
+    assert_eq!(error.key(), Some("tls.min_version"));
 }

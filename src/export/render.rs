@@ -14,6 +14,8 @@ use crate::classify::Dimension;
 use crate::config::Config;
 use crate::config::slo::AlertSeverity;
 use crate::families::{self, Metric};
+use crate::net::metrics::ConnectionMetrics;
+use crate::net::{Port, Timeout, TlsListeners};
 use crate::otlp::StatusCode;
 use crate::slo::{Row, SloRuntime, Snapshot};
 use crate::state::StateMetrics;
@@ -77,7 +79,7 @@ type Write = fn(&Frame<'_>, &Metric, &mut Encoder<'_>);
 
 /// Every family `/metrics` serves, in exposition order, with the function that writes
 /// its samples.
-const FAMILIES: [(&Metric, When, Write); 36] = [
+const FAMILIES: [(&Metric, When, Write); 44] = [
     (&families::SPANS, When::Always, spans),
     (&families::SPAN_DURATION, When::Always, span_durations),
     (
@@ -142,6 +144,33 @@ const FAMILIES: [(&Metric, When, Write); 36] = [
         When::Always,
         refused_requests,
     ),
+    (&families::CONNECTIONS_OPEN, When::Always, connections_open),
+    (
+        &families::CONNECTIONS_LIMIT,
+        When::Always,
+        connections_limit,
+    ),
+    (
+        &families::CONNECTIONS_ACCEPTED,
+        When::Always,
+        connections_accepted,
+    ),
+    (&families::ACCEPT_ERRORS, When::Always, accept_errors),
+    (
+        &families::CONNECTIONS_TIMED_OUT,
+        When::Always,
+        connections_timed_out,
+    ),
+    (
+        &families::TLS_HANDSHAKE_FAILURES,
+        When::Always,
+        tls_handshake_failures,
+    ),
+    (
+        &families::TLS_CERTIFICATE_RELOADS,
+        When::Always,
+        tls_certificate_reloads,
+    ),
     (
         &families::RECEIVER_IN_FLIGHT_BYTES,
         When::Always,
@@ -151,6 +180,11 @@ const FAMILIES: [(&Metric, When, Write); 36] = [
         &families::RECEIVER_IN_FLIGHT_LIMIT_BYTES,
         When::Always,
         in_flight_limit_bytes,
+    ),
+    (
+        &families::RECEIVER_ADMISSION_WAITS,
+        When::Always,
+        admission_waits,
     ),
     (
         &families::CHECKPOINT_LAST_SUCCESS,
@@ -675,6 +709,72 @@ fn in_flight_bytes(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
 
 fn in_flight_limit_bytes(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     enc.sample_u64(m, &[], f.telemetry.in_flight().1 as u64);
+}
+
+fn admission_waits(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.telemetry.admission_waits());
+}
+
+/// One sample per port of `value`.
+fn per_port(
+    f: &Frame<'_>,
+    m: &Metric,
+    enc: &mut Encoder<'_>,
+    value: fn(&ConnectionMetrics, Port) -> u64,
+) {
+    for port in Port::ALL {
+        let v = value(&f.telemetry.connections, port);
+        enc.sample_u64(m, &[("port", port.as_str())], v);
+    }
+}
+
+fn connections_open(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::open);
+}
+
+fn connections_limit(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::limit);
+}
+
+fn connections_accepted(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::accepted);
+}
+
+fn accept_errors(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::accept_errors);
+}
+
+fn connections_timed_out(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    for port in Port::ALL {
+        for timeout in Timeout::ALL {
+            let v = f.telemetry.connections.timeouts(port, timeout);
+            enc.sample_u64(
+                m,
+                &[("port", port.as_str()), ("timeout", timeout.as_str())],
+                v,
+            );
+        }
+    }
+}
+
+fn tls_handshake_failures(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::handshake_failures);
+}
+
+fn tls_certificate_reloads(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    for listeners in TlsListeners::ALL {
+        for (result, applied) in [("applied", true), ("refused", false)] {
+            let v = f
+                .telemetry
+                .connections
+                .certificate_reloads(listeners, applied);
+            enc.sample_u64(
+                m,
+                &[("listeners", listeners.as_str()), ("result", result)],
+                v,
+            );
+        }
+    }
 }
 
 fn checkpoint_last_success(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {

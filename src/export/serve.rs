@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Frame;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
@@ -67,27 +65,6 @@ impl http_body::Body for ScrapeBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.bytes.len() as u64)
-    }
-}
-
-/// The metrics port's listener: accepted connections close when a write stalls for
-/// [`WRITE_STALL`].
-pub struct StallGuardedListener(pub TcpListener);
-
-impl axum::serve::Listener for StallGuardedListener {
-    type Io = StallGuarded<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-        (StallGuarded::new(stream, WRITE_STALL), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
     }
 }
 

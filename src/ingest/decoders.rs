@@ -5,7 +5,8 @@
 //! Linux): when a core is contended, the async workers run first, so a health check
 //! is answered in milliseconds even while every decode thread is busy with a 60 MB
 //! JSON body; when it is not, the decodes use all of it. The caller bounds how many
-//! jobs are in the pool at once (one per thread), so a job never queues here.
+//! jobs are in the pool at once (one per thread, by a slot the job itself holds, so a
+//! request cancelled while its job runs does not let another job queue behind it).
 
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -53,12 +54,18 @@ impl DecodePool {
     }
 
     /// Runs `work` on a decode thread and returns its result; `None` if it panicked.
+    /// When the caller is gone before the job starts (its client reset the stream, or
+    /// closed the connection), the work is not done: `work` is dropped, and what it
+    /// holds (its decode slot, its reservation) with it.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return;
+            }
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             let _ = tx.send(out.ok());
         });

@@ -111,6 +111,24 @@ where
             LOGS_EXPORT => Signal::Logs,
             _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
         };
+        // gRPC over HTTP/2: a request that is not `application/grpc` (or `+proto`, ...)
+        // is answered 415, as the protocol asks, and counted as unsupported.
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            let err = IngestError::UnsupportedContentType(
+                req.headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .map_or("<none>", |v| v.to_str().unwrap_or("<non-ASCII>"))
+                    .to_owned(),
+            );
+            self.ingest.refused(Transport::Grpc, signal, &err);
+            let mut response = err.grpc_status().into_http::<GrpcBody>();
+            *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            return Box::pin(async { Ok(response) });
+        }
         let ingest = self.ingest.clone();
         Box::pin(async move { Ok(export(ingest, signal, req).await) })
     }
@@ -151,17 +169,28 @@ where
     let limits = ingest.limits();
     let client_deadline = grpc_timeout(headers).map(|t| Instant::now() + t);
     let deadline = Instant::now() + limits.body_read_timeout;
+    // The checks that cost nothing come first, so a request that can never succeed is
+    // told so (and not told to retry) even when the daemon is busy.
     ingest.authenticate(headers)?;
-    let mut reservation = ingest.admit(client_deadline).await?;
     let format = message_compression(headers, limits.compression)?.map(format_of);
+    // A guess until the length prefix arrives; then the message's declared length (and,
+    // uncompressed, its decode) is reserved, waiting for room as admission does.
+    let mut reservation = ingest
+        .admit(super::admission::UNKNOWN_LENGTH, client_deadline)
+        .await?;
     let mut raw = ingest.buffers().get();
-    let check = |seen: &[u8]| {
-        check_prefix(
+    let on_prefix = |seen: &[u8]| {
+        let declared = check_prefix(
             seen,
             format.is_some(),
             limits.max_request_bytes,
             limits.max_decompressed_bytes,
-        )
+        )?;
+        let message = PREFIX + declared;
+        Ok(match seen[0] {
+            0 => message.saturating_add(super::decode_estimate(Encoding::Protobuf, declared)),
+            _ => message,
+        })
     };
     ingest
         .read_body(
@@ -170,7 +199,8 @@ where
             limits.max_request_bytes.saturating_add(PREFIX),
             &mut reservation,
             deadline,
-            check,
+            PREFIX,
+            on_prefix,
         )
         .await?;
     let compressed = unframe(&raw, format.is_some())?;
@@ -194,26 +224,26 @@ const PREFIX: usize = 5;
 /// Refuses a message as soon as its prefix is in: an unknown flag, a compressed flag
 /// without a `grpc-encoding`, or a declared length over the limit that applies to it
 /// (the body as received when compressed, the decompressed body when not).
+/// Returns the declared length.
 fn check_prefix(
     seen: &[u8],
     encoded: bool,
     max_request: usize,
     max_decompressed: usize,
-) -> Result<(), IngestError> {
+) -> Result<usize, IngestError> {
     let [flag, a, b, c, d, ..] = *seen else {
-        return Ok(());
+        return Err(IngestError::Frame("shorter than its 5-byte prefix"));
     };
     let declared = u32::from_be_bytes([a, b, c, d]) as usize;
     match flag {
         0 if declared > max_decompressed.min(max_request) => Err(IngestError::BodyTooLarge {
             limit: max_decompressed.min(max_request),
         }),
-        0 => Ok(()),
         1 if !encoded => Err(IngestError::Frame(
             "compressed flag set without a grpc-encoding",
         )),
         1 if declared > max_request => Err(IngestError::BodyTooLarge { limit: max_request }),
-        1 => Ok(()),
+        0 | 1 => Ok(declared),
         _ => Err(IngestError::Frame("unknown compressed flag")),
     }
 }
@@ -265,6 +295,9 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n * 3600),
@@ -428,9 +461,15 @@ mod tests {
             p.extend_from_slice(&len.to_be_bytes());
             p
         };
-        assert!(check_prefix(&[0, 0], false, request, decompressed).is_ok());
-        assert!(check_prefix(&prefix(0, 1000), false, request, decompressed).is_ok());
-        assert!(check_prefix(&prefix(1, 1000), true, request, decompressed).is_ok());
+        assert!(check_prefix(&[0, 0], false, request, decompressed).is_err());
+        assert_eq!(
+            check_prefix(&prefix(0, 1000), false, request, decompressed).unwrap(),
+            1000
+        );
+        assert_eq!(
+            check_prefix(&prefix(1, 1000), true, request, decompressed).unwrap(),
+            1000
+        );
         for (flag, encoded) in [(0, false), (1, true)] {
             let err =
                 check_prefix(&prefix(flag, 1001), encoded, request, decompressed).unwrap_err();
@@ -462,6 +501,7 @@ mod tests {
             ("S", None),
             ("10s", None),
             ("-1S", None),
+            ("+1S", None),
         ];
         for (value, want) in cases {
             assert_eq!(grpc_timeout(&headers(value)), want, "{value}");

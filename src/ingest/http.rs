@@ -59,6 +59,7 @@ async fn logs(State(ingest): State<Arc<Ingest>>, req: Request) -> Response {
 /// before it answers, and at most how much of it.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_BYTES_UNAUTHENTICATED: usize = 1 << 20;
 
 async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     let (parts, mut body) = req.into_parts();
@@ -74,19 +75,22 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
         Err(err) => {
             ingest.refused(Transport::Http, signal, &err);
             let mut response = failure(reply_in, &err);
-            let timed_out = matches!(err, IngestError::Timeout(_));
-            if timed_out {
+            let http1 = parts.version < http::Version::HTTP_2;
+            if http1 && matches!(err, IngestError::Timeout(_)) {
                 // Reading on would wait for the same slow client again.
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            } else if parts.version < http::Version::HTTP_2
-                && !http_body::Body::is_end_stream(&body)
-            {
+            } else if http1 && !http_body::Body::is_end_stream(&body) {
                 // An HTTP/1 client still sending would meet a closed connection (a reset,
                 // or a broken pipe) instead of the answer: read on, within bounds and with
                 // no permit held, then answer and close.
-                drain(&mut body).await;
+                // A client without a token gets less: it has not shown it is one of ours.
+                let bound = match err {
+                    IngestError::Unauthenticated => DRAIN_BYTES_UNAUTHENTICATED,
+                    _ => DRAIN_BYTES,
+                };
+                drain(&mut body, bound).await;
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -96,14 +100,14 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     }
 }
 
-/// Reads and discards what is left of `body`, for at most [`DRAIN_TIME`] and
-/// [`DRAIN_BYTES`].
-async fn drain(body: &mut Body) {
+/// Reads and discards what is left of `body`, for at most [`DRAIN_TIME`] and `bound`
+/// bytes.
+async fn drain(body: &mut Body, bound: usize) {
     let discard = async {
         let mut seen = 0usize;
         while let Some(Ok(frame)) = body.frame().await {
             seen += frame.data_ref().map_or(0, |d| d.len());
-            if seen > DRAIN_BYTES {
+            if seen > bound {
                 break;
             }
         }
@@ -120,8 +124,9 @@ async fn receive(
 ) -> Result<Accepted, IngestError> {
     let limits = ingest.limits();
     let deadline = Instant::now() + limits.body_read_timeout;
+    // The checks that cost nothing come first, so a request that can never succeed is
+    // told so (and not told to retry) even when the daemon is busy.
     ingest.authenticate(headers)?;
-    let mut reservation = ingest.admit(None).await?;
     let encoding = encoding?;
     let compressed = content_encoding(headers, limits.compression)?;
     let limit = limits.max_request_bytes;
@@ -132,16 +137,21 @@ async fn receive(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(IngestError::BodyTooLarge { limit });
     }
+    // What the body will hold: its declared length (and, uncompressed, its decode), or
+    // a guess for a chunked body, charged beyond as it arrives.
+    let expected = match declared {
+        Some(len) if compressed.is_none() => {
+            (len as usize).saturating_add(super::decode_estimate(encoding, len as usize))
+        }
+        Some(len) => len as usize,
+        None => super::admission::UNKNOWN_LENGTH,
+    };
+    let mut reservation = ingest.admit(expected, None).await?;
     let mut raw = ingest.buffers().get();
     ingest
-        .read_body(
-            body,
-            &mut raw,
-            limit,
-            &mut reservation,
-            deadline,
-            |_| Ok(()),
-        )
+        .read_body(body, &mut raw, limit, &mut reservation, deadline, 0, |_| {
+            Ok(0)
+        })
         .await?;
     ingest
         .process(

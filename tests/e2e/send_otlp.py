@@ -26,7 +26,30 @@ def main() -> int:
                    help="integer attribute on every log record")
     p.add_argument("--error-log-int-attr", action="append", default=[], metavar="KEY=INT",
                    help="integer attribute on the ERROR log records, overriding --log-int-attr")
+    p.add_argument("--ca-file", default=None,
+                   help="PEM CA of the server's certificate: connect with TLS (https)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="a header (gRPC: metadata) on every export, e.g. authorization=Bearer x")
     a = p.parse_args()
+    headers = dict(h.partition("=")[::2] for h in a.header)
+    scheme = "https" if a.ca_file else "http"
+    if a.ca_file:
+        # requests lets these override the CA a session was given.
+        import os
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            os.environ.pop(name, None)
+
+    def grpc_tls():
+        extra = {"headers": headers} if headers else {}
+        if not a.ca_file:
+            return {"insecure": True, **extra}
+        import grpc
+        with open(a.ca_file, "rb") as f:
+            return {"insecure": False, "credentials": grpc.ssl_channel_credentials(root_certificates=f.read()), **extra}
+
+    def http_tls():
+        extra = {"headers": headers} if headers else {}
+        return {"certificate_file": a.ca_file, **extra} if a.ca_file else extra
 
     from opentelemetry.sdk.resources import Resource
 
@@ -43,10 +66,10 @@ def main() -> int:
 
         if a.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-            exporter = OTLPSpanExporter(endpoint=f"http://{a.endpoint}", insecure=True)
+            exporter = OTLPSpanExporter(endpoint=f"{scheme}://{a.endpoint}", **grpc_tls())
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            exporter = OTLPSpanExporter(endpoint=f"http://{a.endpoint}/v1/traces")
+            exporter = OTLPSpanExporter(endpoint=f"{scheme}://{a.endpoint}/v1/traces", **http_tls())
 
         results = []
         inner_export = exporter.export
@@ -78,10 +101,10 @@ def main() -> int:
 
         if a.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-            exporter = OTLPLogExporter(endpoint=f"http://{a.endpoint}", insecure=True)
+            exporter = OTLPLogExporter(endpoint=f"{scheme}://{a.endpoint}", **grpc_tls())
         else:
             from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
-            exporter = OTLPLogExporter(endpoint=f"http://{a.endpoint}/v1/logs")
+            exporter = OTLPLogExporter(endpoint=f"{scheme}://{a.endpoint}/v1/logs", **http_tls())
 
         results = []
         inner_export = exporter.export

@@ -986,8 +986,9 @@ sys.exit(0 if all(s == str(want) for s in seen) else 1)
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Requests that stall after 60 KB of their body hold the whole 1 MiB budget (each
-    // is charged its base and what it sent); then urllib's get 503.
+    // Requests that stall after 60 KB of their body hold the 1 MiB budget (each has
+    // reserved its Content-Length and its decode; those that found no room were
+    // refused); then urllib's get 503.
     let mut stalled = Vec::new();
     for _ in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
@@ -1000,7 +1001,8 @@ sys.exit(0 if all(s == str(want) for s in seen) else 1)
         stalled.push(tcp);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = run(32 << 10, 503).await.unwrap();
+    // 60 000 bytes and their decode do not fit in what the stalled ones left.
+    let out = run(60_000, 503).await.unwrap();
     assert!(
         out.status.success(),
         "urllib saw: {}{}",

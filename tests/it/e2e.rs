@@ -127,18 +127,23 @@ fn python_with_otel() -> bool {
 
 /// Runs `tests/e2e/send_otlp.py` with `args`; panics unless it reports success.
 pub fn python_send(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/send_otlp.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs");
+    let out = python_try_send(args);
     assert!(
         out.status.success(),
         "send_otlp.py {args:?} failed:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `tests/e2e/send_otlp.py` with `args`, whatever it reports.
+pub fn python_try_send(args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/send_otlp.py");
+    Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs")
 }
 
 /// True when the Python OTel SDK and exporters are importable (else SKIPPED, or a

@@ -170,7 +170,7 @@ impl Daemon {
         uid: Option<u32>,
         listen: [&str; 3],
     ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
-        let mut command = match uid {
+        let command = match uid {
             Some(uid) => {
                 use std::os::unix::process::CommandExt;
                 let mut command = Command::new(binary_for_anyone());
@@ -179,6 +179,45 @@ impl Daemon {
             }
             None => Command::new(env!("CARGO_BIN_EXE_sloxide")),
         };
+        Self::launch(command, dir, path, data_dir, extra, listen)
+    }
+
+    /// Starts the daemon with `config` (YAML text) on ports chosen by the OS, under a
+    /// descriptor limit (soft and hard) of `nofile`.
+    pub fn start_with_nofile(config: &str, nofile: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path: PathBuf = dir.path().join("sloxide.yaml");
+        std::fs::write(&path, config).unwrap();
+        let state = dir.path().join("state");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sloxide"));
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // setrlimit, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: nofile as libc::rlim_t,
+                    rlim_max: nofile as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::launch(command, dir, &path, &state, &[], ANY_PORTS).unwrap_or_else(
+            |(status, lines)| panic!("sloxide did not start ({status:?}):\n{}", lines.join("\n")),
+        )
+    }
+
+    fn launch(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        path: &std::path::Path,
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        listen: [&str; 3],
+    ) -> Result<Self, (Option<std::process::ExitStatus>, Vec<String>)> {
         let mut child = command
             .arg("run")
             .arg("--config")

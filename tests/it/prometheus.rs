@@ -44,11 +44,17 @@ impl Prometheus {
     /// Starts Prometheus scraping `targets` (one job, `sloxide`) every second, with the
     /// rule file `rules` evaluated every second if given, and waits until it is ready.
     pub async fn start_with(targets: &[SocketAddr], rules: Option<&str>) -> Self {
+        Self::start_job(targets, rules, "").await
+    }
+
+    /// As [`Prometheus::start_with`], with `job` (YAML lines indented for the scrape
+    /// job, such as `scheme: https`) added to the job.
+    pub async fn start_job(targets: &[SocketAddr], rules: Option<&str>, job: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let mut config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: sloxide\n    static_configs:\n      - targets: [{}]\n",
+             scrape_configs:\n  - job_name: sloxide\n{job}    static_configs:\n      - targets: [{}]\n",
             targets.join(", ")
         );
         if let Some(rules) = rules {

@@ -90,11 +90,14 @@ async fn wait_for(
 /// describe this process (lock holds, checkpoint and restore and reload self-metrics)
 /// and the quantile values (of the last complete minute, which moves with the clock).
 fn lasting(text: &str) -> BTreeMap<String, String> {
-    const PROCESS: [&str; 4] = [
+    const PROCESS: [&str; 7] = [
         "sloxide_series_lock_hold",
         "sloxide_checkpoint_",
         "sloxide_restore_",
         "sloxide_config_",
+        "sloxide_connections_",
+        "sloxide_accept_errors_",
+        "sloxide_tls_",
     ];
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -1,0 +1,601 @@
+//! The connection layer of all three ports: one accept loop of our own, on hyper's
+//! server connections (HTTP/1 and HTTP/2), with a cap on open connections per port,
+//! a descriptor budget, accept errors that back off instead of spinning, header and
+//! idle timeouts, optional TLS (rustls), and graceful shutdown.
+//!
+//! ```text
+//! TcpListener ─ accept loop (cap: a permit per connection; errors back off)
+//!   └─ per connection task: TCP_NODELAY → [stall guard] → [TLS handshake, by the
+//!      header deadline] → hyper auto (h1/h2) → service (tonic or axum)
+//!      watched by ConnState: header_read_timeout, idle_timeout, stop (graceful)
+//! ```
+
+pub mod conn;
+pub mod metrics;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::telemetry::Telemetry;
+use conn::{ConnState, MaybeTls, Tracked, Verdict, Watched};
+pub use metrics::{Port, Timeout, TlsListeners};
+use tls::Certificates;
+
+/// The metrics port's own cap on open connections, so that `/healthz`, `/readyz` and
+/// `/metrics` answer while the OTLP ports are full; also its share of the descriptor
+/// budget.
+pub const METRICS_MAX_CONNECTIONS: usize = 64;
+
+/// Descriptors kept for the daemon's own files (checkpoints, the configuration, the
+/// certificate files, the runtime): the OTLP ports' caps never reach into them.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`] and
+/// starts again after an accept that works.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// See [`ACCEPT_BACKOFF_MIN`].
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Accept errors are logged at most this often per port, with the count since.
+pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a connection told to close (idle, or shutting down) may take to finish
+/// before it is dropped, beyond the timeouts: the header timeout.
+fn grace(timeouts: &Timeouts) -> Duration {
+    timeouts.header_read
+}
+
+/// The two connection timeouts (`limits.header_read_timeout`, `limits.idle_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No complete request head (TLS handshake included) within this: closed.
+    pub header_read: Duration,
+    /// No request in flight for this long: closed (HTTP/2 with a GOAWAY).
+    pub idle: Duration,
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does) and returns
+/// the soft limit then in force; `None` where it cannot be read.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere
+pub fn raise_nofile_limit() -> Option<u64> {
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            } else {
+                tracing::debug!(
+                    "cannot raise the descriptor limit from {} to {}: {}",
+                    limit.rlim_cur,
+                    limit.rlim_max,
+                    io::Error::last_os_error()
+                );
+            }
+        }
+        Some(limit.rlim_cur as u64)
+    }
+}
+
+/// The cap of each OTLP port: `configured`, lowered so that both OTLP ports at their
+/// cap leave [`METRICS_MAX_CONNECTIONS`] and [`RESERVED_DESCRIPTORS`] of `nofile`
+/// descriptors free. At least 1.
+pub fn otlp_cap(configured: usize, nofile: Option<u64>) -> usize {
+    let Some(nofile) = nofile else {
+        return configured;
+    };
+    let spare = nofile.saturating_sub(METRICS_MAX_CONNECTIONS as u64 + RESERVED_DESCRIPTORS);
+    let each = usize::try_from(spare / 2).unwrap_or(usize::MAX).max(1);
+    configured.min(each)
+}
+
+/// Completes once `stop` is true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// What accepts connections: a listener, or a test's stand-in.
+pub trait Acceptor: Send + 'static {
+    /// An accepted connection.
+    type Io: Send + 'static;
+    /// The next connection, or the accept error.
+    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Io>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<TcpStream> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        Ok(stream)
+    }
+}
+
+/// The pause after each failed accept: doubling from [`ACCEPT_BACKOFF_MIN`] to
+/// [`ACCEPT_BACKOFF_MAX`].
+#[derive(Debug)]
+pub struct Backoff(Option<Duration>);
+
+impl Backoff {
+    /// No failure yet.
+    pub fn new() -> Self {
+        Self(None)
+    }
+
+    /// The pause after one more failure.
+    pub fn pause(&mut self) -> Duration {
+        let next = self
+            .0
+            .map_or(ACCEPT_BACKOFF_MIN, |d| (d * 2).min(ACCEPT_BACKOFF_MAX));
+        self.0 = Some(next);
+        next
+    }
+
+    /// An accept worked.
+    pub fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Logs accept errors at most every [`ACCEPT_ERROR_LOG_EVERY`].
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ErrorLog {
+    /// One more error at `now`: the count to log with it (this one included), or
+    /// `None` when one was logged less than [`ACCEPT_ERROR_LOG_EVERY`] ago.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        match self.last {
+            Some(last) if now.duration_since(last) < ACCEPT_ERROR_LOG_EVERY => None,
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.unlogged))
+            }
+        }
+    }
+}
+
+/// An open connection's hold on its port: its permit under the cap, and its place in
+/// the open-connections gauge.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    port: Port,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.telemetry.connections.closed(self.port);
+    }
+}
+
+/// Accepts on `acceptor` until `stop` turns true, at most `cap.available_permits()`
+/// connections open at once (at the cap it waits for one to close, and the kernel's
+/// backlog holds the rest), handing each to `open` with its [`Slot`]. An accept error
+/// is counted, logged (at most every [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a
+/// pause ([`Backoff`]): running out of descriptors never makes it spin.
+pub async fn accept_loop<A: Acceptor>(
+    mut acceptor: A,
+    port: Port,
+    cap: Arc<Semaphore>,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+    mut open: impl FnMut(A::Io, Slot),
+) {
+    let mut backoff = Backoff::new();
+    let mut log = ErrorLog::default();
+    loop {
+        let permit = tokio::select! {
+            permit = cap.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = acceptor.accept() => accepted,
+            () = stopped(&mut stop) => break,
+        };
+        match accepted {
+            Ok(io) => {
+                backoff.reset();
+                telemetry.connections.opened(port);
+                let slot = Slot {
+                    _permit: permit,
+                    port,
+                    telemetry: telemetry.clone(),
+                };
+                open(io, slot);
+            }
+            Err(e) => {
+                drop(permit);
+                telemetry.connections.accept_failed(port);
+                let pause = backoff.pause();
+                if let Some(count) = log.note(Instant::now()) {
+                    tracing::error!(
+                        port = port.as_str(),
+                        errors = count,
+                        "cannot accept connections: {e}; pausing {pause:?} after each failure{}",
+                        descriptor_hint(&e)
+                    );
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = stopped(&mut stop) => break,
+                }
+            }
+        }
+    }
+}
+
+fn descriptor_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => {
+            " (out of file descriptors: raise the limit, e.g. LimitNOFILE, or lower limits.max_connections)"
+        }
+        Some(libc::ENOBUFS | libc::ENOMEM) => " (out of kernel memory for sockets)",
+        _ => "",
+    }
+}
+
+/// How one port serves its connections.
+pub struct Listener<S, B> {
+    /// Which port.
+    pub port: Port,
+    /// Most connections open at once.
+    pub cap: usize,
+    /// Header and idle timeouts.
+    pub timeouts: Timeouts,
+    /// TLS, when on.
+    pub tls: Option<Arc<Certificates>>,
+    /// Close connections whose writes stall for `export::serve::WRITE_STALL` (the
+    /// metrics port).
+    pub stall_guard: bool,
+    /// HTTP/1 and HTTP/2 settings.
+    pub http: auto::Builder<TokioExecutor>,
+    /// The service each request goes to.
+    pub service: S,
+    /// Turns hyper's request into the service's.
+    pub request: fn(http::Request<Incoming>) -> http::Request<B>,
+    /// Where the counters go.
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// hyper's HTTP settings for a port: HTTP/1 and HTTP/2 (h2c, or ALPN under TLS) with
+/// tokio's timer, HTTP/1 header timeouts off (the connection watch does them, counting
+/// from the first byte of a head rather than from the previous response).
+pub fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B, R> Listener<S, B>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    R::Error: Into<BoxError>,
+{
+    /// Serves `listener` until `stop` turns true, then lets the open connections
+    /// finish (idle ones close at once, HTTP/2 ones get a GOAWAY) and returns once
+    /// they all have.
+    pub async fn serve(self, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let cap = Arc::new(Semaphore::new(self.cap));
+        self.telemetry.connections.set_limit(self.port, self.cap);
+        let port = self.port;
+        let telemetry = self.telemetry.clone();
+        let this = Arc::new(self);
+        let stopped = stop.clone();
+        accept_loop(
+            listener,
+            port,
+            cap.clone(),
+            telemetry,
+            stop,
+            |stream, slot| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    // Without it Nagle's algorithm holds back small writes (responses,
+                    // window updates) and gRPC throughput halves (examples/loadgen.rs).
+                    tracing::debug!("cannot set TCP_NODELAY: {e}");
+                }
+                let this = this.clone();
+                let stop = stopped.clone();
+                tokio::spawn(async move {
+                    if this.stall_guard {
+                        let stream = crate::export::serve::StallGuarded::new(
+                            stream,
+                            crate::export::serve::WRITE_STALL,
+                        );
+                        this.connection(stream, slot, stop).await;
+                    } else {
+                        this.connection(stream, slot, stop).await;
+                    }
+                });
+            },
+        )
+        .await;
+        // Every connection holds a permit until it is closed.
+        let all = u32::try_from(this.cap).unwrap_or(u32::MAX);
+        let _ = cap.acquire_many(all).await;
+    }
+
+    async fn connection<T>(&self, stream: T, slot: Slot, mut stop: watch::Receiver<bool>)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let _slot = slot;
+        let state = ConnState::new();
+        let header_due =
+            tokio::time::Instant::from_std(state.epoch().into_std() + self.timeouts.header_read);
+        let stream = match &self.tls {
+            None => MaybeTls::Plain(stream),
+            Some(certificates) => {
+                let handshake = certificates.acceptor().accept(stream);
+                let done = tokio::select! {
+                    done = tokio::time::timeout_at(header_due, handshake) => done,
+                    () = stopped(&mut stop) => return,
+                };
+                match done {
+                    Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+                    Ok(Err(e)) => {
+                        self.telemetry.connections.handshake_failed(self.port);
+                        tracing::debug!(port = self.port.as_str(), "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        self.telemetry.connections.handshake_failed(self.port);
+                        self.telemetry
+                            .connections
+                            .timed_out(self.port, Timeout::Header);
+                        return;
+                    }
+                }
+            }
+        };
+        let service = Adapter {
+            service: self.service.clone(),
+            request: self.request,
+            state: state.clone(),
+        };
+        let io = TokioIo::new(Watched::new(stream, state.clone()));
+        let conn = self.http.serve_connection(io, service);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let mut idle_noted = false;
+        let mut drop_at: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            let verdict = if idle_noted {
+                Verdict::Until(drop_at.unwrap_or(now + self.timeouts.idle))
+            } else {
+                state.check(now, self.timeouts.header_read, self.timeouts.idle)
+            };
+            let wake = match verdict {
+                Verdict::Until(at) => drop_at.map_or(at, |d| d.min(at)),
+                Verdict::HeaderTimeout => {
+                    self.telemetry
+                        .connections
+                        .timed_out(self.port, Timeout::Header);
+                    return;
+                }
+                Verdict::IdleTimeout => {
+                    self.telemetry
+                        .connections
+                        .timed_out(self.port, Timeout::Idle);
+                    idle_noted = true;
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    let at = now + grace(&self.timeouts);
+                    drop_at = Some(at);
+                    at
+                }
+            };
+            if drop_at.is_some_and(|d| now >= d) {
+                return;
+            }
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(port = self.port.as_str(), "connection ended: {e}");
+                    }
+                    return;
+                }
+                () = stopped(&mut stop), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// The port's service as hyper calls it: each request is in flight for the
+/// connection's watch until its response body is dropped.
+struct Adapter<S, B> {
+    service: S,
+    request: fn(http::Request<Incoming>) -> http::Request<B>,
+    state: Arc<ConnState>,
+}
+
+impl<S, B, R> hyper::service::Service<http::Request<Incoming>> for Adapter<S, B>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    R: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    type Response = http::Response<Tracked<R>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let in_flight = self
+            .state
+            .request_started(req.version() == http::Version::HTTP_2);
+        let request = (self.request)(req);
+        let service = self.service.clone();
+        Box::pin(async move {
+            let response = tower::ServiceExt::oneshot(service, request).await?;
+            Ok(response.map(|body| Tracked::new(body, in_flight)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Fails with EMFILE until `until`, then hands out connections.
+    struct Exhausted {
+        until: Instant,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl Acceptor for Exhausted {
+        type Io = ();
+
+        async fn accept(&mut self) -> io::Result<()> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if Instant::now() < self.until {
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_to_a_second_and_starts_again_after_a_success() {
+        let mut b = Backoff::new();
+        let pauses: Vec<u64> = (0..10).map(|_| b.pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.pause(), ACCEPT_BACKOFF_MIN);
+    }
+
+    #[test]
+    fn accept_errors_are_logged_at_most_every_ten_seconds_with_their_count() {
+        let mut log = ErrorLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note(t0), Some(1));
+        for i in 1..100 {
+            assert_eq!(log.note(t0 + Duration::from_millis(i * 50)), None);
+        }
+        assert_eq!(log.note(t0 + ACCEPT_ERROR_LOG_EVERY), Some(100));
+    }
+
+    #[test]
+    fn the_otlp_cap_leaves_the_metrics_port_and_the_reserve_their_descriptors() {
+        assert_eq!(otlp_cap(4096, None), 4096);
+        assert_eq!(otlp_cap(4096, Some(1 << 20)), 4096);
+        assert_eq!(otlp_cap(4096, Some(1024)), (1024 - 64 - 128) / 2);
+        assert_eq!(otlp_cap(4096, Some(256)), 32);
+        assert_eq!(otlp_cap(4096, Some(10)), 1);
+    }
+
+    #[tokio::test]
+    async fn emfile_makes_the_loop_back_off_count_and_recover() {
+        let telemetry = Arc::new(Telemetry::default());
+        let calls = Arc::new(AtomicU64::new(0));
+        let acceptor = Exhausted {
+            until: Instant::now() + Duration::from_millis(1500),
+            calls: calls.clone(),
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let opened = Arc::new(AtomicU64::new(0));
+        let seen = opened.clone();
+        let stopper = stop_tx.clone();
+        let cap = Arc::new(Semaphore::new(4));
+        let started = Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            accept_loop(
+                acceptor,
+                Port::OtlpGrpc,
+                cap,
+                telemetry.clone(),
+                stop,
+                move |(), slot| {
+                    drop(slot);
+                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == 3 {
+                        let _ = stopper.send(true);
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("the loop stops when told");
+        let calls = calls.load(Ordering::Relaxed);
+        let errors = telemetry.connections.accept_errors(Port::OtlpGrpc);
+        // 1.5 s of EMFILE: pauses of 5, 10, 20 ... 640, 1000 ms, so about nine failed
+        // accepts; a spinning loop would make millions.
+        assert!((6..=12).contains(&errors), "{errors} accept errors");
+        assert_eq!(
+            calls,
+            errors + 3,
+            "every failure counted, then three accepts"
+        );
+        assert_eq!(opened.load(Ordering::Relaxed), 3);
+        assert_eq!(telemetry.connections.accepted(Port::OtlpGrpc), 3);
+        assert_eq!(telemetry.connections.open(Port::OtlpGrpc), 0);
+        // The last pause is at most a second, so it recovers within one after the
+        // errors stop; the three accepts after it do not wait (the backoff reset).
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(stop_tx);
+    }
+}

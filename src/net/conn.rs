@@ -1,0 +1,345 @@
+//! One connection: its TLS handshake, its HTTP/1 or HTTP/2 server, and the watch that
+//! closes it when it sends no request head in time or stays idle.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// The clock of one connection: what it is doing, for the watch.
+///
+/// Times are milliseconds since the connection was accepted (`epoch`); 0 in
+/// `head_since` means "no head begun". Relaxed: each field is read on its own, and a
+/// stale read only moves a check to the next wake-up.
+#[derive(Debug)]
+pub struct ConnState {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    idle_since: AtomicU64,
+    head_since: AtomicU64,
+    h2: AtomicBool,
+}
+
+/// What a check of a connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing due; check again at this instant.
+    Until(Instant),
+    /// No complete request head in time.
+    HeaderTimeout,
+    /// Idle for too long.
+    IdleTimeout,
+}
+
+impl ConnState {
+    /// A connection accepted now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).max(1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// When the connection was accepted.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// A request head arrived (`h2`: over HTTP/2); it is in flight until the returned
+    /// guard is dropped with its response body.
+    pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Bytes were read: with no request in flight on HTTP/1, they begin the next head.
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Judges the connection at `now` against the two timeouts.
+    pub fn check(&self, now: Instant, header: Duration, idle: Duration) -> Verdict {
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            let due = self.epoch + header;
+            return if now >= due {
+                Verdict::HeaderTimeout
+            } else {
+                Verdict::Until(due)
+            };
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Verdict::Until(now + idle);
+        }
+        let idle_due = self.at(self.idle_since.load(Ordering::Relaxed)) + idle;
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != 0 && !self.h2.load(Ordering::Relaxed) {
+            // HTTP/1: the first bytes of the next request started its head's clock.
+            // (HTTP/2 peers send pings and window updates between requests.)
+            let head_due = self.at(head) + header;
+            if now >= head_due {
+                return Verdict::HeaderTimeout;
+            }
+            if now < idle_due {
+                return Verdict::Until(head_due.min(idle_due));
+            }
+        }
+        if now >= idle_due {
+            Verdict::IdleTimeout
+        } else {
+            Verdict::Until(idle_due)
+        }
+    }
+}
+
+/// A request in flight; dropped with its response body.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state.idle_since.store(state.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    /// `inner`, holding `in_flight`.
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's stream that tells its [`ConnState`] when bytes arrive.
+pub struct Watched<T> {
+    inner: T,
+    state: Arc<ConnState>,
+}
+
+impl<T> Watched<T> {
+    /// Watches `inner`.
+    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.bytes_read();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream in clear text or under TLS.
+pub enum MaybeTls<T> {
+    /// Clear text.
+    Plain(T),
+    /// TLS, handshake done.
+    Tls(Box<tokio_rustls::server::TlsStream<T>>),
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(2);
+    const IDLE: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn a_connection_is_judged_by_its_head_then_by_its_idleness() {
+        let state = ConnState::new();
+        let t0 = state.epoch();
+        assert_eq!(state.check(t0, HEADER, IDLE), Verdict::Until(t0 + HEADER));
+        assert_eq!(
+            state.check(t0 + HEADER, HEADER, IDLE),
+            Verdict::HeaderTimeout
+        );
+
+        let state = ConnState::new();
+        let t0 = state.epoch();
+        let request = state.request_started(false);
+        // In flight: no timeout, however long.
+        assert!(matches!(
+            state.check(t0 + IDLE * 10, HEADER, IDLE),
+            Verdict::Until(_)
+        ));
+        drop(request);
+        let idle_from = state.at(state.idle_since.load(Ordering::Relaxed));
+        assert_eq!(
+            state.check(idle_from, HEADER, IDLE),
+            Verdict::Until(idle_from + IDLE)
+        );
+        assert_eq!(
+            state.check(idle_from + IDLE, HEADER, IDLE),
+            Verdict::IdleTimeout
+        );
+        // HTTP/1: a byte of the next head starts the header clock.
+        state.bytes_read();
+        let head_from = state.at(state.head_since.load(Ordering::Relaxed));
+        assert_eq!(
+            state.check(head_from + HEADER, HEADER, IDLE),
+            Verdict::HeaderTimeout
+        );
+        // HTTP/2: bytes between requests are pings, not heads.
+        state.h2.store(true, Ordering::Relaxed);
+        assert!(matches!(
+            state.check(head_from + HEADER, HEADER, IDLE),
+            Verdict::Until(_) | Verdict::IdleTimeout
+        ));
+    }
+}

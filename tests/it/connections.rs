@@ -1,0 +1,324 @@
+//! The connection layer against many connections: idle and half-sent connections are
+//! closed by the timeouts, a daemon out of descriptors keeps its metrics port and does
+//! not spin, and the OTLP ports serve again once the flood is gone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Daemon, config, require};
+
+/// Raises this process's soft descriptor limit to its hard limit; returns the limit.
+fn raise_own_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid resource and pointers to locals.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
+    }
+}
+
+/// Polls `/healthz` every 100 ms until `done`; returns (polls, failures, slowest).
+fn watch_health(
+    metrics: SocketAddr,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, Duration)> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let (mut polls, mut failures, mut slowest) = (0, 0, Duration::ZERO);
+        while !done.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let ok = client
+                .get(format!("http://{metrics}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 200);
+            slowest = slowest.max(started.elapsed());
+            polls += 1;
+            failures += u64::from(!ok);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (polls, failures, slowest)
+    })
+}
+
+/// Waits until the peer closes `stream` (EOF or reset); false after `limit`.
+async fn closed_by_peer(mut stream: TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_all).await.is_ok()
+}
+
+const CONNECTIONS: usize = 5000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed_by_the_timeouts() {
+    let nofile = raise_own_nofile();
+    if !require(
+        nofile >= 2 * CONNECTIONS as u64 + 1000,
+        &format!(
+            "a descriptor limit (RLIMIT_NOFILE hard) of at least {} (it is {nofile})",
+            2 * CONNECTIONS + 1000
+        ),
+    ) {
+        return;
+    }
+    let d = Daemon::start(&config(
+        "limits: {max_connections: 8000, header_read_timeout: 2s, idle_timeout: 3s}",
+    ));
+    let done = Arc::new(AtomicBool::new(false));
+    let health = watch_health(d.metrics, done.clone());
+
+    // A request answered, then the connection left open: the idle timeout's.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(d.http).await.unwrap();
+        s.write_all(b"GET /v1/traces HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 405"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        idle.push(s);
+    }
+    // The rest: silent, or a request head cut short (HTTP/1 on the HTTP port, the
+    // HTTP/2 preface and nothing more on the gRPC port).
+    let opened = Instant::now();
+    let mut header = Vec::with_capacity(CONNECTIONS);
+    for i in 0..CONNECTIONS - idle.len() {
+        let (addr, partial): (SocketAddr, &[u8]) = match i % 4 {
+            0 => (d.http, b""),
+            1 => (d.grpc, b""),
+            2 => (d.http, b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Ty"),
+            _ => (d.grpc, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if !partial.is_empty() {
+            s.write_all(partial).await.unwrap();
+        }
+        header.push(s);
+    }
+    let opening = opened.elapsed();
+    let open_now = d
+        .metric("sloxide_connections_open", &[("port", "otlp_http")])
+        .await
+        .unwrap()
+        + d.metric("sloxide_connections_open", &[("port", "otlp_grpc")])
+            .await
+            .unwrap();
+    assert!(open_now > 1000.0, "{open_now} open after {opening:?}");
+
+    // Every one is closed from the server's side, within the timeouts and a margin.
+    let closes: Vec<_> = header
+        .into_iter()
+        .chain(idle)
+        .map(|s| tokio::spawn(closed_by_peer(s, Duration::from_secs(15))))
+        .collect();
+    let mut still_open = 0;
+    for c in closes {
+        still_open += usize::from(!c.await.unwrap());
+    }
+    assert_eq!(still_open, 0, "connections the daemon left open");
+    let all_closed = opened.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let (polls, failures, slowest) = health.await.unwrap();
+    assert!(polls >= 10, "{polls} polls");
+    assert_eq!(failures, 0, "/healthz failed {failures} of {polls} times");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest /healthz {slowest:?}"
+    );
+
+    for port in ["otlp_http", "otlp_grpc"] {
+        let open = d
+            .wait_metric("sloxide_connections_open", &[("port", port)], 0.0)
+            .await;
+        assert_eq!(open, Some(0.0), "{port}");
+    }
+    let timed_out = |port, timeout| {
+        let d = &d;
+        async move {
+            d.metric(
+                "sloxide_connections_timed_out_total",
+                &[("port", port), ("timeout", timeout)],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let header_timeouts =
+        timed_out("otlp_http", "header").await + timed_out("otlp_grpc", "header").await;
+    assert_eq!(header_timeouts, (CONNECTIONS - 50) as f64);
+    assert_eq!(timed_out("otlp_http", "idle").await, 50.0);
+    eprintln!(
+        "{CONNECTIONS} connections opened in {opening:?}, all closed by the daemon {all_closed:?} after the first; /healthz {polls} polls, slowest {slowest:?}"
+    );
+}
+
+/// CPU ticks (user + system) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_metrics_port_answers_and_nothing_spins() {
+    let nofile = raise_own_nofile();
+    if !require(
+        nofile >= 4000,
+        &format!("a descriptor limit of at least 4000 (it is {nofile})"),
+    ) {
+        return;
+    }
+    let d = Daemon::start_with_nofile(&config(""), 256);
+    let startup = d.startup.join("\n");
+    assert!(
+        startup.contains("limits.max_connections lowered from 4096 to 32"),
+        "{startup}"
+    );
+    let limit = d
+        .metric("sloxide_connections_limit", &[("port", "otlp_http")])
+        .await;
+    assert_eq!(limit, Some(32.0));
+
+    // Far more connections than the daemon has descriptors, to both OTLP ports.
+    let mut flood = Vec::new();
+    for i in 0..1500 {
+        let addr = if i % 2 == 0 { d.http } else { d.grpc };
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr)).await
+        {
+            flood.push(s);
+        }
+    }
+    assert!(flood.len() >= 1000, "{} connections", flood.len());
+    for port in ["otlp_http", "otlp_grpc"] {
+        let open = d
+            .wait_metric("sloxide_connections_open", &[("port", port)], 32.0)
+            .await;
+        assert_eq!(open, Some(32.0), "{port} at its cap");
+    }
+
+    let before = cpu_ticks(d.pid());
+    let started = Instant::now();
+    for path in ["/healthz", "/readyz", "/metrics", "/healthz"] {
+        let asked = Instant::now();
+        let (status, _) = tokio::time::timeout(Duration::from_secs(1), d.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} did not answer within a second"));
+        assert_eq!(status, 200, "{path}");
+        assert!(asked.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ticks = cpu_ticks(d.pid()) - before;
+    // SAFETY: sysconf with a valid name.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cores = ticks as f64 / per_second / started.elapsed().as_secs_f64();
+    assert!(
+        cores < 0.3,
+        "the daemon used {cores:.2} cores while flooded"
+    );
+    eprintln!(
+        "{} flood connections against RLIMIT_NOFILE 256: the daemon used {cores:.3} cores over {:?}",
+        flood.len(),
+        started.elapsed()
+    );
+
+    // The flood leaves: OTLP requests succeed again.
+    drop(flood);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let last = match client
+            .post(format!("http://{}/v1/traces", d.http))
+            .header("content-type", "application/x-protobuf")
+            .body(Vec::new())
+            .send()
+            .await
+        {
+            Ok(r) if r.status().as_u16() == 200 => break,
+            Ok(r) => format!("status {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "OTLP/HTTP did not recover: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accept_errors = d
+        .metric("sloxide_accept_errors_total", &[("port", "otlp_http")])
+        .await
+        .unwrap();
+    assert!(accept_errors < 100.0, "{accept_errors} accept errors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_is_kept() {
+    let d = Daemon::start(&config(
+        "limits: {header_read_timeout: 1s, idle_timeout: 1s}",
+    ));
+    for addr in [d.http, d.grpc] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driven = tokio::spawn(connection);
+        // A request every 400 ms for 2 s: never idle for the 1 s.
+        let mut client = client;
+        for _ in 0..5 {
+            client = client.ready().await.unwrap();
+            let request = http::Request::get(format!("http://{addr}/v1/traces"))
+                .body(())
+                .unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            response.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        assert!(!driven.is_finished(), "closed while in use");
+        // Then idle: the server says GOAWAY (NO_ERROR), and the connection ends cleanly.
+        let ended = tokio::time::timeout(Duration::from_secs(5), driven)
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
+    }
+    for port in ["otlp_http", "otlp_grpc"] {
+        let idle = d
+            .metric(
+                "sloxide_connections_timed_out_total",
+                &[("port", port), ("timeout", "idle")],
+            )
+            .await;
+        assert_eq!(idle, Some(1.0), "{port}");
+    }
+}
