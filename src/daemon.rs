@@ -28,6 +28,10 @@ use crate::state::{DataDir, Outcome, StateError};
 /// How often the aggregation ticks (quantiles, expiry).
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// When this many connections have closed since the most were open, the tick gives
+/// the allocator's free memory back to the OS.
+const RELEASE_AFTER_CONNECTIONS: u64 = 500;
+
 /// How long shutdown waits for in-flight requests before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -831,14 +835,30 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The most connections open since memory was last given back: when many have
+    // closed since (a flood of idle connections, timed out), their buffers are free
+    // but still held by the allocator.
+    let mut peak_connections = 0;
     loop {
         tokio::select! {
             _ = every.tick() => {
+                let open: u64 = crate::net::metrics::Port::ALL
+                    .iter()
+                    .map(|&port| pipeline.telemetry.connections.open(port))
+                    .sum();
+                peak_connections = peak_connections.max(open);
+                let closed_many = peak_connections >= open + RELEASE_AFTER_CONNECTIONS;
+                if closed_many {
+                    peak_connections = open;
+                }
                 let pipeline = pipeline.clone();
                 // The tick walks every series: keep it off the I/O workers.
                 let _ = tokio::task::spawn_blocking(move || {
                     pipeline.tick();
                     pipeline.ingest.release_memory();
+                    if closed_many {
+                        crate::memory::release_free_memory();
+                    }
                 })
                 .await;
             }

@@ -88,6 +88,7 @@ async fn idle_and_half_sent_connections_are_closed_by_the_timeouts() {
     ));
     let done = Arc::new(AtomicBool::new(false));
     let health = watch_health(d.metrics, done.clone());
+    let rss_before = crate::bad_input::rss_bytes(&d);
 
     // A request answered, then the connection left open: the idle timeout's.
     let mut idle = Vec::new();
@@ -174,8 +175,24 @@ async fn idle_and_half_sent_connections_are_closed_by_the_timeouts() {
         timed_out("otlp_http", "header").await + timed_out("otlp_grpc", "header").await;
     assert_eq!(header_timeouts, (CONNECTIONS - 50) as f64);
     assert_eq!(timed_out("otlp_http", "idle").await, 50.0);
+    // What the connections held is given back: RSS within 64 MiB of where it started,
+    // within 10 s.
+    let settle = Instant::now() + Duration::from_secs(10);
+    let mut rss_after = crate::bad_input::rss_bytes(&d);
+    while rss_after > rss_before + (64 << 20) && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_after = crate::bad_input::rss_bytes(&d);
+    }
+    assert!(
+        rss_after <= rss_before + (64 << 20),
+        "RSS {} MiB before the connections, {} MiB after",
+        rss_before >> 20,
+        rss_after >> 20
+    );
     eprintln!(
-        "{CONNECTIONS} connections opened in {opening:?}, all closed by the daemon {all_closed:?} after the first; /healthz {polls} polls, slowest {slowest:?}"
+        "{CONNECTIONS} connections opened in {opening:?}, all closed by the daemon {all_closed:?} after the first; /healthz {polls} polls, slowest {slowest:?}; RSS {} MiB before, {} MiB after",
+        rss_before >> 20,
+        rss_after >> 20
     );
 }
 
