@@ -1544,14 +1544,14 @@ impl RawLimits {
                 "limits.header_read_timeout",
                 default.header_read_timeout,
                 Duration::from_nanos(1),
-                None,
+                Some(Duration::from_secs(86_400)),
             )?,
             idle_timeout: duration_in(
                 idle_timeout,
                 "limits.idle_timeout",
                 default.idle_timeout,
                 Duration::from_nanos(1),
-                None,
+                Some(Duration::from_secs(86_400)),
             )?,
         };
         if limits.max_decompressed_bytes < limits.max_request_bytes {

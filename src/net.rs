@@ -53,6 +53,10 @@ pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a connection told to close (idle, or shutting down) may take to finish
 /// before it is dropped, beyond the timeouts: the header timeout.
+/// How long a connection may go on after the port is told to stop: less than the
+/// daemon's drain, so requests that never finish cannot outlast it.
+const SHUTDOWN_DROP: Duration = Duration::from_secs(9);
+
 fn grace(timeouts: &Timeouts) -> Duration {
     timeouts.header_read
 }
@@ -450,6 +454,11 @@ where
                 () = stopped(&mut stop), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    // Requests in flight finish within the daemon's drain; a connection
+                    // that still has one then (a client that stopped reading its
+                    // response) is dropped, so the port's task ends and the drain with it.
+                    let deadline = tokio::time::Instant::now() + SHUTDOWN_DROP;
+                    drop_at = Some(drop_at.map_or(deadline, |d| d.min(deadline)));
                 }
                 () = tokio::time::sleep_until(wake) => {}
             }

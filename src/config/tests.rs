@@ -932,6 +932,16 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["limits.body_read_timeout: `10ms` is too short; the minimum is 100ms"],
     ),
     (
+        "a header timeout past a day",
+        "limits:\n  header_read_timeout: 10000000000000000000s\n",
+        &["limits.header_read_timeout:"],
+    ),
+    (
+        "an idle timeout past a day",
+        "limits:\n  idle_timeout: 2d\n",
+        &["limits.idle_timeout: `2d` is too long; the maximum is 1d"],
+    ),
+    (
         "an admission wait past a minute",
         "limits:\n  admission_wait: 5m\n",
         &["limits.admission_wait: `5m` is too long; the maximum is 1m"],

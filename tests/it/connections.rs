@@ -339,3 +339,40 @@ async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_is_kept() {
         assert_eq!(idle, Some(1.0), "{port}");
     }
 }
+
+/// A request that never finishes (its client stalls mid-body and never leaves) does not
+/// hold up a shutdown: its connection is dropped before the daemon's drain runs out, so
+/// the drain completes and the final checkpoint is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_finishes_does_not_outlast_the_drain() {
+    let mut d = Daemon::start(&config(""));
+    let mut stalled = TcpStream::connect(d.http).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    d.signal(libc::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = d.wait_exit(Duration::from_secs(20));
+        (status, d.logged())
+    })
+    .await
+    .unwrap();
+    let (status, logged) = status;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let log = logged.join("\n");
+    assert!(
+        !log.contains("did not finish within"),
+        "the drain ran out: {log}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
