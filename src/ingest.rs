@@ -26,7 +26,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::auth::BearerTokens;
@@ -412,8 +411,6 @@ pub struct Ingest {
     auth: RwLock<Option<Arc<BearerTokens>>>,
     telemetry: Arc<Telemetry>,
     budget: Arc<Budget>,
-    /// Bodies being decompressed or decoded at once: one per decode thread.
-    decode_slots: Arc<Semaphore>,
     decoders: DecodePool,
     closing: AtomicBool,
     buffers: Arc<BufferPool>,
@@ -460,7 +457,6 @@ impl Ingest {
             target: RwLock::new(target),
             telemetry,
             budget,
-            decode_slots: Arc::new(Semaphore::new(cores.max(2))),
             decoders: DecodePool::new(cores.max(2)),
             closing: AtomicBool::new(false),
             buffers: Arc::new(BufferPool::new(64, keep)),
@@ -510,11 +506,6 @@ impl Ingest {
         self.gate.read().await
     }
 
-    /// [`Ingest::enter`] when it need not wait: `None` while a retarget is under way.
-    pub fn try_enter(&self) -> Option<tokio::sync::RwLockReadGuard<'_, ()>> {
-        self.gate.try_read().ok()
-    }
-
     /// The body limits.
     pub fn limits(&self) -> BodyLimits {
         BodyLimits {
@@ -537,11 +528,6 @@ impl Ingest {
     /// The pool that request bodies are read into.
     pub fn buffers(&self) -> &Arc<BufferPool> {
         &self.buffers
-    }
-
-    /// The in-flight budget.
-    pub fn budget(&self) -> &Budget {
-        &self.budget
     }
 
     /// Refuses a request without a valid token when `auth` is configured; before
@@ -673,15 +659,12 @@ impl Ingest {
             return self.export(transport, signal, encoding, body);
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
-        let Ok(Ok(slot)) =
-            tokio::time::timeout_at(wait, self.decode_slots.clone().acquire_owned()).await
-        else {
+        let Some(slot) = self.decoders.slot(wait).await else {
             return Err(IngestError::Overloaded);
         };
         let _entered = self.enter().await;
         let ingest = self.clone();
         let work = move || {
-            let _slot = slot;
             let mut reservation = reservation;
             let inflated = match (inflated, compressed) {
                 (Some(inflated), _) => Some(inflated),
@@ -703,7 +686,7 @@ impl Ingest {
             ingest.export(transport, signal, encoding, body)
         };
         self.decoders
-            .run(work)
+            .run(slot, work)
             .await
             .ok_or_else(|| IngestError::BodyRead("the decode thread failed".to_owned()))?
     }

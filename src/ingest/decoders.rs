@@ -4,11 +4,15 @@
 //! A fixed pool of one thread per core, at a lower scheduling priority (nice 10 on
 //! Linux): when a core is contended, the async workers run first, so a health check
 //! is answered in milliseconds even while every decode thread is busy with a 60 MB
-//! JSON body; when it is not, the decodes use all of it. The caller bounds how many
-//! jobs are in the pool at once (one per thread, by a slot the job itself holds, so a
-//! request cancelled while its job runs does not let another job queue behind it).
+//! JSON body; when it is not, the decodes use all of it. A job needs a [`Slot`], one per
+//! thread, and holds it until it has run (so a request cancelled while its job runs
+//! does not let another job queue behind it): jobs never queue in the pool, callers
+//! wait for a slot, for as long as they choose.
 
 use std::sync::{Arc, Mutex, mpsc};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -16,6 +20,15 @@ type Job = Box<dyn FnOnce() + Send>;
 #[derive(Debug)]
 pub struct DecodePool {
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// One per thread.
+    slots: Arc<Semaphore>,
+}
+
+/// The right to run one job on the pool now: a thread is free for it, and is given back
+/// when the slot is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// The niceness of decode threads: below the async workers, above nothing else.
@@ -24,9 +37,10 @@ const NICENESS: i32 = 10;
 impl DecodePool {
     /// Starts `threads` threads.
     pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("sloxide-decode-{i}"))
@@ -50,19 +64,32 @@ impl DecodePool {
         }
         Self {
             jobs: Mutex::new(tx),
+            slots: Arc::new(Semaphore::new(threads)),
         }
     }
 
-    /// Runs `work` on a decode thread and returns its result; `None` if it panicked.
-    /// When the caller is gone before the job starts (its client reset the stream, or
-    /// closed the connection), the work is not done: `work` is dropped, and what it
-    /// holds (its decode slot, its reservation) with it.
+    /// Waits for a free thread until `deadline`; `None` if none came free by then.
+    pub async fn slot(&self, deadline: Instant) -> Option<Slot> {
+        let acquire = self.slots.clone().acquire_owned();
+        match tokio::time::timeout_at(deadline, acquire).await {
+            Ok(Ok(permit)) => Some(Slot { _permit: permit }),
+            _ => None,
+        }
+    }
+
+    /// Runs `work` on the thread `slot` stands for and returns its result; `None` if it
+    /// panicked. The job holds the slot until it has run. When the caller is gone
+    /// before the job starts (its client reset the stream, or closed the connection),
+    /// the work is not done: `work` is dropped, and what it holds (the request's
+    /// reservation) with it.
     pub async fn run<T: Send + 'static>(
         &self,
+        slot: Slot,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Option<T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            let _slot = slot;
             if tx.is_closed() {
                 return;
             }
@@ -98,24 +125,48 @@ mod tests {
     #[tokio::test]
     async fn jobs_run_on_the_pool_and_panics_are_contained() {
         let pool = DecodePool::new(2);
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
         let name = pool
-            .run(|| std::thread::current().name().map(str::to_owned))
+            .run(pool.slot(soon()).await.unwrap(), || {
+                std::thread::current().name().map(str::to_owned)
+            })
             .await
             .unwrap();
         assert!(name.unwrap().starts_with("sloxide-decode-"));
-        assert_eq!(pool.run(|| -> u32 { panic!("in a decode") }).await, None);
-        // The thread that panicked is still there.
+        let slot = pool.slot(soon()).await.unwrap();
+        assert_eq!(
+            pool.run(slot, || -> u32 { panic!("in a decode") }).await,
+            None
+        );
+        // The thread that panicked is still there, and the slots came back.
         for _ in 0..4 {
-            assert_eq!(pool.run(|| 7).await, Some(7));
+            assert_eq!(
+                pool.run(pool.slot(soon()).await.unwrap(), || 7).await,
+                Some(7)
+            );
         }
+        // Both slots held: no third until one is given back.
+        let (a, b) = (pool.slot(soon()).await, pool.slot(soon()).await);
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            pool.slot(Instant::now() + std::time::Duration::from_millis(20))
+                .await
+                .is_none()
+        );
+        drop(a);
+        assert!(pool.slot(soon()).await.is_some());
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn decode_threads_run_at_a_lower_priority() {
         let pool = DecodePool::new(1);
+        let slot = pool
+            .slot(Instant::now() + std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
         let nice = pool
-            .run(|| {
+            .run(slot, || {
                 let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
                 // Field 19 (niceness), counting from after the command name.
                 let after = &stat[stat.rfind(')').unwrap() + 2..];

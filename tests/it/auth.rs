@@ -10,6 +10,7 @@ use prost::Message;
 use sloxide::fixture::{self, Shape};
 use tonic::Code;
 
+use crate::bad_input::refused;
 use crate::harness::{Daemon, config};
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -58,19 +59,6 @@ async fn http(d: &Daemon, token: Option<&str>, body: Vec<u8>) -> reqwest::Respon
     request.send().await.unwrap()
 }
 
-async fn count(d: &Daemon, transport: &str, reason: &str) -> f64 {
-    d.metric(
-        "sloxide_receiver_refused_requests_total",
-        &[
-            ("transport", transport),
-            ("signal", "traces"),
-            ("reason", reason),
-        ],
-    )
-    .await
-    .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_requests_with_a_token_in_force_are_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,9 +81,9 @@ async fn only_requests_with_a_token_in_force_are_counted() {
             "Bearer"
         );
     }
-    assert_eq!(count(&d, "grpc", "unauthenticated").await, 3.0);
-    assert_eq!(count(&d, "http", "unauthenticated").await, 3.0);
-    assert_eq!(count(&d, "http", "decode").await, 0.0);
+    assert_eq!(refused(&d, "grpc", "unauthenticated").await, Some(3.0));
+    assert_eq!(refused(&d, "http", "unauthenticated").await, Some(3.0));
+    assert_eq!(refused(&d, "http", "decode").await, Some(0.0));
 
     grpc(&d, Some("Bearer first-token"), body()).await.unwrap();
     let response = http(&d, Some("bearer first-token"), body()).await;

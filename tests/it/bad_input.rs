@@ -74,7 +74,8 @@ fn zstd_bomb() -> Vec<u8> {
     zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap()
 }
 
-async fn refused(d: &Daemon, transport: &str, reason: &str) -> Option<f64> {
+/// `sloxide_receiver_refused_requests_total` for traces on `transport` for `reason`.
+pub async fn refused(d: &Daemon, transport: &str, reason: &str) -> Option<f64> {
     let labels = [
         ("transport", transport),
         ("signal", "traces"),

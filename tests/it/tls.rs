@@ -167,6 +167,22 @@ pub async fn https_get(
         .map_err(|_| "timed out".to_owned())?
 }
 
+/// The certificate `addr` serves to a client trusting `config`, polled for up to 5 s
+/// (a rotated certificate is picked up within a second or two); `None` if no
+/// handshake succeeded by then.
+async fn first_certificate(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<CertificateDer<'static>> {
+    for _ in 0..50 {
+        if let Ok((cert, _)) = https_get(addr, config.clone(), "/").await {
+            return Some(cert);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 fn tls_config(pki: &Pki, metrics: bool, extra: &str) -> String {
     let tls = pki.yaml(extra);
     let metrics = if metrics {
@@ -396,14 +412,7 @@ async fn replaced_certificate_files_are_used_without_a_restart() {
     let second = second_ca.leaf(true);
     replace(pki.dir.path(), &second);
     let trusts_second = client_config(&second_ca.ca_der, b"http/1.1", None);
-    let mut seen = None;
-    for _ in 0..50 {
-        if let Ok((cert, _)) = https_get(d.http, trusts_second.clone(), "/").await {
-            seen = Some(cert);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = first_certificate(d.http, trusts_second.clone()).await;
     assert_eq!(
         seen.as_ref(),
         Some(&second.der),
@@ -546,14 +555,7 @@ async fn a_reload_reads_the_certificate_files_again_and_takes_new_paths() {
     std::fs::write(d.config_path(), tls_config(&second_ca, false, "")).unwrap();
     d.signal(libc::SIGHUP);
     let trusts_second = client_config(&second_ca.ca_der, b"http/1.1", None);
-    let mut seen = None;
-    for _ in 0..50 {
-        if let Ok((cert, _)) = https_get(d.http, trusts_second.clone(), "/").await {
-            seen = Some(cert);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = first_certificate(d.http, trusts_second.clone()).await;
     assert_eq!(seen.as_ref(), Some(&second.der));
     assert_eq!(
         d.wait_metric("sloxide_config_last_reload_successful", &[], 1.0)
