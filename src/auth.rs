@@ -97,9 +97,14 @@ impl BearerTokens {
             .fold(false, |found, t| found | constant_time_eq(t, token))
     }
 
-    /// The scheme this section expects (for `WWW-Authenticate`).
-    pub fn scheme(&self) -> &str {
-        &self.scheme
+    /// The `WWW-Authenticate` value of a 401: the configured scheme when the tokens
+    /// go in `Authorization`. A custom header (an API-key header, say) has no
+    /// challenge to name, so none is sent.
+    pub fn challenge(&self) -> Option<http::HeaderValue> {
+        if self.header != http::header::AUTHORIZATION || self.scheme.is_empty() {
+            return None;
+        }
+        http::HeaderValue::from_str(&self.scheme).ok()
     }
 
     /// The token of a header value: what follows the scheme and one or more spaces,

@@ -108,12 +108,16 @@ impl Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
     }
 
-    fn allows(&self, headers: &HeaderMap) -> bool {
+    /// Whether `headers` may scrape; when not, the `WWW-Authenticate` challenge.
+    fn allows(&self, headers: &HeaderMap) -> Result<(), Option<http::HeaderValue>> {
         let auth = self
             .auth
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        auth.as_ref().is_none_or(|tokens| tokens.allows(headers))
+        match auth.as_ref() {
+            Some(tokens) if !tokens.allows(headers) => Err(tokens.challenge()),
+            _ => Ok(()),
+        }
     }
 
     /// The routes of the metrics port.
@@ -132,13 +136,18 @@ impl Exporter {
 /// response rather than render again: scrapers that arrive together cost one render and
 /// one copy of the text.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
-    if !exporter.allows(&headers) {
-        return (
+    if let Err(challenge) = exporter.allows(&headers) {
+        let mut response = (
             StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
             "missing or invalid bearer token (metrics.auth)\n",
         )
             .into_response();
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        return response;
     }
     let Ok(slot) = exporter.scrapes.clone().try_acquire_owned() else {
         return (

@@ -543,6 +543,15 @@ impl Ingest {
         }
     }
 
+    /// The `WWW-Authenticate` value of a 401 (see [`BearerTokens::challenge`]).
+    pub fn challenge(&self) -> Option<::http::HeaderValue> {
+        self.auth
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .and_then(|tokens| tokens.challenge())
+    }
+
     /// Admits one request with a reservation of its base and `expected` bytes (what its
     /// body and decode are expected to hold), waiting for room for at most
     /// `limits.admission_wait` (or until `client_deadline`); refuses it when the budget

@@ -244,6 +244,16 @@ pub async fn accept_loop<A: Acceptor>(
                 };
                 open(io, slot);
             }
+            Err(e) if connection_error(&e) => {
+                // One connection failed before it was accepted (reset or aborted by its
+                // peer): nothing is short, so the next accept need not wait.
+                drop(permit);
+                telemetry.connections.accept_failed(port);
+                tracing::debug!(
+                    port = port.as_str(),
+                    "a connection failed as it was accepted: {e}"
+                );
+            }
             Err(e) => {
                 drop(permit);
                 telemetry.connections.accept_failed(port);
@@ -263,6 +273,16 @@ pub async fn accept_loop<A: Acceptor>(
             }
         }
     }
+}
+
+/// An accept error that concerns one connection only, not the listener.
+fn connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
 fn descriptor_hint(e: &io::Error) -> &'static str {
@@ -506,10 +526,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// Fails with EMFILE until `until`, then hands out connections.
+    /// Fails with `errno` until `until`, then hands out connections.
     struct Exhausted {
         until: Instant,
         calls: Arc<AtomicU64>,
+        errno: i32,
     }
 
     impl Acceptor for Exhausted {
@@ -518,10 +539,37 @@ mod tests {
         async fn accept(&mut self) -> io::Result<()> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             if Instant::now() < self.until {
-                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+                return Err(io::Error::from_raw_os_error(self.errno));
             }
             Ok(())
         }
+    }
+
+    /// Runs the accept loop on `acceptor` until it has opened three connections.
+    async fn three_connections(acceptor: Exhausted, telemetry: Arc<Telemetry>) -> u64 {
+        let (stop_tx, stop) = watch::channel(false);
+        let opened = Arc::new(AtomicU64::new(0));
+        let seen = opened.clone();
+        let stopper = stop_tx.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            accept_loop(
+                acceptor,
+                Port::OtlpGrpc,
+                Arc::new(Semaphore::new(4)),
+                telemetry,
+                stop,
+                move |(), slot| {
+                    drop(slot);
+                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == 3 {
+                        let _ = stopper.send(true);
+                    }
+                },
+            ),
+        )
+        .await
+        .expect("the loop stops when told");
+        opened.load(Ordering::Relaxed)
     }
 
     #[test]
@@ -560,31 +608,10 @@ mod tests {
         let acceptor = Exhausted {
             until: Instant::now() + Duration::from_millis(1500),
             calls: calls.clone(),
+            errno: libc::EMFILE,
         };
-        let (stop_tx, stop) = watch::channel(false);
-        let opened = Arc::new(AtomicU64::new(0));
-        let seen = opened.clone();
-        let stopper = stop_tx.clone();
-        let cap = Arc::new(Semaphore::new(4));
         let started = Instant::now();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            accept_loop(
-                acceptor,
-                Port::OtlpGrpc,
-                cap,
-                telemetry.clone(),
-                stop,
-                move |(), slot| {
-                    drop(slot);
-                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == 3 {
-                        let _ = stopper.send(true);
-                    }
-                },
-            ),
-        )
-        .await
-        .expect("the loop stops when told");
+        let opened = three_connections(acceptor, telemetry.clone()).await;
         let calls = calls.load(Ordering::Relaxed);
         let errors = telemetry.connections.accept_errors(Port::OtlpGrpc);
         // 1.5 s of EMFILE: pauses of 5, 10, 20 ... 640, 1000 ms, so about nine failed
@@ -595,7 +622,7 @@ mod tests {
             errors + 3,
             "every failure counted, then three accepts"
         );
-        assert_eq!(opened.load(Ordering::Relaxed), 3);
+        assert_eq!(opened, 3);
         assert_eq!(telemetry.connections.accepted(Port::OtlpGrpc), 3);
         assert_eq!(telemetry.connections.open(Port::OtlpGrpc), 0);
         // The last pause is at most a second, so it recovers within one after the
@@ -605,6 +632,22 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        drop(stop_tx);
+    }
+
+    #[tokio::test]
+    async fn a_connection_aborted_before_its_accept_costs_no_pause() {
+        let telemetry = Arc::new(Telemetry::default());
+        let calls = Arc::new(AtomicU64::new(0));
+        let acceptor = Exhausted {
+            until: Instant::now() + Duration::from_millis(200),
+            calls: calls.clone(),
+            errno: libc::ECONNABORTED,
+        };
+        assert_eq!(three_connections(acceptor, telemetry.clone()).await, 3);
+        // Without a pause the loop retries at once: far more than the handful of
+        // attempts that back-off (5, 10, 20, 40, 80 ms) would allow in 200 ms.
+        let errors = telemetry.connections.accept_errors(Port::OtlpGrpc);
+        assert!(errors > 50, "{errors} accept errors");
+        assert_eq!(calls.load(Ordering::Relaxed), errors + 3);
     }
 }

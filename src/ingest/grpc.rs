@@ -116,7 +116,7 @@ where
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            .is_some_and(|v| is_grpc(v.as_bytes()));
         if !grpc {
             let err = IngestError::UnsupportedContentType(
                 req.headers()
@@ -132,6 +132,15 @@ where
         let ingest = self.ingest.clone();
         Box::pin(async move { Ok(export(ingest, signal, req).await) })
     }
+}
+
+/// `application/grpc`, alone or with a subtype (`+proto`) or parameters; not
+/// `application/grpc-web`, whose framing differs.
+fn is_grpc(content_type: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    content_type.len() >= GRPC.len()
+        && content_type[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(content_type.get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
 /// One unary `Export` call, for either signal.
@@ -481,6 +490,25 @@ mod tests {
         }
         assert!(check_prefix(&prefix(1, 10), false, request, decompressed).is_err());
         assert!(check_prefix(&prefix(7, 10), true, request, decompressed).is_err());
+    }
+
+    #[test]
+    fn grpc_content_types_are_told_from_grpc_web() {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC; x=y",
+        ] {
+            assert!(is_grpc(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/json",
+            "application/grp",
+        ] {
+            assert!(!is_grpc(no.as_bytes()), "{no}");
+        }
     }
 
     #[test]

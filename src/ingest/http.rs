@@ -75,6 +75,11 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
         Err(err) => {
             ingest.refused(Transport::Http, signal, &err);
             let mut response = failure(reply_in, &err);
+            if let (IngestError::Unauthenticated, Some(challenge)) = (&err, ingest.challenge()) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge);
+            }
             let http1 = parts.version < http::Version::HTTP_2;
             if http1 && matches!(err, IngestError::Timeout(_)) {
                 // Reading on would wait for the same slow client again.
@@ -233,11 +238,6 @@ fn failure(encoding: Encoding, err: &IngestError) -> Response {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    if status == StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
 }

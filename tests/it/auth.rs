@@ -127,3 +127,32 @@ async fn only_requests_with_a_token_in_force_are_counted() {
     // Health and metrics need no token.
     assert_eq!(d.get("/healthz").await.0, 200);
 }
+
+/// The 401's challenge names the configured scheme; tokens in a header of their own (an
+/// API-key header) have no scheme to name, so none is sent. `/metrics` does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_challenge_names_the_configured_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "k1\n").unwrap();
+    let d = Daemon::start(&config(&format!(
+        "auth:\n  bearer_tokens_file: {0}\n  scheme: Token\nmetrics:\n  auth:\n    bearer_tokens_file: {0}\n    header: X-Api-Key\n    scheme: \"\"\n",
+        tokens.display()
+    )));
+    let response = http(&d, Some("Bearer k1"), body()).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers().get("www-authenticate").unwrap(), "Token");
+    assert_eq!(http(&d, Some("Token k1"), body()).await.status(), 200);
+
+    let metrics = format!("http://{}/metrics", d.metrics);
+    let response = reqwest::get(&metrics).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("www-authenticate").is_none());
+    let response = reqwest::Client::new()
+        .get(&metrics)
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
