@@ -1098,8 +1098,11 @@ mod tests {
             for format in FORMATS {
                 let mut body = compress(format, &payload);
                 for (at, mask) in &flips {
+                    // (Some formats write nothing for an empty payload.)
                     let len = body.len();
-                    body[at % len] ^= mask;
+                    if len > 0 {
+                        body[at % len] ^= mask;
+                    }
                 }
                 body.truncate(body.len() - cut % (body.len() / 4 + 1));
                 let mut out = Vec::new();

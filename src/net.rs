@@ -222,16 +222,19 @@ pub async fn accept_loop<A: Acceptor>(
     let mut backoff = Backoff::new();
     let mut log = ErrorLog::default();
     loop {
+        // The stop comes first: once told to stop, the loop accepts no more.
         let permit = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
             permit = cap.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = stopped(&mut stop) => break,
         };
         let accepted = tokio::select! {
-            accepted = acceptor.accept() => accepted,
+            biased;
             () = stopped(&mut stop) => break,
+            accepted = acceptor.accept() => accepted,
         };
         match accepted {
             Ok(io) => {
