@@ -95,33 +95,15 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
                 view.status = status_code(r.bytes()?, view.status)?;
             }
             _ => {
-                let Some((field, wire)) = r.tag()? else { break };
+                let field;
+                (r, field) = general_field(r, keys, row, out)?;
                 match field {
-                    5 => {
-                        expect(field, wire, WireType::Len)?;
-                        view.name = r.bytes()?;
-                    }
-                    6 => {
-                        expect(field, wire, WireType::Varint)?;
-                        view.kind = r.enum_i32()?;
-                    }
-                    7 => {
-                        expect(field, wire, WireType::Fixed64)?;
-                        view.start = r.fixed64()?;
-                    }
-                    8 => {
-                        expect(field, wire, WireType::Fixed64)?;
-                        view.end = r.fixed64()?;
-                    }
-                    9 => {
-                        expect(field, wire, WireType::Len)?;
-                        key_value(r.bytes()?, keys, row, out)?;
-                    }
-                    15 => {
-                        expect(field, wire, WireType::Len)?;
-                        view.status = status_code(r.bytes()?, view.status)?;
-                    }
-                    _ => r.skip(field, wire)?,
+                    Field::Name(name) => view.name = name,
+                    Field::Kind(kind) => view.kind = kind,
+                    Field::Start(start) => view.start = start,
+                    Field::End(end) => view.end = end,
+                    Field::Status(msg) => view.status = status_code(msg, view.status)?,
+                    Field::Done => {}
                 }
             }
         }
@@ -133,6 +115,68 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         out.events.push(view);
     }
     Ok(())
+}
+
+/// A span field read by [`general_field`].
+enum Field<'a> {
+    Name(&'a [u8]),
+    Kind(i32),
+    Start(u64),
+    End(u64),
+    Status(&'a [u8]),
+    /// Read and dealt with (an attribute), or skipped.
+    Done,
+}
+
+/// A span field that the one-byte dispatch of [`span`] does not take: a multi-byte tag,
+/// an unknown field, or a known field with the wrong wire type (an error). Out of line
+/// and cold, so that the loop of `span` stays small: its hot path then spans fewer cache
+/// lines, and its speed depends less on where the linker happens to put it. The reader
+/// goes in and comes back by value, so that `span` keeps it in registers.
+#[cold]
+#[inline(never)]
+fn general_field<'a>(
+    mut r: Reader<'a>,
+    keys: &AttrKeys,
+    row: u32,
+    out: &mut TraceBatch<'a>,
+) -> Result<(Reader<'a>, Field<'a>), DecodeError> {
+    // `span` peeked a byte, so a tag (or an error) is there.
+    let Some((field, wire)) = r.tag()? else {
+        return Ok((r, Field::Done));
+    };
+    let field = match field {
+        5 => {
+            expect(field, wire, WireType::Len)?;
+            Field::Name(r.bytes()?)
+        }
+        6 => {
+            expect(field, wire, WireType::Varint)?;
+            Field::Kind(r.enum_i32()?)
+        }
+        7 => {
+            expect(field, wire, WireType::Fixed64)?;
+            Field::Start(r.fixed64()?)
+        }
+        8 => {
+            expect(field, wire, WireType::Fixed64)?;
+            Field::End(r.fixed64()?)
+        }
+        9 => {
+            expect(field, wire, WireType::Len)?;
+            key_value(r.bytes()?, keys, row, out)?;
+            Field::Done
+        }
+        15 => {
+            expect(field, wire, WireType::Len)?;
+            Field::Status(r.bytes()?)
+        }
+        _ => {
+            r.skip(field, wire)?;
+            Field::Done
+        }
+    };
+    Ok((r, field))
 }
 
 /// The `code` of a `Status` message. Status messages merge, so one without a code keeps
