@@ -113,15 +113,26 @@ impl Slo {
             })
             .collect();
         format!(
-            "{}: service={} source={} indicator={} objective={}% period={} burn thresholds: {}",
+            "{}: service={} source={} indicator={} objective={}% period={} budget={} burn thresholds: {}",
             self.name,
             self.service,
             self.source,
             indicator,
             self.objective,
             format_duration(self.period),
+            self.budget_minutes(),
             tiers.join(", ")
         )
+    }
+
+    /// The error budget as time: the share of the period that may be bad, in minutes
+    /// ("43.2 min / 30d" for 99.9% over 30 days), as if events came evenly.
+    pub fn budget_minutes(&self) -> String {
+        let budget = crate::slo::math::Budget::from_percent(self.objective);
+        let minutes = budget.ratio() * self.period.as_secs_f64() / 60.0;
+        let text = format!("{minutes:.2}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        format!("{text} min / {}", format_duration(self.period))
     }
 }
 
@@ -663,6 +674,31 @@ impl RawSlo {
                 field("objective"),
                 format!(
                     "{} is out of range; an objective is a percentage strictly between 0 and 100, e.g. 99.9",
+                    objective.value
+                ),
+            ));
+        }
+        if objective.value < 1.0 {
+            return Err(Invalid::new(
+                &objective.referenced,
+                field("objective"),
+                format!(
+                    "{} is read as {}%, an SLO that can hardly ever burn; objectives are percents: did you mean {}?",
+                    objective.value,
+                    objective.value,
+                    (objective.value * 1e8).round() / 1e6
+                ),
+            ));
+        }
+        // The engine keeps an objective's budget to six decimals of a percent
+        // (`slo::math::Budget`); more would be rounded away without a word.
+        let scaled = objective.value * 1e6;
+        if (scaled - scaled.round()).abs() > 1e-3 {
+            return Err(Invalid::new(
+                &objective.referenced,
+                field("objective"),
+                format!(
+                    "{} has more decimals than sloxide keeps (six decimals of a percent, e.g. 99.999999)",
                     objective.value
                 ),
             ));

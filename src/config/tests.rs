@@ -1000,6 +1000,20 @@ const BAD: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "objective as a ratio",
+        "slos:\n  - name: a\n    service: b\n    objective: 0.999\n",
+        &[
+            "test.yaml:4:16: slos[0].objective: 0.999 is read as 0.999%, an SLO that can hardly ever burn; objectives are percents: did you mean 99.9?",
+        ],
+    ),
+    (
+        "objective with seven decimals",
+        "slos:\n  - name: a\n    service: b\n    objective: 99.9999999\n",
+        &[
+            "test.yaml:4:16: slos[0].objective: 99.9999999 has more decimals than sloxide keeps (six decimals of a percent, e.g. 99.999999)",
+        ],
+    ),
+    (
         "objective 100",
         "slos:\n  - name: a\n    service: b\n    objective: 100\n",
         &[
@@ -1399,4 +1413,21 @@ fn tls_files_are_checked_and_errors_name_the_key_and_the_path() {
     ))
     .unwrap_err();
     assert_eq!(error.key(), Some("tls.min_version"));
+}
+
+#[test]
+fn the_check_line_gives_the_budget_as_minutes_per_period() {
+    let config = parse_ok(
+        "slos:\n  - {name: a, service: s, objective: 99.9, indicator: {availability: {}}}\n  - {name: b, service: s, objective: 99, period: 7d, indicator: {availability: {}}}\n  - {name: c, service: s, objective: 99.95, period: 28d, indicator: {availability: {}}}\n",
+    );
+    let budgets: Vec<String> = config.slos.iter().map(|s| s.budget_minutes()).collect();
+    assert_eq!(
+        budgets,
+        ["43.2 min / 30d", "100.8 min / 7d", "20.16 min / 28d"]
+    );
+    let line = config.slos[0].summary(&config.alerting);
+    assert!(
+        line.contains("objective=99.9% period=30d budget=43.2 min / 30d burn thresholds: "),
+        "{line}"
+    );
 }
