@@ -49,6 +49,7 @@ pub mod fixture;
 pub mod fuzz;
 pub mod generate;
 pub mod ingest;
+pub mod logging;
 pub mod memory;
 pub mod net;
 pub mod otlp;

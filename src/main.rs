@@ -82,7 +82,8 @@ struct RunArgs {
     /// Kubernetes ConfigMaps change files and send no signal. SIGHUP always reloads.
     #[arg(long, env = "SLOXIDE_WATCH_CONFIG")]
     watch_config: bool,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
+    /// Log level (error, warn, info, debug, trace or off), or comma-separated
+    /// target=level directives (info,sloxide::ingest=debug).
     #[arg(
         long,
         env = "SLOXIDE_LOG_LEVEL",
@@ -90,6 +91,22 @@ struct RunArgs {
         default_value = "info"
     )]
     log_level: String,
+    /// Log line format on standard error: text, or json (one object per line).
+    #[arg(
+        long,
+        env = "SLOXIDE_LOG_FORMAT",
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -188,6 +205,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         data_dir,
         watch_config,
         log_level,
+        log_format,
     } = args;
     let overrides = Overrides {
         otlp_grpc_listen,
@@ -195,16 +213,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics_listen,
         data_dir,
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&log_level).with_context(|| {
-        format!("invalid --log-level {log_level:?}; use error, warn, info, debug or trace")
-    })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = sloxide::logging::filter(&log_level).map_err(anyhow::Error::msg)?;
+    sloxide::logging::init(
+        filter,
+        match log_format {
+            LogFormat::Text => sloxide::logging::Format::Text,
+            LogFormat::Json => sloxide::logging::Format::Json,
+        },
+    );
 
     let mut config = load(path.as_deref())?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.as_deref().map_or("the embedded default".into(), |p| p.display().to_string()),
+        slos = config.slos.len(),
+        "sloxide starting"
+    );
     overrides.apply(&mut config);
     if watch_config && path.is_none() {
         anyhow::bail!(
