@@ -40,29 +40,29 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum DaemonError {
     /// The configuration could not be compiled.
     #[error("cannot compile the configuration: {0}")]
-    Plan(#[from] PlanError),
+    Plan(PlanError),
     /// The data directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({key}): {source}")]
+    /// (The errors' causes are part of their messages, not their sources, so that a
+    /// caller printing the whole chain does not print them twice.)
+    #[error("cannot listen on {addr} ({key}): {error}")]
     Bind {
         /// The configuration key (or flag) that gave the address.
         key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A TLS certificate, key or CA file cannot be used.
-    #[error("{key}.{}: {source}", .source.file.name())]
+    #[error("{key}.{}: {error}", .error.file.name())]
     Tls {
         /// `tls` or `metrics.tls`.
         key: &'static str,
         /// What is wrong with which file.
-        #[source]
-        source: net::tls::TlsError,
+        error: net::tls::TlsError,
     },
     /// A server failed while running.
     #[error("{server} server failed: {message}")]
@@ -72,6 +72,12 @@ pub enum DaemonError {
         /// What happened.
         message: String,
     },
+}
+
+impl From<PlanError> for DaemonError {
+    fn from(error: PlanError) -> Self {
+        Self::Plan(error)
+    }
 }
 
 /// The addresses the daemon actually listens on (useful with port 0).
@@ -114,7 +120,7 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Daemon
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     };
-    bind().map_err(|source| DaemonError::Bind { key, addr, source })
+    bind().map_err(|error| DaemonError::Bind { key, addr, error })
 }
 
 /// Runs the daemon until `shutdown` completes, then drains and returns: no reload, no
@@ -329,9 +335,9 @@ impl App {
             tls.as_ref()
                 .map(|tls| Certificates::new(listeners, tls, telemetry.clone()))
                 .transpose()
-                .map_err(|source| DaemonError::Tls {
+                .map_err(|error| DaemonError::Tls {
                     key: listeners.key(),
-                    source,
+                    error,
                 })
         };
         let otlp_tls = certificates(TlsListeners::Otlp, &config.tls)?;

@@ -724,9 +724,15 @@ impl Ingest {
 
     /// Counts a refused request. The transports call it once per refusal, whichever
     /// stage refused.
-    pub fn refused(&self, transport: Transport, signal: Signal, err: &IngestError) {
+    pub fn refused(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        err: &IngestError,
+        peer: Option<std::net::SocketAddr>,
+    ) {
         self.telemetry
-            .request_refused(transport, signal, err.reason(), err);
+            .request_refused(transport, signal, err.reason(), err, peer);
     }
 
     /// Decompresses a body laid out as `format` into `out` (emptied first), bounded by

@@ -370,6 +370,7 @@ where
                     // window updates) and gRPC throughput halves (examples/loadgen.rs).
                     tracing::debug!("cannot set TCP_NODELAY: {e}");
                 }
+                let peer = stream.peer_addr().ok();
                 let this = this.clone();
                 let stop = stopped.clone();
                 tokio::spawn(async move {
@@ -378,9 +379,9 @@ where
                             stream,
                             crate::export::serve::WRITE_STALL,
                         );
-                        this.connection(stream, slot, stop).await;
+                        this.connection(stream, peer, slot, stop).await;
                     } else {
-                        this.connection(stream, slot, stop).await;
+                        this.connection(stream, peer, slot, stop).await;
                     }
                 });
             },
@@ -391,8 +392,13 @@ where
         let _ = cap.acquire_many(all).await;
     }
 
-    async fn connection<T>(&self, stream: T, slot: Slot, mut stop: watch::Receiver<bool>)
-    where
+    async fn connection<T>(
+        &self,
+        stream: T,
+        peer: Option<std::net::SocketAddr>,
+        slot: Slot,
+        mut stop: watch::Receiver<bool>,
+    ) where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _slot = slot;
@@ -428,6 +434,7 @@ where
             service: self.service.clone(),
             request: self.request,
             state: state.clone(),
+            peer: peer.map(Peer),
         };
         let io = TokioIo::new(Watched::new(stream, state.clone()));
         let conn = self.http.serve_connection(io, service);
@@ -495,6 +502,19 @@ struct Adapter<S, B> {
     service: S,
     request: fn(http::Request<Incoming>) -> http::Request<B>,
     state: Arc<ConnState>,
+    peer: Option<Peer>,
+}
+
+/// The address of the client a request came from: an extension of every request the
+/// listeners hand on (for the logs of refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl Peer {
+    /// The peer of `request`, when a listener put it there.
+    pub fn of<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+        request.extensions().get::<Peer>().map(|p| p.0)
+    }
 }
 
 impl<S, B, R> hyper::service::Service<http::Request<Incoming>> for Adapter<S, B>
@@ -515,6 +535,10 @@ where
         let in_flight = self
             .state
             .request_started(req.version() == http::Version::HTTP_2);
+        let mut req = req;
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer);
+        }
         let request = (self.request)(req);
         let service = self.service.clone();
         Box::pin(async move {

@@ -183,6 +183,44 @@ pub struct Telemetry {
     budget: std::sync::OnceLock<std::sync::Arc<crate::ingest::admission::Budget>>,
     /// The connection layer's counters (`net`).
     pub connections: crate::net::metrics::ConnectionMetrics,
+    /// When each refusal reason may be logged at warn again.
+    refusal_log: [EveryFew; REFUSALS.len()],
+}
+
+/// How often each refusal reason is logged at warn, at most: the line after a quiet
+/// spell comes at once, and each line says how many were refused since the last.
+pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A rate limit for a log line: at most one every `every`, counting the events between.
+#[derive(Debug, Default)]
+pub struct EveryFew {
+    /// Milliseconds since [`EveryFew::epoch`] before which no line is due.
+    next_ms: AtomicU64,
+    /// Events since the last line.
+    since: AtomicU64,
+}
+
+impl EveryFew {
+    fn epoch() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
+
+    /// Notes one event at `now`: `Some(n)` when a line is due, `n` being the events since
+    /// the last line, this one included; `None` when the line would come too soon.
+    pub fn note(&self, now: std::time::Instant, every: std::time::Duration) -> Option<u64> {
+        self.since.fetch_add(1, Ordering::Relaxed);
+        let now_ms = now.saturating_duration_since(Self::epoch()).as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms < next {
+            return None;
+        }
+        let due = now_ms + every.as_millis() as u64;
+        self.next_ms
+            .compare_exchange(next, due, Ordering::Relaxed, Ordering::Relaxed)
+            .ok()?;
+        Some(self.since.swap(0, Ordering::Relaxed))
+    }
 }
 
 impl Telemetry {
@@ -210,20 +248,36 @@ impl Telemetry {
     }
 
     /// A whole request refused before anything in it was counted.
+    ///
+    /// Logged at warn, with the peer's address, at most once per reason every
+    /// [`REFUSAL_LOG_EVERY`] (with the number refused since the last line); every
+    /// refusal is logged at debug.
     pub fn request_refused(
         &self,
         transport: Transport,
         signal: Signal,
         reason: RefusalReason,
         detail: &dyn std::fmt::Display,
+        peer: Option<std::net::SocketAddr>,
     ) {
-        tracing::debug!(
-            transport = transport.as_str(),
-            signal = signal.as_str(),
-            reason = reason.as_str(),
-            %detail,
-            "request refused"
-        );
+        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        match self.refusal_log[reason as usize].note(std::time::Instant::now(), REFUSAL_LOG_EVERY) {
+            Some(refused) => tracing::warn!(
+                transport = transport.as_str(),
+                signal = signal.as_str(),
+                reason = reason.as_str(),
+                %peer,
+                refused,
+                "request refused: {detail} ({refused} refused for this reason since the last such line)"
+            ),
+            None => tracing::debug!(
+                transport = transport.as_str(),
+                signal = signal.as_str(),
+                reason = reason.as_str(),
+                %peer,
+                "request refused: {detail}"
+            ),
+        }
         self.add_refused_requests(transport, signal, reason, 1);
     }
 
@@ -294,6 +348,20 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_line_is_due_at_once_then_once_per_interval_with_the_count_since() {
+        let log = EveryFew::default();
+        let every = Duration::from_secs(10);
+        let t0 = EveryFew::epoch() + Duration::from_secs(1);
+        assert_eq!(log.note(t0, every), Some(1));
+        for i in 1..=99 {
+            assert_eq!(log.note(t0 + Duration::from_millis(i * 50), every), None);
+        }
+        assert_eq!(log.note(t0 + every, every), Some(100));
+        assert_eq!(log.note(t0 + every + Duration::from_secs(1), every), None);
+    }
 
     #[test]
     fn the_refusal_table_is_in_reason_order_and_reads_back() {

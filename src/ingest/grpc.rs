@@ -124,7 +124,8 @@ where
                     .map_or("<none>", |v| v.to_str().unwrap_or("<non-ASCII>"))
                     .to_owned(),
             );
-            self.ingest.refused(Transport::Grpc, signal, &err);
+            self.ingest
+                .refused(Transport::Grpc, signal, &err, crate::net::Peer::of(&req));
             let mut response = err.grpc_status().into_http::<GrpcBody>();
             *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
             return Box::pin(async { Ok(response) });
@@ -153,7 +154,8 @@ where
     match receive(&ingest, signal, &parts.headers, &mut body).await {
         Ok(accepted) => success(accepted.response(signal, Encoding::Protobuf)),
         Err(err) => {
-            ingest.refused(Transport::Grpc, signal, &err);
+            let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
+            ingest.refused(Transport::Grpc, signal, &err, peer);
             match err {
                 IngestError::UnsupportedEncoding { accepted, .. }
                 | IngestError::CompressionOff { accepted, .. } => {

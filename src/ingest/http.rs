@@ -73,7 +73,8 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
             accepted.response(signal, reply_in),
         ),
         Err(err) => {
-            ingest.refused(Transport::Http, signal, &err);
+            let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
+            ingest.refused(Transport::Http, signal, &err, peer);
             let mut response = failure(reply_in, &err);
             if let (IngestError::Unauthenticated, Some(challenge)) = (&err, ingest.challenge()) {
                 response

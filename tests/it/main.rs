@@ -13,6 +13,7 @@ mod fuzz_regressions;
 mod gateway;
 mod generate;
 mod harness;
+mod operator;
 mod peers;
 mod prometheus;
 mod scaleout;
