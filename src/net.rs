@@ -169,28 +169,6 @@ impl Default for Backoff {
     }
 }
 
-/// Logs accept errors at most every [`ACCEPT_ERROR_LOG_EVERY`].
-#[derive(Debug, Default)]
-pub struct ErrorLog {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl ErrorLog {
-    /// One more error at `now`: the count to log with it (this one included), or
-    /// `None` when one was logged less than [`ACCEPT_ERROR_LOG_EVERY`] ago.
-    pub fn note(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
-        match self.last {
-            Some(last) if now.duration_since(last) < ACCEPT_ERROR_LOG_EVERY => None,
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.unlogged))
-            }
-        }
-    }
-}
-
 /// An open connection's hold on its port: its permit under the cap, and its place in
 /// the open-connections gauge.
 #[derive(Debug)]
@@ -220,7 +198,7 @@ pub async fn accept_loop<A: Acceptor>(
     mut open: impl FnMut(A::Io, Slot),
 ) {
     let mut backoff = Backoff::new();
-    let mut log = ErrorLog::default();
+    let log = crate::telemetry::EveryFew::default();
     loop {
         // The stop comes first: once told to stop, the loop accepts no more.
         let permit = tokio::select! {
@@ -261,7 +239,7 @@ pub async fn accept_loop<A: Acceptor>(
                 drop(permit);
                 telemetry.connections.accept_failed(port);
                 let pause = backoff.pause();
-                if let Some(count) = log.note(Instant::now()) {
+                if let Some(count) = log.note(Instant::now(), ACCEPT_ERROR_LOG_EVERY) {
                     tracing::error!(
                         port = port.as_str(),
                         errors = count,
@@ -610,13 +588,19 @@ mod tests {
 
     #[test]
     fn accept_errors_are_logged_at_most_every_ten_seconds_with_their_count() {
-        let mut log = ErrorLog::default();
+        let log = crate::telemetry::EveryFew::default();
         let t0 = Instant::now();
-        assert_eq!(log.note(t0), Some(1));
+        assert_eq!(log.note(t0, ACCEPT_ERROR_LOG_EVERY), Some(1));
         for i in 1..100 {
-            assert_eq!(log.note(t0 + Duration::from_millis(i * 50)), None);
+            assert_eq!(
+                log.note(t0 + Duration::from_millis(i * 50), ACCEPT_ERROR_LOG_EVERY),
+                None
+            );
         }
-        assert_eq!(log.note(t0 + ACCEPT_ERROR_LOG_EVERY), Some(100));
+        assert_eq!(
+            log.note(t0 + ACCEPT_ERROR_LOG_EVERY, ACCEPT_ERROR_LOG_EVERY),
+            Some(100)
+        );
     }
 
     #[test]

@@ -187,39 +187,52 @@ pub struct Telemetry {
     refusal_log: [EveryFew; REFUSALS.len()],
 }
 
+/// A client's address in a log line, `unknown` without one (formatted only when the
+/// line is written).
+struct PeerText(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for PeerText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => std::fmt::Display::fmt(&peer, f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
 /// How often each refusal reason is logged at warn, at most: the line after a quiet
 /// spell comes at once, and each line says how many were refused since the last.
 pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A rate limit for a log line: at most one every `every`, counting the events between.
+/// A rate limit for a log line: at most one every `every`, counting the events between
+/// (the refusal log here, the accept-error log of `net`).
 #[derive(Debug, Default)]
-pub struct EveryFew {
-    /// Milliseconds since [`EveryFew::epoch`] before which no line is due.
-    next_ms: AtomicU64,
-    /// Events since the last line.
-    since: AtomicU64,
+pub struct EveryFew(std::sync::Mutex<Spell>);
+
+#[derive(Debug, Default)]
+struct Spell {
+    /// When the last line was due.
+    last: Option<std::time::Instant>,
+    /// Events since then.
+    since: u64,
 }
 
 impl EveryFew {
-    fn epoch() -> std::time::Instant {
-        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        *EPOCH.get_or_init(std::time::Instant::now)
-    }
-
     /// Notes one event at `now`: `Some(n)` when a line is due, `n` being the events since
     /// the last line, this one included; `None` when the line would come too soon.
     pub fn note(&self, now: std::time::Instant, every: std::time::Duration) -> Option<u64> {
-        self.since.fetch_add(1, Ordering::Relaxed);
-        let now_ms = now.saturating_duration_since(Self::epoch()).as_millis() as u64;
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now_ms < next {
-            return None;
+        let mut spell = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        spell.since += 1;
+        match spell.last {
+            Some(last) if now.saturating_duration_since(last) < every => None,
+            _ => {
+                spell.last = Some(now);
+                Some(std::mem::take(&mut spell.since))
+            }
         }
-        let due = now_ms + every.as_millis() as u64;
-        self.next_ms
-            .compare_exchange(next, due, Ordering::Relaxed, Ordering::Relaxed)
-            .ok()?;
-        Some(self.since.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -260,7 +273,7 @@ impl Telemetry {
         detail: &dyn std::fmt::Display,
         peer: Option<std::net::SocketAddr>,
     ) {
-        let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+        let peer = PeerText(peer);
         match self.refusal_log[reason as usize].note(std::time::Instant::now(), REFUSAL_LOG_EVERY) {
             Some(refused) => tracing::warn!(
                 transport = transport.as_str(),
@@ -354,7 +367,7 @@ mod tests {
     fn a_line_is_due_at_once_then_once_per_interval_with_the_count_since() {
         let log = EveryFew::default();
         let every = Duration::from_secs(10);
-        let t0 = EveryFew::epoch() + Duration::from_secs(1);
+        let t0 = std::time::Instant::now();
         assert_eq!(log.note(t0, every), Some(1));
         for i in 1..=99 {
             assert_eq!(log.note(t0 + Duration::from_millis(i * 50), every), None);
