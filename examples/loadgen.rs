@@ -171,6 +171,9 @@ enum BaselineH2 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     validate(&args)?;
+    // The allocator settings the daemon's main sets, so that the in-process sloxide
+    // allocates as the daemon does (they apply to the whole process: the baselines too).
+    sloxide::memory::configure();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
