@@ -22,6 +22,7 @@ use prost::Message;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
 use sloxide::export::render::Renderer;
+use sloxide::export::text::Format;
 use sloxide::fixture::{self, Shape};
 use sloxide::ingest::Recorder;
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
@@ -53,14 +54,26 @@ fn render(c: &mut Criterion) {
     let (p, config) = loaded();
     let mut out = String::new();
     let mut renderer = Renderer::new(Arc::new(config.clone()));
-    renderer.render(&p.aggregator(), &p.telemetry, &p.state, &mut out);
+    renderer.render(
+        &p.aggregator(),
+        &p.telemetry,
+        &p.state,
+        &mut out,
+        Format::Text,
+    );
     let lines = out.lines().filter(|l| !l.starts_with('#')).count() as u64;
     eprintln!("render: {lines} sample lines, {} bytes", out.len());
     let mut g = c.benchmark_group("render");
     g.throughput(Throughput::Elements(lines));
     g.bench_function("10k_histogram_series", |b| {
         b.iter(|| {
-            renderer.render(&p.aggregator(), &p.telemetry, &p.state, &mut out);
+            renderer.render(
+                &p.aggregator(),
+                &p.telemetry,
+                &p.state,
+                &mut out,
+                Format::Text,
+            );
             black_box(out.len());
         })
     });
@@ -127,7 +140,7 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
                 let scraped = scraped.aggregator();
                 scraped.take_longest_lock_hold();
                 while !stop.load(Ordering::Relaxed) {
-                    renderer.render(&scraped, &p.telemetry, &state, &mut out);
+                    renderer.render(&scraped, &p.telemetry, &state, &mut out, Format::Text);
                     scraped.tick();
                     holds.push(scraped.take_longest_lock_hold());
                 }

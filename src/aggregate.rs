@@ -20,7 +20,7 @@ use crate::config::MAX_DIMENSIONS;
 use crate::config::slo::Source;
 use crate::ingest::Recorder;
 use crate::otlp::logs::LogBatch;
-use crate::otlp::spans::TraceBatch;
+use crate::otlp::spans::{SpanView, TraceBatch};
 use crate::otlp::{Severity, SpanKind, StatusCode, Value};
 use crate::slo::SloEngine;
 use crate::store::{Family, Fold, MAX_LABELS};
@@ -94,7 +94,14 @@ impl Aggregator {
 
     /// Counts a run of spans that share `labels` into their series (or the overflow
     /// series): one lookup and one shard lock for the whole run.
-    fn record_spans(&self, labels: &[&str], spans: &[Pending], run: &[u16], now_secs: u64) {
+    fn record_spans(
+        &self,
+        labels: &[&str],
+        events: &[SpanView<'_>],
+        spans: &[Pending],
+        run: &[u16],
+        now_secs: u64,
+    ) {
         let n = self.bounds_nanos.len();
         self.spans.record(
             labels,
@@ -106,6 +113,19 @@ impl Aggregator {
                 for &i in run {
                     let p = &spans[usize::from(i)];
                     s.record(p.status, p.bucket as usize, p.duration);
+                }
+                // Once a second, the run's spans with ids become their buckets'
+                // exemplars (the last one of each bucket stays).
+                if s.exemplars.due(now_secs) {
+                    for &i in run {
+                        let p = &spans[usize::from(i)];
+                        if let Some(span) = events.get(p.span as usize)
+                            && let (Some(trace), Some(id)) = (span.trace_id, span.span_id)
+                        {
+                            s.exemplars
+                                .keep(p.bucket as usize, trace, id, p.duration, span.end);
+                        }
+                    }
                 }
             },
         );
@@ -131,7 +151,7 @@ impl Aggregator {
             |q| {
                 for &i in run {
                     let p = &spans[usize::from(i)];
-                    if q.record(p.duration, p.minute, now_minute) == Recorded::Clamped {
+                    if q.record(p.duration, u64::from(p.minute), now_minute) == Recorded::Clamped {
                         clamped += 1;
                     }
                 }
@@ -177,7 +197,7 @@ impl Aggregator {
                 *slot = value.as_str();
             }
             let run = &order[starts[g]..starts[g + 1]];
-            self.record_spans(&labels[..3 + n_dims], spans, run, now_secs);
+            self.record_spans(&labels[..3 + n_dims], groups.events, spans, run, now_secs);
             self.record_durations(
                 &[labels[0], labels[1], labels[2]],
                 spans,
@@ -272,14 +292,17 @@ const GROUPS: usize = 8;
 /// How many spans are held before they are recorded.
 const GROUPED_SPANS: usize = 256;
 
-/// What one span adds to its series.
+/// What one span adds to its series: 24 bytes.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
+    /// The span's index in the batch's events, for its exemplar.
+    span: u32,
     group: u8,
     status: StatusCode,
     bucket: u32,
     duration: u64,
-    minute: u64,
+    /// The minute (Unix seconds / 60) its end time counts in.
+    minute: u32,
 }
 
 /// The labels one group of spans shares (besides the service).
@@ -305,11 +328,13 @@ struct SpanGroups<'a, 'p> {
     keys: [GroupKey<'a>; GROUPS],
     n_groups: usize,
     spans: [Pending; GROUPED_SPANS],
+    /// The batch's spans, which [`Pending::span`] indexes.
+    events: &'a [SpanView<'a>],
     len: usize,
 }
 
 impl<'a, 'p> SpanGroups<'a, 'p> {
-    fn new(dims: &'p [Dimension]) -> Self {
+    fn new(dims: &'p [Dimension], events: &'a [SpanView<'a>]) -> Self {
         Self {
             dims,
             keys: std::array::from_fn(|_| GroupKey {
@@ -320,12 +345,14 @@ impl<'a, 'p> SpanGroups<'a, 'p> {
             }),
             n_groups: 0,
             spans: [Pending {
+                span: 0,
                 group: 0,
                 status: StatusCode::Unset,
                 bucket: 0,
                 duration: 0,
                 minute: 0,
             }; GROUPED_SPANS],
+            events,
             len: 0,
         }
     }
@@ -467,7 +494,7 @@ impl Recorder for Aggregator {
         let now = self.clock.now_nanos();
         let now_secs = now / NANOS_PER_SEC;
         let now_minute = now_secs / 60;
-        let mut groups = SpanGroups::new(plan.dimensions());
+        let mut groups = SpanGroups::new(plan.dimensions(), &batch.events);
         for run in &batch.resources {
             let resource = batch.resource_attrs(run);
             let service = plan.service(resource);
@@ -475,7 +502,7 @@ impl Recorder for Aggregator {
             let slos = plan.slos_of(service.as_str());
             // Spans with the same labels are recorded together, one lookup per group.
             let mut tallies = Tallies::default();
-            for span in batch.events_of(run) {
+            for (index, span) in (run.events.start..).zip(batch.events_of(run)) {
                 let attrs = batch.row(span.attrs);
                 // A resource's region is every span's; only without one does a span's
                 // own attributes decide it.
@@ -507,11 +534,12 @@ impl Recorder for Aggregator {
                     tallies.add(&self.slos, slo.index, region, second, verdict, now_secs);
                 }
                 groups.push(Pending {
+                    span: index,
                     group: g,
                     status: StatusCode::from_otlp(span.status),
                     bucket: self.bounds_nanos.partition_point(|b| *b < duration) as u32,
                     duration,
-                    minute: at / NANOS_PER_SEC / 60,
+                    minute: (at / NANOS_PER_SEC / 60) as u32,
                 });
             }
             self.flush(service.as_str(), &mut groups, now_minute, now_secs);

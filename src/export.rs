@@ -20,13 +20,14 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::auth::BearerTokens;
 use render::Renderer;
+use text::Format;
 
 /// What the metrics port renders: the pipeline implements it. `renderer` is kept
 /// between scrapes; the source replaces it when the configuration it was made for is
 /// no longer in force.
 pub trait Scrape: Send + Sync + std::fmt::Debug + 'static {
-    /// Writes every family into `out` (cleared first).
-    fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String);
+    /// Writes every family into `out` (cleared first), in `format`.
+    fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String, format: Format);
 }
 
 /// Where the daemon is in its life, as `/readyz` reports it.
@@ -78,13 +79,14 @@ pub struct Exporter {
     auth: RwLock<Option<Arc<BearerTokens>>>,
 }
 
-/// The render state: the text buffer and renderer, and the last render, kept while
-/// scrapes that arrived before it started are still waiting to share it.
+/// The render state: the text buffer and renderer, and the last render with its
+/// format, kept while scrapes that arrived before it started are still waiting to
+/// share it.
 #[derive(Debug, Default)]
 struct Buffers {
     text: String,
     renderer: Option<Renderer>,
-    last: Option<(Instant, Bytes)>,
+    last: Option<(Instant, Format, Bytes)>,
 }
 
 impl Exporter {
@@ -134,7 +136,8 @@ impl Exporter {
 /// has taken the whole response; more get 503. A scrape that finds a render running
 /// waits for it and, when that render started after the scrape arrived, shares its
 /// response rather than render again: scrapers that arrive together cost one render and
-/// one copy of the text.
+/// one copy of the text. A scraper that accepts OpenMetrics gets it, with exemplars
+/// ([`Format::negotiate`]); renders are shared only between scrapes of one format.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
     if let Err(challenge) = exporter.allows(&headers) {
         let mut response = (
@@ -157,12 +160,15 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
         )
             .into_response();
     };
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let arrived = Instant::now();
     exporter.waiting.fetch_add(1, Ordering::SeqCst);
     let mut buffers = exporter.buffers.clone().lock_owned().await;
     let others_waiting = exporter.waiting.fetch_sub(1, Ordering::SeqCst) > 1;
     let shared = match &buffers.last {
-        Some((started, bytes)) if *started >= arrived => Some(bytes.clone()),
+        Some((started, rendered, bytes)) if *started >= arrived && *rendered == format => {
+            Some(bytes.clone())
+        }
         _ => None,
     };
     let bytes = match shared {
@@ -174,9 +180,9 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
             let rendered = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let Buffers { text, renderer, .. } = &mut *buffers;
-                source.scrape(renderer, text);
+                source.scrape(renderer, text, format);
                 let bytes = Bytes::copy_from_slice(text.as_bytes());
-                buffers.last = Some((started, bytes.clone()));
+                buffers.last = Some((started, format, bytes.clone()));
                 (buffers, bytes)
             })
             .await;
@@ -194,7 +200,7 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
     }
     drop(buffers);
     (
-        [(header::CONTENT_TYPE, text::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, format.content_type())],
         axum::body::Body::new(serve::ScrapeBody::new(bytes, slot)),
     )
         .into_response()
@@ -221,7 +227,7 @@ mod tests {
     struct Slow(AtomicUsize);
 
     impl Scrape for Slow {
-        fn scrape(&self, _: &mut Option<Renderer>, out: &mut String) {
+        fn scrape(&self, _: &mut Option<Renderer>, out: &mut String, _: Format) {
             let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
             std::thread::sleep(Duration::from_millis(200));
             out.clear();

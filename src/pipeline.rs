@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::export::Scrape;
 use crate::export::render::Renderer;
+use crate::export::text::Format;
 use crate::ingest::{BodyLimits, Ingest, Target};
 use crate::state::StateMetrics;
 use crate::state::proto::Checkpoint;
@@ -69,13 +70,19 @@ fn limits(config: &Config) -> BodyLimits {
 }
 
 impl Scrape for Pipeline {
-    fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String) {
+    fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String, format: Format) {
         let generation = self.current();
         let renderer = match renderer {
             Some(r) if Arc::ptr_eq(r.config(), &generation.config) => r,
             slot => slot.insert(Renderer::new(generation.config.clone())),
         };
-        renderer.render(&generation.aggregator, &self.telemetry, &self.state, out);
+        renderer.render(
+            &generation.aggregator,
+            &self.telemetry,
+            &self.state,
+            out,
+            format,
+        );
     }
 }
 
@@ -150,8 +157,13 @@ impl Pipeline {
 
     /// What `/metrics` would serve now, rendered with a fresh [`Renderer`].
     pub fn render(&self) -> String {
+        self.render_as(Format::Text)
+    }
+
+    /// What `/metrics` would serve now in `format`, rendered with a fresh [`Renderer`].
+    pub fn render_as(&self, format: Format) -> String {
         let mut out = String::new();
-        self.scrape(&mut None, &mut out);
+        self.scrape(&mut None, &mut out, format);
         out
     }
 

@@ -21,6 +21,84 @@ pub struct SpanSeries {
     pub buckets: Box<[u64]>,
     /// Sum of durations, nanoseconds.
     pub sum_nanos: u128,
+    /// The latest span of each bucket that carried valid ids.
+    pub exemplars: Exemplars,
+}
+
+/// A span that fell in a bucket: the ids that lead to its trace, its duration and when
+/// it ended. A zero `end_nanos` is an empty slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exemplar {
+    /// The span's trace id.
+    pub trace_id: [u8; 16],
+    /// The span's id.
+    pub span_id: [u8; 8],
+    /// Its duration.
+    pub duration_nanos: u64,
+    /// When it ended, Unix nanoseconds.
+    pub end_nanos: u64,
+}
+
+/// One [`Exemplar`] slot per bucket, fixed when the series is made, and the second in
+/// which they last took spans. They are samples, not counts: checkpoints leave them
+/// out, and two series whose counts are equal are equal whatever their exemplars.
+#[derive(Debug, Clone)]
+pub struct Exemplars {
+    /// One per bucket.
+    pub slots: Box<[Exemplar]>,
+    second: u64,
+}
+
+impl Exemplars {
+    /// Empty slots for `buckets` buckets.
+    pub fn new(buckets: usize) -> Self {
+        Self {
+            slots: vec![Exemplar::default(); buckets].into_boxed_slice(),
+            second: 0,
+        }
+    }
+
+    /// True the first time it is asked in each second of `now_secs` (of the recording
+    /// clock): the spans being recorded then may become exemplars. So a series pays one
+    /// comparison per group of spans, and touches its slots once a second.
+    #[inline]
+    pub fn due(&mut self, now_secs: u64) -> bool {
+        if self.second == now_secs {
+            return false;
+        }
+        self.second = now_secs;
+        true
+    }
+
+    /// Makes a span of `bucket` its exemplar, when its ids are valid: neither all zero,
+    /// as OTLP has it.
+    #[inline]
+    pub fn keep(
+        &mut self,
+        bucket: usize,
+        trace_id: &[u8; 16],
+        span_id: &[u8; 8],
+        duration_nanos: u64,
+        end_nanos: u64,
+    ) {
+        if u128::from_ne_bytes(*trace_id) == 0 || u64::from_ne_bytes(*span_id) == 0 {
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(bucket) {
+            *slot = Exemplar {
+                trace_id: *trace_id,
+                span_id: *span_id,
+                duration_nanos,
+                end_nanos,
+            };
+        }
+    }
+}
+
+impl PartialEq for Exemplars {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl SpanSeries {
@@ -30,6 +108,7 @@ impl SpanSeries {
             by_status: [0; 3],
             buckets: vec![0; bounds + 1].into_boxed_slice(),
             sum_nanos: 0,
+            exemplars: Exemplars::new(bounds + 1),
         }
     }
 
@@ -279,5 +358,36 @@ mod tests {
         q.record(1_000_000, 2, 2);
         let bytes = q.histogram_bytes();
         assert!(bytes <= 2 * 13 * 1024, "{bytes} bytes for two minutes");
+    }
+}
+
+#[cfg(test)]
+mod exemplar_tests {
+    use super::*;
+
+    #[test]
+    fn spans_with_valid_ids_become_exemplars_once_a_second() {
+        let mut s = SpanSeries::new(2);
+        let (trace, id) = ([7u8; 16], [9u8; 8]);
+        assert!(s.exemplars.due(10));
+        assert!(!s.exemplars.due(10), "once per second");
+        assert!(s.exemplars.due(11));
+        // All-zero ids and a bucket that does not exist: nothing kept.
+        s.exemplars.keep(0, &[0; 16], &id, 1, 2);
+        s.exemplars.keep(1, &trace, &[0; 8], 1, 2);
+        s.exemplars.keep(3, &trace, &id, 1, 2);
+        assert!(s.exemplars.slots.iter().all(|e| e.end_nanos == 0));
+        s.exemplars.keep(2, &trace, &id, 5, 6);
+        assert_eq!(
+            s.exemplars.slots[2],
+            Exemplar {
+                trace_id: trace,
+                span_id: id,
+                duration_nanos: 5,
+                end_nanos: 6,
+            }
+        );
+        // Exemplars are samples: they do not make two series' counts differ.
+        assert_eq!(s, SpanSeries::new(2));
     }
 }

@@ -344,6 +344,8 @@ mod tests {
             end: 1 + ms * 1_000_000,
             status,
             attrs: 0,
+            trace_id: None,
+            span_id: None,
         }
     }
 

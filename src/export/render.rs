@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::text::{Encoder, write_f64};
+use super::text::{Encoder, Format, write_f64};
 use crate::aggregate::Aggregator;
+use crate::aggregate::series::Exemplar;
 use crate::classify::Dimension;
 use crate::config::Config;
 use crate::config::slo::AlertSeverity;
@@ -28,6 +29,8 @@ type Labels = Arc<[Box<str>]>;
 struct SpanSnap {
     labels: Labels,
     at: usize,
+    /// Where its exemplars start in [`Renderer::exemplars`] (OpenMetrics only).
+    exemplars_at: usize,
     sum_nanos: u128,
 }
 
@@ -49,6 +52,8 @@ pub struct Renderer {
     quantile_labels: Box<[String]>,
     spans: Vec<SpanSnap>,
     numbers: Vec<u64>,
+    /// One per bucket of each span series, copied only for OpenMetrics.
+    exemplars: Vec<Exemplar>,
     durations: Vec<DurationSnap>,
     quantiles: Vec<f64>,
     logs: Vec<(Labels, u64)>,
@@ -246,6 +251,7 @@ impl Renderer {
             config,
             spans: Vec::new(),
             numbers: Vec::new(),
+            exemplars: Vec::new(),
             durations: Vec::new(),
             quantiles: Vec::new(),
             logs: Vec::new(),
@@ -257,18 +263,19 @@ impl Renderer {
         &self.config
     }
 
-    /// Writes every family into `out` (cleared first).
+    /// Writes every family into `out` (cleared first), in `format`.
     pub fn render(
         &mut self,
         agg: &Aggregator,
         telemetry: &Telemetry,
         state: &StateMetrics,
         out: &mut String,
+        format: Format,
     ) {
         out.clear();
         // Read before this scrape's own holds: they show in the next scrape.
         let longest_hold = agg.take_longest_lock_hold();
-        self.copy(agg);
+        self.copy(agg, format == Format::OpenMetrics);
         let snapshot = agg.slos().snapshot();
         let frame = Frame {
             r: self,
@@ -280,7 +287,7 @@ impl Renderer {
             snapshot: &snapshot,
             longest_hold,
         };
-        let mut enc = Encoder::new(out);
+        let mut enc = Encoder::with_format(out, format);
         for (metric, when, write) in FAMILIES {
             if when == When::WithSlos && frame.slos.is_empty() {
                 continue;
@@ -288,14 +295,16 @@ impl Renderer {
             enc.family(metric);
             write(&frame, metric, &mut enc);
         }
+        enc.finish();
     }
 
     /// Copies the span, quantile and log series out, one shard lock at a time, and
-    /// sorts them by labels.
-    fn copy(&mut self, agg: &Aggregator) {
+    /// sorts them by labels; the span series' exemplars too when `exemplars`.
+    fn copy(&mut self, agg: &Aggregator, exemplars: bool) {
         let Self {
             spans,
             numbers,
+            exemplars: kept,
             durations,
             quantiles,
             logs,
@@ -303,6 +312,7 @@ impl Renderer {
         } = self;
         spans.clear();
         numbers.clear();
+        kept.clear();
         durations.clear();
         quantiles.clear();
         logs.clear();
@@ -310,9 +320,14 @@ impl Renderer {
             let at = numbers.len();
             numbers.extend_from_slice(&e.value.by_status);
             numbers.extend_from_slice(&e.value.buckets);
+            let exemplars_at = kept.len();
+            if exemplars {
+                kept.extend_from_slice(&e.value.exemplars.slots);
+            }
             spans.push(SpanSnap {
                 labels: e.labels.clone(),
                 at,
+                exemplars_at,
                 sum_nanos: e.value.sum_nanos,
             });
         });
@@ -408,12 +423,17 @@ fn span_durations(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     let statuses = StatusCode::ALL.len();
     for s in &f.r.spans {
         let counts = &f.r.numbers[s.at + statuses..s.at + statuses + buckets];
+        let exemplars =
+            f.r.exemplars
+                .get(s.exemplars_at..s.exemplars_at + buckets)
+                .unwrap_or(&[]);
         let mut cumulative = 0;
-        for (le, n) in f.r.le_labels.iter().zip(counts) {
+        for (i, (le, n)) in f.r.le_labels.iter().zip(counts).enumerate() {
             cumulative = n.saturating_add(cumulative);
             span_labels(&mut pairs, &s.labels, f.dims);
             pairs.push(("le", le));
-            enc.series_u64(m, "_bucket", &pairs, cumulative);
+            let exemplar = exemplars.get(i).filter(|e| e.end_nanos != 0);
+            enc.bucket(m, &pairs, cumulative, exemplar);
         }
         span_labels(&mut pairs, &s.labels, f.dims);
         enc.series_f64(m, "_sum", &pairs, s.sum_nanos as f64 / 1e9);

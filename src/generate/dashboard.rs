@@ -575,12 +575,16 @@ fn latency_histogram() -> Value {
             let expr = format!(
                 "histogram_quantile({quantile}, sum by (le, region) (rate({buckets}[$__rate_interval])))"
             );
-            target(ref_id, &expr, &format!("{name} {{{{region}}}}"))
+            let mut target = target(ref_id, &expr, &format!("{name} {{{{region}}}}"));
+            // Prometheus keeps the buckets' exemplars when run with
+            // --enable-feature=exemplar-storage; Grafana draws them as points.
+            target["exemplar"] = json!(true);
+            target
         })
         .collect();
     timeseries(
         "Latency by region (histogram)",
-        "p50 and p99 estimated by histogram_quantile over the span duration buckets of the selected services, per region.",
+        "p50 and p99 estimated by histogram_quantile over the span duration buckets of the selected services, per region. The points are exemplars: spans that fell in the buckets, with their trace_id (Prometheus keeps them when run with --enable-feature=exemplar-storage; link trace_id to your tracing back end in the data source's exemplar settings).",
         "s",
         targets,
     )

@@ -387,6 +387,24 @@ fn dashboard_has_variables_and_one_burn_rate_panel_per_slo() {
         "{sli}"
     );
     assert_eq!(sli.matches(" or ").count(), config.slos.len() - 1);
+
+    // The bucket-based latency panel asks for the buckets' exemplars, and only it.
+    for panel in panels {
+        let bucket_based = panel["title"] == "Latency by region (histogram)";
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(
+                target["exemplar"].as_bool().unwrap_or(false),
+                bucket_based,
+                "{}",
+                panel["title"]
+            );
+        }
+    }
+    assert!(
+        panels
+            .iter()
+            .any(|p| p["title"] == "Latency by region (histogram)")
+    );
 }
 
 #[test]

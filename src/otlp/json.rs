@@ -48,6 +48,8 @@ pub fn fill_traces<'a>(
                 end: span.end_time_unix_nano,
                 status: span.status.as_ref().map_or(0, |s| s.code),
                 attrs,
+                trace_id: span.trace_id.as_slice().try_into().ok(),
+                span_id: span.span_id.as_slice().try_into().ok(),
             };
             if view.start == 0 || view.end == 0 || view.end < view.start {
                 out.pop_row(attrs);

@@ -18,6 +18,10 @@ pub struct SpanView<'a> {
     pub status: i32,
     /// Start of this span's attribute row in [`Batch::values`].
     pub attrs: u32,
+    /// `trace_id`, when it is 16 bytes long (for exemplars).
+    pub trace_id: Option<&'a [u8; 16]>,
+    /// `span_id`, when it is 8 bytes long (for exemplars).
+    pub span_id: Option<&'a [u8; 8]>,
 }
 
 impl SpanView<'_> {
@@ -56,6 +60,8 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         end: 0,
         status: 0,
         attrs: row,
+        trace_id: None,
+        span_id: None,
     };
     let mut r = Reader::new(msg);
     while let Some(byte) = r.peek() {
@@ -85,8 +91,17 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
                 r.bump();
                 key_value(r.bytes()?, keys, row, out)?;
             }
-            // trace_id, span_id, trace_state, parent_span_id, events, links: not read.
-            0x0a | 0x12 | 0x1a | 0x22 | 0x5a | 0x6a => {
+            // The ids, for exemplars.
+            0x0a => {
+                r.bump();
+                view.trace_id = r.bytes()?.try_into().ok();
+            }
+            0x12 => {
+                r.bump();
+                view.span_id = r.bytes()?.try_into().ok();
+            }
+            // trace_state, parent_span_id, events, links: not read.
+            0x1a | 0x22 | 0x5a | 0x6a => {
                 r.bump();
                 r.bytes()?;
             }

@@ -9,6 +9,7 @@ mod compression;
 mod connections;
 mod deploy;
 mod e2e;
+mod exemplars;
 mod fuzz_regressions;
 mod gateway;
 mod generate;

@@ -50,6 +50,16 @@ impl Prometheus {
     /// As [`Prometheus::start_with`], with `job` (YAML lines indented for the scrape
     /// job, such as `scheme: https`) added to the job.
     pub async fn start_job(targets: &[SocketAddr], rules: Option<&str>, job: &str) -> Self {
+        Self::start_args(targets, rules, job, &[]).await
+    }
+
+    /// As [`Prometheus::start_job`], with `args` added to Prometheus' command line.
+    pub async fn start_args(
+        targets: &[SocketAddr],
+        rules: Option<&str>,
+        job: &str,
+        args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let mut config = format!(
@@ -72,6 +82,7 @@ impl Prometheus {
                 dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +151,32 @@ impl Prometheus {
             .as_array()
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// The exemplars Prometheus stored for `promql` over the last hour: `data` of
+    /// `/api/v1/query_exemplars`, or the error Prometheus gave.
+    pub async fn exemplars(&self, promql: &str) -> Result<Vec<Value>, String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let resp = self
+            .client
+            .get(format!("http://{}/api/v1/query_exemplars", self.addr))
+            .query(&[
+                ("query", promql.to_owned()),
+                ("start", (now - 3600).to_string()),
+                ("end", (now + 60).to_string()),
+            ])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: Value = serde_json::from_str(&resp.text().await.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{promql}: {body}"));
+        }
+        Ok(body["data"].as_array().cloned().unwrap_or_default())
     }
 
     /// Polls `promql` (at most `limit` and at most 200 times) until `done` accepts its
