@@ -49,12 +49,15 @@ const NO_DATA_ALERT: &str = "SloxideSloNoData";
 /// How long a burn-rate condition holds before its alert fires. The short window
 /// already confirms the burn; this only rides out one odd evaluation.
 const BURN_RATE_HOLD: Duration = Duration::from_secs(60);
-/// The window over which a flat event counter means "no data".
-const NO_DATA_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// How long "no data" holds before its alert fires. With [`NO_DATA_WINDOW`] this makes
-/// 15 minutes without an event, and it gives a freshly started daemon 10 minutes to
-/// see its first event before `absent()` fires.
-const NO_DATA_HOLD: Duration = Duration::from_secs(10 * 60);
+/// How long "no events in the shortest page window" holds before `SloxideSloNoData`
+/// fires. The window already says the SLO has been quiet for that long; this only rides
+/// out one odd evaluation, such as a replica's missed scrape.
+const NO_DATA_HOLD: Duration = Duration::from_secs(60);
+/// The window `SloxideSloNoData` reads when there is no page tier: one of the standard
+/// windows, which every SLO reports.
+const NO_DATA_FALLBACK_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// The hold with [`NO_DATA_FALLBACK_WINDOW`]: together 15 minutes without an event.
+const NO_DATA_FALLBACK_HOLD: Duration = Duration::from_secs(10 * 60);
 /// How the burn rate reads in annotations: 4 significant digits (`20`, `14.4`,
 /// `0.2333`). `humanize` would write values below 1 with SI prefixes (`700m`).
 const BURN_RATE_VALUE: &str = r#"{{ printf "%.4g" $value }}"#;
@@ -72,7 +75,7 @@ pub fn rules(config: &Config) -> String {
             let burn = [AlertSeverity::Page, AlertSeverity::Ticket]
                 .into_iter()
                 .filter_map(|severity| burn_rate_rule(slo, &config.alerting, severity));
-            burn.chain([no_data_rule(slo)])
+            burn.chain([no_data_rule(slo, &config.alerting)])
         })
         .collect();
     let mut out = String::from(
@@ -359,35 +362,69 @@ fn tier_clause(slo: &Slo, tier: &Tier, min_events: u64) -> Vec<String> {
     lines
 }
 
-/// The `SloxideSloNoData` alert: the SLO's event counters did not move for
-/// [`NO_DATA_WINDOW`], or there are none, held for [`NO_DATA_HOLD`].
-fn no_data_rule(slo: &Slo) -> Rule {
-    let events = events_selector(slo);
-    let quiet = format_duration(NO_DATA_WINDOW + NO_DATA_HOLD);
+/// The `SloxideSloNoData` alert: the SLO's events over its shortest page window
+/// (summed over replicas, roll-up across regions) are 0, or no replica serves the SLO's
+/// window counts at all, held for [`NO_DATA_HOLD`]. The window is the short window of
+/// the page tier with the shortest one: while it holds no event, that tier's burn rate
+/// is 0 and it cannot page. Without page tiers, [`NO_DATA_FALLBACK_WINDOW`] held
+/// [`NO_DATA_FALLBACK_HOLD`].
+///
+/// The daemon serves every SLO's roll-up window counts from its start, zeros included,
+/// so the first branch also covers an SLO that has counted nothing since a start; the
+/// `absent()` branch covers an SLO that no scraped replica serves.
+fn no_data_rule(slo: &Slo, alerting: &Alerting) -> Rule {
+    let shortest_page = alerting.page.iter().min_by_key(|tier| tier.short);
+    let (window, hold) = match shortest_page {
+        Some(tier) => (tier.short, NO_DATA_HOLD),
+        None => (NO_DATA_FALLBACK_WINDOW, NO_DATA_FALLBACK_HOLD),
+    };
+    let window_text = format_duration(window);
+    let quiet = format_duration(window + hold);
+    let rollup_window = selector(
+        families::SLO_WINDOW_EVENTS.name,
+        &[
+            Matcher::Eq("slo", &slo.name),
+            Matcher::Eq("service", &slo.service),
+            Matcher::Eq("region", ""),
+            Matcher::Eq("window", &window_text),
+        ],
+    );
+    let any_window = selector(
+        families::SLO_WINDOW_EVENTS.name,
+        &[
+            Matcher::Eq("slo", &slo.name),
+            Matcher::Eq("service", &slo.service),
+        ],
+    );
     let name = template_text(&slo.name);
     let service = template_text(&slo.service);
     let source = match slo.source {
         Source::Spans => "spans",
         Source::Logs => "log records",
     };
+    let why = match shortest_page {
+        Some(tier) => format!(
+            " (the short window of the page tier {}/{window_text}, which cannot fire while it is empty)",
+            format_duration(tier.long)
+        ),
+        None => String::new(),
+    };
     let summary = format!("SLO {name} ({service}) has counted no event for {quiet}");
     let description = format!(
-        "sloxide has counted no event for SLO {name} of service {service}{described} (objective {objective}% over {period}) for {quiet}, so its SLI, burn rates and burn-rate alerts cannot show a problem. Check that {service} still exports {source} to sloxide, that they still match the SLO's filter, and that Prometheus still scrapes sloxide. Silence this alert for an SLO whose events are naturally rarer than that.",
+        "sloxide has counted no event for SLO {name} of service {service}{described} (objective {objective}% over {period}) for {quiet}: none in its {window_text} window{why}, held {hold}. Its SLI, burn rates and burn-rate alerts cannot show a problem meanwhile. Check that {service} still exports {source} to sloxide, that they still match the SLO's filter, and that Prometheus still scrapes every sloxide replica. Silence this alert for an SLO whose events are naturally rarer than one per {window_text}.",
         described = described(slo),
         objective = slo.objective,
         period = format_duration(slo.period),
+        hold = format_duration(hold),
     );
     Rule {
         alert: NO_DATA_ALERT,
         expr: vec![
-            format!(
-                "sum by (slo, service) (increase({events}[{}])) == 0",
-                format_duration(NO_DATA_WINDOW)
-            ),
+            format!("sum by (slo, service) ({rollup_window}) == 0"),
             "or".to_owned(),
-            format!("absent({events})"),
+            format!("absent({any_window})"),
         ],
-        hold: NO_DATA_HOLD,
+        hold,
         labels: labels(slo, AlertSeverity::Ticket),
         annotations: vec![("summary", summary), ("description", description)],
     }
@@ -416,17 +453,6 @@ fn rollup(record: &str, slo: &Slo, window: Option<Duration>) -> String {
         matchers.push(Matcher::Eq("window", window));
     }
     selector(record, &matchers)
-}
-
-/// The per-region event counters of `slo`; they have no roll-up, so callers sum them.
-fn events_selector(slo: &Slo) -> String {
-    selector(
-        families::SLO_EVENTS.name,
-        &[
-            Matcher::Eq("slo", &slo.name),
-            Matcher::Eq("service", &slo.service),
-        ],
-    )
 }
 
 /// A Go template that writes the roll-up's remaining error budget (summed over

@@ -226,19 +226,56 @@ fn min_events_adds_an_event_count_to_every_tier() {
 }
 
 #[test]
-fn no_data_fires_on_flat_or_missing_event_counters() {
+fn no_data_reads_the_shortest_page_window_or_a_missing_slo() {
     let rules = rule_list(&config(EXAMPLE));
     let rule = find(&rules, "SloxideSloNoData", "deployments", "ticket");
+    // The page tiers are 1h/5m and 6h/30m: the shortest short window is 5m.
     assert_eq!(
         rule["expr"],
-        r#"sum by (slo, service) (increase(sloxide_slo_events_total{slo="deployments",service="deployer"}[5m])) == 0 or absent(sloxide_slo_events_total{slo="deployments",service="deployer"})"#
+        r#"sum by (slo, service) (sloxide_slo_window_events{slo="deployments",service="deployer",region="",window="5m"}) == 0 or absent(sloxide_slo_window_events{slo="deployments",service="deployer"})"#
     );
-    assert_eq!(rule["for"], "10m");
+    assert_eq!(rule["for"], "1m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO deployments (deployer) has counted no event for 6m"
+    );
+    let description = rule["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("log records"), "{description}");
     assert!(
-        rule["annotations"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("log records")
+        description.contains("none in its 5m window (the short window of the page tier 1h/5m"),
+        "{description}"
+    );
+
+    // The shortest short window wins, whatever the order of the tiers.
+    let tiers = "alerting:\n  page:\n    - {long: 6h, short: 30m, budget_percent: 5}\n    - {long: 2h, short: 10m, budget_percent: 3}\n";
+    let yaml = format!(
+        "slos:\n  - {{name: a, service: s, objective: 99, indicator: {{availability: {{}}}}}}\n{tiers}"
+    );
+    let rules = rule_list(&config(&yaml));
+    let rule = find(&rules, "SloxideSloNoData", "a", "ticket");
+    let expr = rule["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"region="",window="10m"}) == 0"#), "{expr}");
+    assert_eq!(rule["for"], "1m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO a (s) has counted no event for 11m"
+    );
+
+    // Without a page tier: the 5m window, held 10m, 15 minutes in all.
+    let yaml = "slos:\n  - {name: a, service: s, objective: 99, indicator: {availability: {}}}\nalerting:\n  page: []\n";
+    let rules = rule_list(&config(yaml));
+    let rule = find(&rules, "SloxideSloNoData", "a", "ticket");
+    let expr = rule["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"region="",window="5m"}) == 0"#), "{expr}");
+    assert_eq!(rule["for"], "10m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO a (s) has counted no event for 15m"
+    );
+    let description = rule["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("none in its 5m window, held 10m."),
+        "{description}"
     );
 }
 
