@@ -30,7 +30,8 @@ enum Command {
         #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },
-    /// Print Prometheus alerting rules (YAML) for the configured SLOs.
+    /// Print Prometheus recording and alerting rules (YAML) for the configured SLOs, and
+    /// alerts on sloxide itself.
     Rules {
         /// The configuration file.
         #[arg(long, env = "SLOXIDE_CONFIG", value_name = "FILE")]

@@ -31,10 +31,15 @@ fn record_list(config: &Config) -> Vec<Value> {
     group(config, 0, "sloxide-slo-recording")
 }
 
+/// The rules of the group of alerts on sloxide itself.
+fn self_alert_list(config: &Config) -> Vec<Value> {
+    group(config, 2, "sloxide-self-alerts")
+}
+
 fn group(config: &Config, index: usize, name: &str) -> Vec<Value> {
     let parsed = parsed_rules(config);
     let groups = parsed["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 2);
+    assert_eq!(groups.len(), 3);
     assert_eq!(groups[index]["name"], name);
     groups[index]["rules"].as_array().unwrap().clone()
 }
@@ -226,19 +231,56 @@ fn min_events_adds_an_event_count_to_every_tier() {
 }
 
 #[test]
-fn no_data_fires_on_flat_or_missing_event_counters() {
+fn no_data_reads_the_shortest_page_window_or_a_missing_slo() {
     let rules = rule_list(&config(EXAMPLE));
     let rule = find(&rules, "SloxideSloNoData", "deployments", "ticket");
+    // The page tiers are 1h/5m and 6h/30m: the shortest short window is 5m.
     assert_eq!(
         rule["expr"],
-        r#"sum by (slo, service) (increase(sloxide_slo_events_total{slo="deployments",service="deployer"}[5m])) == 0 or absent(sloxide_slo_events_total{slo="deployments",service="deployer"})"#
+        r#"sum by (slo, service) (sloxide_slo_window_events{slo="deployments",service="deployer",region="",window="5m"}) == 0 or absent(sloxide_slo_window_events{slo="deployments",service="deployer"})"#
     );
-    assert_eq!(rule["for"], "10m");
+    assert_eq!(rule["for"], "1m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO deployments (deployer) has counted no event for 6m"
+    );
+    let description = rule["annotations"]["description"].as_str().unwrap();
+    assert!(description.contains("log records"), "{description}");
     assert!(
-        rule["annotations"]["description"]
-            .as_str()
-            .unwrap()
-            .contains("log records")
+        description.contains("none in its 5m window (the short window of the page tier 1h/5m"),
+        "{description}"
+    );
+
+    // The shortest short window wins, whatever the order of the tiers.
+    let tiers = "alerting:\n  page:\n    - {long: 6h, short: 30m, budget_percent: 5}\n    - {long: 2h, short: 10m, budget_percent: 3}\n";
+    let yaml = format!(
+        "slos:\n  - {{name: a, service: s, objective: 99, indicator: {{availability: {{}}}}}}\n{tiers}"
+    );
+    let rules = rule_list(&config(&yaml));
+    let rule = find(&rules, "SloxideSloNoData", "a", "ticket");
+    let expr = rule["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"region="",window="10m"}) == 0"#), "{expr}");
+    assert_eq!(rule["for"], "1m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO a (s) has counted no event for 11m"
+    );
+
+    // Without a page tier: the 5m window, held 10m, 15 minutes in all.
+    let yaml = "slos:\n  - {name: a, service: s, objective: 99, indicator: {availability: {}}}\nalerting:\n  page: []\n";
+    let rules = rule_list(&config(yaml));
+    let rule = find(&rules, "SloxideSloNoData", "a", "ticket");
+    let expr = rule["expr"].as_str().unwrap();
+    assert!(expr.contains(r#"region="",window="5m"}) == 0"#), "{expr}");
+    assert_eq!(rule["for"], "10m");
+    assert_eq!(
+        rule["annotations"]["summary"],
+        "SLO a (s) has counted no event for 15m"
+    );
+    let description = rule["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("none in its 5m window, held 10m."),
+        "{description}"
     );
 }
 
@@ -262,6 +304,143 @@ fn a_severity_without_tiers_has_no_alert_and_no_slos_mean_no_rules() {
 
     assert!(rule_list(&Config::embedded_default()).is_empty());
     assert!(record_list(&Config::embedded_default()).is_empty());
+    // The alerts on sloxide itself do not depend on SLOs.
+    assert_eq!(
+        self_alert_list(&Config::embedded_default()).len(),
+        self_alert_list(&config(EXAMPLE)).len()
+    );
+}
+
+/// One self-alert by name (and `signal`, for the refused records).
+fn self_alert<'a>(rules: &'a [Value], alert: &str, signal: Option<&str>) -> &'a Value {
+    rules
+        .iter()
+        .find(|r| {
+            r["alert"] == alert && signal.is_none_or(|signal| r["labels"]["signal"] == signal)
+        })
+        .unwrap_or_else(|| panic!("no {alert} {signal:?}"))
+}
+
+#[test]
+fn self_alerts_have_a_severity_a_hold_and_say_what_to_check() {
+    let rules = self_alert_list(&config(EXAMPLE));
+    let alerts: Vec<(&str, &str, &str)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap(),
+                r["labels"]["severity"].as_str().unwrap(),
+                r["for"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            ("SloxideDown", "page", "5m"),
+            ("SloxideAbsent", "page", "10m"),
+            ("SloxideSeriesOverflow", "ticket", "5m"),
+            ("SloxideRecordsRefused", "ticket", "5m"),
+            ("SloxideRecordsRefused", "ticket", "5m"),
+            ("SloxideCheckpointFailing", "ticket", "5m"),
+            ("SloxideCheckpointStale", "ticket", "5m"),
+            ("SloxideConfigReloadFailed", "ticket", "5m"),
+        ]
+    );
+    for rule in &rules {
+        let summary = rule["annotations"]["summary"].as_str().unwrap();
+        let description = rule["annotations"]["description"].as_str().unwrap();
+        assert!(summary.starts_with("sloxide ") || summary.starts_with("No sloxide "));
+        let expr = rule["expr"].as_str().unwrap();
+        // No job is named: the job's name is the user's choice.
+        assert!(!expr.contains("job="), "{expr}");
+        // The description names every sloxide family that the expression reads.
+        for (at, _) in expr.match_indices("sloxide_") {
+            let family: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                description.contains(&family),
+                "{family} not in {description}"
+            );
+        }
+    }
+
+    assert_eq!(
+        self_alert(&rules, "SloxideDown", None)["expr"],
+        "up == 0 and ignoring (version) last_over_time(sloxide_build_info[1d])"
+    );
+    assert_eq!(
+        self_alert(&rules, "SloxideAbsent", None)["expr"],
+        "absent(sloxide_build_info)"
+    );
+    assert_eq!(
+        self_alert(&rules, "SloxideSeriesOverflow", None)["expr"],
+        "increase(sloxide_series_overflow_total[10m]) > 0"
+    );
+    assert_eq!(
+        self_alert(&rules, "SloxideRecordsRefused", Some("logs"))["expr"],
+        "sum without (transport, reason) (rate(sloxide_receiver_refused_log_records_total[10m])) / ( sum without (transport) (rate(sloxide_receiver_accepted_log_records_total[10m])) + sum without (transport, reason) (rate(sloxide_receiver_refused_log_records_total[10m])) ) > 0.01"
+    );
+    let spans = self_alert(&rules, "SloxideRecordsRefused", Some("traces"));
+    assert!(spans["expr"].as_str().unwrap().starts_with(
+        "sum without (transport, reason) (rate(sloxide_receiver_refused_spans_total[10m]))"
+    ));
+    assert!(
+        spans["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("above the 1% threshold")
+    );
+    assert_eq!(
+        self_alert(&rules, "SloxideCheckpointFailing", None)["expr"],
+        "increase(sloxide_checkpoint_failures_total[10m]) > 0"
+    );
+    assert_eq!(
+        self_alert(&rules, "SloxideConfigReloadFailed", None)["expr"],
+        "sloxide_config_last_reload_successful == 0"
+    );
+}
+
+#[test]
+fn checkpoint_staleness_follows_the_checkpoint_interval() {
+    // (interval, threshold in seconds, hold): 4 intervals and 2 intervals, each at
+    // least 5m, in whole seconds.
+    let cases = [
+        ("15s", "300", "5m"),
+        ("1500ms", "300", "5m"),
+        ("2m", "480", "5m"),
+        ("10m", "2400", "20m"),
+        ("90001ms", "361", "5m"),
+        ("1h", "14400", "2h"),
+    ];
+    for (interval, threshold, hold) in cases {
+        let yaml = format!("state:\n  checkpoint_interval: {interval}\nslos: []\n");
+        let rules = self_alert_list(&config(&yaml));
+        let stale = self_alert(&rules, "SloxideCheckpointStale", None);
+        assert_eq!(
+            stale["expr"],
+            format!(
+                r#"sloxide_checkpoint_last_success_timestamp_seconds < time() - {threshold} unless ignoring (outcome, generation) sloxide_restore_outcome{{outcome="disabled"}}"#
+            ),
+            "{interval}"
+        );
+        assert_eq!(stale["for"], hold, "{interval}");
+        let description = stale["annotations"]["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!(
+                "4 times state.checkpoint_interval, {interval}, and 5m"
+            )),
+            "{description}"
+        );
+        let failing = self_alert(&rules, "SloxideCheckpointFailing", None);
+        let description = failing["annotations"]["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("every state.checkpoint_interval ({interval})")),
+            "{description}"
+        );
+    }
 }
 
 #[test]
