@@ -409,7 +409,11 @@ impl App {
             otlp_http = %bound.otlp_http,
             metrics = %bound.metrics,
             slos = config.slos.len(),
-            data_dir = ?config.state.data_dir,
+            data_dir = %config
+                .state
+                .data_dir
+                .as_deref()
+                .map_or("none".into(), |d| d.display().to_string()),
             "sloxide listening"
         );
         Ok(Running {
