@@ -118,6 +118,26 @@ impl Ring {
         }
         out
     }
+
+    /// As [`Ring::sum`], and adds each slot's counts into `per_slot`, whose first
+    /// element stands for the window's oldest slot (`now / slot size + 1 - n`, or 0).
+    /// Slots past its end are left out of it (not out of the sum).
+    pub fn sum_into(&self, now: u64, n: u64, per_slot: &mut [[u64; 2]]) -> (u64, u64) {
+        let current = now / self.slot_secs;
+        let first = (current + 1).saturating_sub(n);
+        let oldest_kept = (self.head + 1).saturating_sub(self.len());
+        let mut out = (0u64, 0u64);
+        for slot in first.max(oldest_kept)..=current.min(self.head) {
+            let s = &self.slots[(slot % self.len()) as usize];
+            out.0 = out.0.saturating_add(s[0]);
+            out.1 = out.1.saturating_add(s[1]);
+            if let Some(acc) = per_slot.get_mut((slot - first) as usize) {
+                acc[0] = acc[0].saturating_add(s[0]);
+                acc[1] = acc[1].saturating_add(s[1]);
+            }
+        }
+        out
+    }
 }
 
 /// The occupied slots of a ring whose newest slot is `head`.
@@ -216,6 +236,11 @@ impl Layout {
             .collect()
     }
 
+    /// The slot size of ring `ring`, in seconds.
+    pub fn slot_secs(&self, ring: usize) -> u64 {
+        self.rings[ring].0
+    }
+
     /// Bytes of ring slots per (SLO, region).
     pub fn slot_bytes(&self) -> usize {
         self.rings.iter().map(|(_, len)| len * 16).sum()
@@ -290,6 +315,23 @@ mod tests {
         assert_eq!(r.sum(1_100, 4), (0, 0));
         r.add(1_000, 5, 5); // too old for the ring now
         assert_eq!(r.sum(1_100, 4), (0, 0));
+    }
+
+    #[test]
+    fn a_window_sum_can_hand_out_its_slots() {
+        let mut r = Ring::new(10, 8);
+        r.add(1_000, 4, 1);
+        r.add(1_025, 2, 2);
+        r.add(1_061, 9, 0); // ahead of `now` below: in neither
+        let mut slots = [[0u64; 2]; 4];
+        assert_eq!(r.sum_into(1_039, 4, &mut slots), r.sum(1_039, 4));
+        assert_eq!(slots, [[4, 1], [0, 0], [2, 2], [0, 0]]);
+        // Near the epoch the window has fewer slots than asked: they start at slot 0.
+        let mut early = Ring::new(10, 8);
+        early.add(15, 3, 1);
+        let mut slots = [[0u64; 2]; 3];
+        assert_eq!(early.sum_into(15, 6, &mut slots), (3, 1));
+        assert_eq!(slots, [[0, 0], [3, 1], [0, 0]]);
     }
 
     proptest! {
