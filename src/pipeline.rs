@@ -77,6 +77,11 @@ impl Scrape for Pipeline {
         };
         renderer.render(&generation.aggregator, &self.telemetry, &self.state, out);
     }
+
+    fn status(&self, page: &crate::export::status::Page, out: &mut String) -> bool {
+        let generation = self.current();
+        crate::export::status::render(&generation.config, &generation.aggregator, page, out)
+    }
 }
 
 /// The stages from decode to render, wired.
