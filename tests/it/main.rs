@@ -20,5 +20,6 @@ mod scaleout;
 mod scrape;
 mod slo;
 mod state;
+mod status_page;
 mod tls;
 mod walker;
