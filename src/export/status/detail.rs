@@ -96,7 +96,7 @@ pub(super) fn write(m: &Model<'_>, i: usize, latency: &[Latency], out: &mut Stri
     }
     o.raw("<h2>Error budget burn-down</h2>");
     match (m.snapshot.burndown.get(i), rollup) {
-        (Some(b), Some(r)) if !b.slots.is_empty() => burndown(&mut o, &v, b, r, m.snapshot.at),
+        (Some(b), Some(_)) if !b.slots.is_empty() => burndown(&mut o, &v, b, m.snapshot.at),
         _ => {
             o.raw("<p class=\"mut\">No history yet.</p>");
         }
@@ -241,7 +241,7 @@ fn tick_step(span: u64) -> u64 {
 /// The burn-down: the budget left at each slot boundary of the period window, from
 /// 100% at its start to the roll-up's value now, against an even burn (rate 1), with
 /// the bad events of each slot beneath.
-fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, r: &Row, at: u64) {
+fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, at: u64) {
     const W: f64 = 760.0;
     const H: f64 = 280.0;
     const X0: f64 = 52.0;
@@ -390,7 +390,6 @@ fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, r: &Row, at: u64) {
         ));
     }
     o.raw("</svg>");
-    let _ = r;
 }
 
 /// Each tier's long and short burn rates as bars, with the threshold marked.

@@ -365,24 +365,24 @@ fn cells(o: &mut Out<'_>, config: &Config, v: &SloView<'_>, r: &Row, columns: &[
         };
         let burn = r.burn.get(i).copied().unwrap_or(0.0);
         let [page, ticket] = v.thresholds(config, w);
-        let class = if page.is_some_and(|t| burn > t) {
-            " pg"
+        // A burn cell is an `<i>` (styled as a number by `.r>i`): the list has
+        // thousands of them.
+        let open = if page.is_some_and(|t| burn > t) {
+            "<i class=\"pg\" data-k=\"burn-"
         } else if ticket.is_some_and(|t| burn > t) {
-            " tk"
+            "<i class=\"tk\" data-k=\"burn-"
         } else if burn == 0.0 {
-            " z"
+            "<i class=\"z\" data-k=\"burn-"
         } else {
-            ""
+            "<i data-k=\"burn-"
         };
-        o.raw("<span class=\"num b")
-            .raw(class)
-            .raw("\" data-k=\"burn-")
+        o.raw(open)
             .raw(&v.rt.window_labels[i])
             .raw("\" data-v=\"")
             .exact(burn)
             .raw("\">")
             .raw(&html::burn(burn))
-            .raw("</span>");
+            .raw("</i>");
     }
     let (events, bad) = r.windows.get(v.period).copied().unwrap_or((0, 0));
     o.fmt(format_args!(
@@ -404,7 +404,7 @@ pub(super) fn budget(o: &mut Out<'_>, v: &SloView<'_>, r: &Row) {
     };
     o.raw("<span class=\"bud\" data-k=\"budget\" data-v=\"")
         .exact(left)
-        .raw("\"><b class=\"num\">")
+        .raw("\"><b>")
         .raw(&html::percent(left))
         .fmt(format_args!(
             "</b><span class=\"bar\"><i{class} style=\"width:{:.1}%\"></i></span><small>",
