@@ -147,18 +147,18 @@ pub struct Snapshot {
     pub burndown: Vec<Burndown>,
 }
 
-/// The slots of an SLO's period window, summed over its regions: the history the
-/// status page draws the budget burn-down from. The period's ring has slots of
-/// `max(10 s, period / 60)`, so this is at most 61 slots; their counts add up to the
-/// roll-up's period window.
+/// The bad events in each slot of an SLO's period window, summed over its regions:
+/// the history the status page draws the budget burn-down from (with the roll-up's
+/// period total). The period's ring has slots of `max(10 s, period / 60)`, so this is
+/// at most 61 slots; they add up to the roll-up's bad events over the period.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Burndown {
     /// Unix seconds at which the oldest slot starts.
     pub start: u64,
     /// Seconds per slot.
     pub step: u64,
-    /// (total, bad) per slot, oldest first; the last is the slot holding the tick.
-    pub slots: Vec<[u64; 2]>,
+    /// Bad events per slot, oldest first; the last is the slot holding the tick.
+    pub bad: Vec<u64>,
 }
 
 /// Per (SLO, region) rings and the snapshot of derived values.
@@ -374,8 +374,8 @@ impl SloEngine {
 
     fn publish(&self, now: u64) {
         let mut rows: Vec<Row> = Vec::new();
-        // The period window's slots of every SLO, summed over its regions while each
-        // region's windows are summed (the same slots, read once).
+        // The bad events in each slot of every SLO's period window, summed over its
+        // regions while each region's windows are summed (the same slots, read once).
         let mut burndown: Vec<Burndown> = self
             .slos
             .iter()
@@ -386,7 +386,7 @@ impl SloEngine {
                 Burndown {
                     start: first * step,
                     step,
-                    slots: vec![[0, 0]; (now / step + 1 - first) as usize],
+                    bad: vec![0; (now / step + 1 - first) as usize],
                 }
             })
             .collect();
@@ -396,7 +396,7 @@ impl SloEngine {
             for ring in s.rings.iter_mut() {
                 ring.advance(now);
             }
-            let history = &mut burndown[s.slo].slots;
+            let history = &mut burndown[s.slo].bad;
             let windows = rt
                 .layout
                 .windows

@@ -759,10 +759,10 @@ mod tests {
                 .find(|r| r.slo == slo && r.region.is_none())
                 .unwrap();
             // 30d period: 60 slots of 12 h, the last holding now.
-            assert_eq!((b.step, b.slots.len()), (43_200, 60));
+            assert_eq!((b.step, b.bad.len()), (43_200, 60));
             assert!(b.start <= NOW - 59 * 43_200 && NOW < b.start + 60 * 43_200);
-            let sum = b.slots.iter().fold((0, 0), |a, s| (a.0 + s[0], a.1 + s[1]));
-            assert_eq!(sum, rollup.windows[rollup.windows.len() - 1]);
+            let bad: u64 = b.bad.iter().sum();
+            assert_eq!(bad, rollup.windows[rollup.windows.len() - 1].1);
             let name = ["a", "b", "c"][slo];
             let (_, detail) = page(&p, Page::Detail(name.into()));
             let want = format!(

@@ -96,7 +96,10 @@ pub(super) fn write(m: &Model<'_>, i: usize, latency: &[Latency], out: &mut Stri
     }
     o.raw("<h2>Error budget burn-down</h2>");
     match (m.snapshot.burndown.get(i), rollup) {
-        (Some(b), Some(_)) if !b.slots.is_empty() => burndown(&mut o, &v, b, m.snapshot.at),
+        (Some(b), Some(r)) if !b.bad.is_empty() => {
+            let total = r.windows.get(v.period).map_or(0, |w| w.0);
+            burndown(&mut o, &v, b, total, m.snapshot.at)
+        }
         _ => {
             o.raw("<p class=\"mut\">No history yet.</p>");
         }
@@ -241,7 +244,7 @@ fn tick_step(span: u64) -> u64 {
 /// The burn-down: the budget left at each slot boundary of the period window, from
 /// 100% at its start to the roll-up's value now, against an even burn (rate 1), with
 /// the bad events of each slot beneath.
-fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, at: u64) {
+fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, total: u64, at: u64) {
     const W: f64 = 760.0;
     const H: f64 = 280.0;
     const X0: f64 = 52.0;
@@ -250,13 +253,12 @@ fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, at: u64) {
     const Y1: f64 = 196.0;
     const S0: f64 = 208.0;
     const S1: f64 = 252.0;
-    let total: u64 = b.slots.iter().map(|s| s[0]).sum();
-    let mut points = Vec::with_capacity(b.slots.len() + 1);
+    let mut points = Vec::with_capacity(b.bad.len() + 1);
     let mut cumulative = 0u64;
     points.push((b.start, 1.0));
-    for (k, s) in b.slots.iter().enumerate() {
-        cumulative = cumulative.saturating_add(s[1]);
-        let t = if k + 1 == b.slots.len() {
+    for (k, bad) in b.bad.iter().enumerate() {
+        cumulative = cumulative.saturating_add(*bad);
+        let t = if k + 1 == b.bad.len() {
             at.max(b.start)
         } else {
             b.start + (k as u64 + 1) * b.step
@@ -366,27 +368,26 @@ fn burndown(o: &mut Out<'_>, v: &SloView<'_>, b: &Burndown, at: u64) {
         ));
     }
     // Bad events per slot.
-    let most = b.slots.iter().map(|s| s[1]).max().unwrap_or(0).max(1);
+    let most = b.bad.iter().copied().max().unwrap_or(0).max(1);
     o.fmt(format_args!(
         "<line class=\"grid\" x1=\"{X0}\" x2=\"{X1}\" y1=\"{S1}\" y2=\"{S1}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">bad</text>",
         X0 - 6.0,
         S1 - 2.0
     ));
-    for (k, s) in b.slots.iter().enumerate() {
-        if s[1] == 0 {
+    for (k, &bad) in b.bad.iter().enumerate() {
+        if bad == 0 {
             continue;
         }
         let from = b.start + k as u64 * b.step;
         let to = (from + b.step).min(end);
-        let h = (s[1] as f64 / most as f64 * (S1 - S0)).max(1.0);
+        let h = (bad as f64 / most as f64 * (S1 - S0)).max(1.0);
         o.fmt(format_args!(
-            "<rect class=\"badbar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\"><title>{}: {} bad of {} events</title></rect>",
+            "<rect class=\"badbar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\"><title>{} bad from {}</title></rect>",
             x(from),
             S1 - h,
             (x(to) - x(from) - 1.0).max(1.5),
+            html::count(bad),
             html::utc(from),
-            html::count(s[1]),
-            html::count(s[0])
         ));
     }
     o.raw("</svg>");
