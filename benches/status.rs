@@ -105,6 +105,10 @@ fn status(c: &mut Criterion) {
     let list = Page::List(ListQuery::default());
     status::render(&config, &agg, &list, &mut out);
     let gzipped = status::compress(out.as_bytes()).len();
+    // To load it in a browser: SLOXIDE_STATUS_PAGE=/tmp/list.html.
+    if let Some(path) = std::env::var_os("SLOXIDE_STATUS_PAGE") {
+        std::fs::write(path, &out).unwrap();
+    }
     eprintln!(
         "status: list page {} bytes ({} gzipped), {} rows",
         out.len(),
