@@ -637,7 +637,11 @@ async fn status_pages_in_a_browser_match_metrics() {
     // Screenshots, as a person would see the pages.
     let dir = artifacts();
     for (name, url, height) in [
-        ("status-list.png", format!("{list_url}?regions=open"), "1100"),
+        (
+            "status-list.png",
+            format!("{list_url}?regions=open"),
+            "1100",
+        ),
         ("status-detail.png", detail_url, "2200"),
     ] {
         let path = dir.join(name);
