@@ -1,9 +1,10 @@
 //! The metrics port: `GET /metrics` in the Prometheus text format (behind bearer tokens
 //! when `metrics.auth` is set), `/healthz` and `/readyz` (never behind tokens: probes
-//! carry none).
+//! carry none), and the status pages `/` and `/slo/{name}` ([`status`]).
 
 pub mod render;
 pub mod serve;
+pub mod status;
 pub mod text;
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -28,6 +29,14 @@ use text::Format;
 pub trait Scrape: Send + Sync + std::fmt::Debug + 'static {
     /// Writes every family into `out` (cleared first), in `format`.
     fn scrape(&self, renderer: &mut Option<Renderer>, out: &mut String, format: Format);
+
+    /// Writes the status page `page` into `out` (cleared first); false, with a
+    /// not-found page, when there is no such page.
+    fn status(&self, page: &status::Page, out: &mut String) -> bool {
+        let _ = page;
+        status::unavailable(out);
+        false
+    }
 }
 
 /// Where the daemon is in its life, as `/readyz` reports it.
@@ -77,6 +86,8 @@ pub struct Exporter {
     scrapes: Arc<Semaphore>,
     /// The tokens `/metrics` requires (`metrics.auth`).
     auth: RwLock<Option<Arc<BearerTokens>>>,
+    /// Status pages in progress (`status::MAX_PAGES`).
+    pages: status::Pages,
 }
 
 /// The render state: the text buffer and renderer, and the last render with its
@@ -99,6 +110,7 @@ impl Exporter {
             scrapes: Arc::new(Semaphore::new(serve::MAX_SCRAPES)),
             waiting: AtomicUsize::new(0),
             auth: RwLock::new(None),
+            pages: status::Pages::default(),
         }
     }
 
@@ -128,6 +140,8 @@ impl Exporter {
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
+            .route("/", get(status::list))
+            .route("/slo/{name}", get(status::detail))
             .with_state(self)
     }
 }

@@ -84,6 +84,11 @@ impl Scrape for Pipeline {
             format,
         );
     }
+
+    fn status(&self, page: &crate::export::status::Page, out: &mut String) -> bool {
+        let generation = self.current();
+        crate::export::status::render(&generation.config, &generation.aggregator, page, out)
+    }
 }
 
 /// The stages from decode to render, wired.

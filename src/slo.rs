@@ -140,6 +140,25 @@ pub struct Row {
 pub struct Snapshot {
     /// The rows.
     pub rows: Vec<Row>,
+    /// Unix seconds of the tick that computed them (0 before the first).
+    pub at: u64,
+    /// Per SLO, in configuration order: the period window's slots, summed over the
+    /// regions, for the status page's burn-down.
+    pub burndown: Vec<Burndown>,
+}
+
+/// The bad events in each slot of an SLO's period window, summed over its regions:
+/// the history the status page draws the budget burn-down from (with the roll-up's
+/// period total). The period's ring has slots of `max(10 s, period / 60)`, so this is
+/// at most 61 slots; they add up to the roll-up's bad events over the period.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Burndown {
+    /// Unix seconds at which the oldest slot starts.
+    pub start: u64,
+    /// Seconds per slot.
+    pub step: u64,
+    /// Bad events per slot, oldest first; the last is the slot holding the tick.
+    pub bad: Vec<u64>,
 }
 
 /// Per (SLO, region) rings and the snapshot of derived values.
@@ -355,17 +374,42 @@ impl SloEngine {
 
     fn publish(&self, now: u64) {
         let mut rows: Vec<Row> = Vec::new();
+        // The bad events in each slot of every SLO's period window, summed over its
+        // regions while each region's windows are summed (the same slots, read once).
+        let mut burndown: Vec<Burndown> = self
+            .slos
+            .iter()
+            .map(|rt| {
+                let w = &rt.layout.windows[rt.period];
+                let step = rt.layout.slot_secs(w.ring);
+                let first = (now / step + 1).saturating_sub(w.slots);
+                Burndown {
+                    start: first * step,
+                    step,
+                    bad: vec![0; (now / step + 1 - first) as usize],
+                }
+            })
+            .collect();
         self.series.for_each(|e| {
             let s = &mut e.value;
             let rt = &self.slos[s.slo];
             for ring in s.rings.iter_mut() {
                 ring.advance(now);
             }
+            let history = &mut burndown[s.slo].bad;
             let windows = rt
                 .layout
                 .windows
                 .iter()
-                .map(|w| s.rings[w.ring].sum(now, w.slots))
+                .enumerate()
+                .map(|(i, w)| {
+                    let ring = &s.rings[w.ring];
+                    if i == rt.period {
+                        ring.sum_into(now, w.slots, history)
+                    } else {
+                        ring.sum(now, w.slots)
+                    }
+                })
                 .collect();
             rows.push(Row {
                 slo: s.slo,
@@ -409,7 +453,11 @@ impl SloEngine {
         *self
             .snapshot
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Snapshot { rows });
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Snapshot {
+            rows,
+            at: now,
+            burndown,
+        });
     }
 
     fn derive(&self, row: &mut Row) {

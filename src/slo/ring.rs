@@ -104,20 +104,59 @@ impl Ring {
         self.advance_to(now / self.slot_secs);
     }
 
-    /// (total, bad) over the `n` slots ending with the one holding `now`. Slots ahead
-    /// of `now` (events from the near future) are left out.
-    pub fn sum(&self, now: u64, n: u64) -> (u64, u64) {
+    /// The slots of the `n` slots ending with the one holding `now` that the ring
+    /// holds, oldest first, as at most two runs of the slot array (it wraps), with the
+    /// position of the first from the window's first slot (`now / slot size + 1 - n`,
+    /// or 0). Slots ahead of `now` (events from the near future) are left out. Slicing
+    /// rather than taking every slot's index modulo the length keeps a division out of
+    /// the tick's innermost loop.
+    fn window(&self, now: u64, n: u64) -> (usize, &[[u64; 2]], &[[u64; 2]]) {
         let current = now / self.slot_secs;
         let first = (current + 1).saturating_sub(n);
         let oldest_kept = (self.head + 1).saturating_sub(self.len());
-        let mut out = (0u64, 0u64);
-        for slot in first.max(oldest_kept)..=current.min(self.head) {
-            let s = &self.slots[(slot % self.len()) as usize];
-            out.0 = out.0.saturating_add(s[0]);
-            out.1 = out.1.saturating_add(s[1]);
+        let (lo, hi) = (first.max(oldest_kept), current.min(self.head));
+        if lo > hi {
+            return (0, &[], &[]);
         }
-        out
+        // At most the ring's length: lo is at or after its oldest slot, hi at or
+        // before its newest.
+        let count = (hi - lo + 1) as usize;
+        let at = (lo % self.len()) as usize;
+        let len = self.slots.len();
+        let (older, newer) = if at + count <= len {
+            (&self.slots[at..at + count], &self.slots[..0])
+        } else {
+            (&self.slots[at..], &self.slots[..at + count - len])
+        };
+        ((lo - first) as usize, older, newer)
     }
+
+    /// (total, bad) over the `n` slots ending with the one holding `now`. Slots ahead
+    /// of `now` (events from the near future) are left out.
+    pub fn sum(&self, now: u64, n: u64) -> (u64, u64) {
+        let (_, older, newer) = self.window(now, n);
+        add_up(older, add_up(newer, (0, 0)))
+    }
+
+    /// As [`Ring::sum`], and adds each slot's bad count into `bad_per_slot`, whose
+    /// first element stands for the window's oldest slot (`now / slot size + 1 - n`, or
+    /// 0). Slots past its end are left out of it (not out of the sum).
+    pub fn sum_into(&self, now: u64, n: u64, bad_per_slot: &mut [u64]) -> (u64, u64) {
+        let (offset, older, newer) = self.window(now, n);
+        let into = bad_per_slot.get_mut(offset..).unwrap_or_default();
+        for (acc, s) in into.iter_mut().zip(older.iter().chain(newer)) {
+            *acc = acc.saturating_add(s[1]);
+        }
+        add_up(older, add_up(newer, (0, 0)))
+    }
+}
+
+/// `acc` plus the (total, bad) of `slots`.
+#[inline]
+fn add_up(slots: &[[u64; 2]], acc: (u64, u64)) -> (u64, u64) {
+    slots.iter().fold(acc, |(t, b), s| {
+        (t.saturating_add(s[0]), b.saturating_add(s[1]))
+    })
 }
 
 /// The occupied slots of a ring whose newest slot is `head`.
@@ -216,6 +255,11 @@ impl Layout {
             .collect()
     }
 
+    /// The slot size of ring `ring`, in seconds.
+    pub fn slot_secs(&self, ring: usize) -> u64 {
+        self.rings[ring].0
+    }
+
     /// Bytes of ring slots per (SLO, region).
     pub fn slot_bytes(&self) -> usize {
         self.rings.iter().map(|(_, len)| len * 16).sum()
@@ -292,6 +336,23 @@ mod tests {
         assert_eq!(r.sum(1_100, 4), (0, 0));
     }
 
+    #[test]
+    fn a_window_sum_can_hand_out_its_slots() {
+        let mut r = Ring::new(10, 8);
+        r.add(1_000, 4, 1);
+        r.add(1_025, 2, 2);
+        r.add(1_061, 9, 0); // ahead of `now` below: in neither
+        let mut bad = [0u64; 4];
+        assert_eq!(r.sum_into(1_039, 4, &mut bad), r.sum(1_039, 4));
+        assert_eq!(bad, [1, 0, 2, 0]);
+        // Near the epoch the window has fewer slots than asked: they start at slot 0.
+        let mut early = Ring::new(10, 8);
+        early.add(15, 3, 1);
+        let mut bad = [0u64; 3];
+        assert_eq!(early.sum_into(15, 6, &mut bad), (3, 1));
+        assert_eq!(bad, [0, 1, 0]);
+    }
+
     proptest! {
         /// Every window sum equals a direct count of the recorded events whose time lies
         /// in the slots the window covers, which span between W - slot and W.
@@ -338,6 +399,18 @@ mod tests {
                 }
             }
             prop_assert_eq!(ring.sum(now, spec.slots), (total, bad));
+            // The same, with the bad events of each slot handed out.
+            let mut per_slot = vec![0u64; (current + 1 - first) as usize];
+            prop_assert_eq!(ring.sum_into(now, spec.slots, &mut per_slot), (total, bad));
+            prop_assert_eq!(per_slot.iter().sum::<u64>(), bad);
+            for (k, got) in per_slot.iter().enumerate() {
+                let slot = first + k as u64;
+                let want = recorded
+                    .iter()
+                    .filter(|(t, b)| *b && t / s == slot)
+                    .count() as u64;
+                prop_assert_eq!(*got, want, "slot {}", slot);
+            }
             // The covered span is within one slot of the window.
             let covered_from = first * s;
             let w = spec.window.as_secs();

@@ -21,5 +21,6 @@ mod scaleout;
 mod scrape;
 mod slo;
 mod state;
+mod status_page;
 mod tls;
 mod walker;
