@@ -21,7 +21,7 @@ pub struct SpanSeries {
     pub buckets: Box<[u64]>,
     /// Sum of durations, nanoseconds.
     pub sum_nanos: u128,
-    /// The latest span of each bucket that carried valid ids.
+    /// A recent span with valid ids per bucket, sampled once a second.
     pub exemplars: Exemplars,
 }
 
