@@ -122,16 +122,28 @@ impl Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
     }
 
-    /// Whether `headers` may scrape; when not, the `WWW-Authenticate` challenge.
-    fn allows(&self, headers: &HeaderMap) -> Result<(), Option<http::HeaderValue>> {
+    /// `None` when `headers` may scrape (`/metrics` and the status pages); otherwise the
+    /// 401 to answer, with the `WWW-Authenticate` challenge when there is one.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
         let auth = self
             .auth
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match auth.as_ref() {
-            Some(tokens) if !tokens.allows(headers) => Err(tokens.challenge()),
-            _ => Ok(()),
+        let challenge = match auth.as_ref() {
+            Some(tokens) if !tokens.allows(headers) => tokens.challenge(),
+            _ => return None,
+        };
+        let mut response = (
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token (metrics.auth)\n",
+        )
+            .into_response();
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
+        Some(response)
     }
 
     /// The routes of the metrics port.
@@ -153,18 +165,8 @@ impl Exporter {
 /// one copy of the text. A scraper that accepts OpenMetrics gets it, with exemplars
 /// ([`Format::negotiate`]); renders are shared only between scrapes of one format.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
-    if let Err(challenge) = exporter.allows(&headers) {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token (metrics.auth)\n",
-        )
-            .into_response();
-        if let Some(challenge) = challenge {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
-        }
-        return response;
+    if let Some(refused) = exporter.refusal(&headers) {
+        return refused;
     }
     let Ok(slot) = exporter.scrapes.clone().try_acquire_owned() else {
         return (

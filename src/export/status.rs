@@ -257,18 +257,8 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 
 async fn serve(exporter: Arc<Exporter>, headers: &HeaderMap, page: Page) -> Response {
-    if let Err(challenge) = exporter.allows(headers) {
-        let mut response = (
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token (metrics.auth)\n",
-        )
-            .into_response();
-        if let Some(challenge) = challenge {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
-        }
-        return response;
+    if let Some(refused) = exporter.refusal(headers) {
+        return refused;
     }
     let Ok(slot) = exporter.pages.slots.clone().try_acquire_owned() else {
         return (

@@ -135,22 +135,10 @@ impl Prometheus {
 
     /// Runs an instant query; returns `data.result`, or the error Prometheus gave.
     pub async fn query(&self, promql: &str) -> Result<Vec<Value>, String> {
-        let resp = self
-            .client
-            .get(format!("http://{}/api/v1/query", self.addr))
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_str(&resp.text().await.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        if body["status"] != "success" {
-            return Err(format!("{promql}: {body}"));
-        }
-        Ok(body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+        let data = self
+            .api("query", promql, &[("query", promql.to_owned())])
+            .await?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
     }
 
     /// The exemplars Prometheus stored for `promql` over the last hour: `data` of
@@ -160,23 +148,36 @@ impl Prometheus {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
+        let params = [
+            ("query", promql.to_owned()),
+            ("start", (now - 3600).to_string()),
+            ("end", (now + 60).to_string()),
+        ];
+        let data = self.api("query_exemplars", promql, &params).await?;
+        Ok(data.as_array().cloned().unwrap_or_default())
+    }
+
+    /// GETs `/api/v1/{endpoint}` with `params`; returns its `data`, or the error
+    /// Prometheus gave (naming `promql`).
+    async fn api(
+        &self,
+        endpoint: &str,
+        promql: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, String> {
         let resp = self
             .client
-            .get(format!("http://{}/api/v1/query_exemplars", self.addr))
-            .query(&[
-                ("query", promql.to_owned()),
-                ("start", (now - 3600).to_string()),
-                ("end", (now + 60).to_string()),
-            ])
+            .get(format!("http://{}/api/v1/{endpoint}", self.addr))
+            .query(params)
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let body: Value = serde_json::from_str(&resp.text().await.map_err(|e| e.to_string())?)
+        let mut body: Value = serde_json::from_str(&resp.text().await.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
         if body["status"] != "success" {
             return Err(format!("{promql}: {body}"));
         }
-        Ok(body["data"].as_array().cloned().unwrap_or_default())
+        Ok(body["data"].take())
     }
 
     /// Polls `promql` (at most `limit` and at most 200 times) until `done` accepts its
