@@ -3,6 +3,9 @@
 //! `Mutex<HashMap<String, _>>`, and against the floor (a walk that only steps over the
 //! span messages), all in the same run.
 //!
+//! The `pipeline` group: one fixture request, always hot in cache. The `mixed` group:
+//! production-like traffic (see [`mixed`]), with the whole `Ingest::export` too.
+//!
 //! Fixture: 10 resources x 100 spans, 8 attributes per span, about 380 bytes per span.
 //! Configuration: config/example.yaml (region from cloud.region, http.route as a
 //! dimension, five SLOs, two of them on services of the fixture).
@@ -17,11 +20,14 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use sloxide::clock::ManualClock;
 use sloxide::config::Config;
-use sloxide::fixture::{self, Shape};
+use sloxide::fixture::{self, Mix, Shape};
+use sloxide::ingest::Encoding;
 use sloxide::ingest::Recorder;
+use sloxide::otlp::logs::{LogBatch, walk_logs};
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
 use sloxide::otlp::wire::Reader;
 use sloxide::pipeline::Pipeline;
+use sloxide::telemetry::{Signal, Transport};
 
 /// What the baseline keeps per series.
 #[derive(Default)]
@@ -185,5 +191,131 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipeline);
+/// Distinct mixed requests the `mixed` group cycles through.
+const MIXED_REQUESTS: u64 = 16;
+
+/// The same stages on production-like traffic ([`fixture::Mix`]): 16 distinct requests
+/// of 1000 records from 25 resources each, 60 services in 6 regions, five span kinds,
+/// varied routes and status codes, most attributes unknown to sloxide. Each iteration
+/// takes the next request, so the series and the bodies are not all hot in cache.
+fn mixed(c: &mut Criterion) {
+    sloxide::memory::configure();
+    let mix = Mix::default();
+    let end = mix.end_unix_nanos;
+    let traces: Vec<Vec<u8>> = (1..=MIXED_REQUESTS)
+        .map(|seed| {
+            fixture::mixed_traces(&Mix {
+                seed,
+                ..mix.clone()
+            })
+            .encode_to_vec()
+        })
+        .collect();
+    let logs: Vec<Vec<u8>> = (1..=MIXED_REQUESTS)
+        .map(|seed| {
+            fixture::mixed_logs(&Mix {
+                seed,
+                ..mix.clone()
+            })
+            .encode_to_vec()
+        })
+        .collect();
+    let bytes: usize = traces.iter().map(Vec::len).sum();
+    eprintln!(
+        "mixed: {} trace requests of {} spans, {} bytes per span; {} bytes per log record",
+        traces.len(),
+        mix.records,
+        bytes / traces.len() / mix.records,
+        logs.iter().map(Vec::len).sum::<usize>() / logs.len() / mix.records,
+    );
+    let config = Config::from_yaml(include_str!("../config/example.yaml"), "example.yaml")
+        .expect("config/example.yaml is valid");
+    let clock = Arc::new(ManualClock::new(end + 1_000_000_000));
+    let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
+    let (plan, aggregator, ingest) = (&pipeline.plan(), &pipeline.aggregator(), &pipeline.ingest);
+    // Every series exists before measuring, as in a daemon that has run for a while.
+    for body in &traces {
+        ingest
+            .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
+            .unwrap();
+    }
+    let next = |i: &mut usize| {
+        *i = (*i + 1) % traces.len();
+        *i
+    };
+
+    let mut g = c.benchmark_group("mixed");
+    g.throughput(Throughput::Elements(mix.records as u64));
+    let mut i = 0;
+    g.bench_function("ingest_export_traces", |b| {
+        b.iter(|| {
+            let body = &traces[next(&mut i)];
+            black_box(
+                ingest
+                    .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
+                    .unwrap(),
+            )
+        })
+    });
+    let mut batch: TraceBatch<'static> = TraceBatch::default();
+    g.bench_function("walk_record_traces", |b| {
+        b.iter(|| {
+            let body = &traces[next(&mut i)];
+            let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
+            walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+            aggregator.record_traces(&bt);
+            batch = bt.recycle();
+        })
+    });
+    g.bench_function("walk_traces", |b| {
+        b.iter(|| {
+            let body = &traces[next(&mut i)];
+            let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
+            walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+            black_box(bt.events.len());
+            batch = bt.recycle();
+        })
+    });
+    let walked: Vec<TraceBatch<'_>> = traces
+        .iter()
+        .map(|body| {
+            let mut bt = TraceBatch::default();
+            walk_traces(body, plan.keys(), &mut bt).unwrap();
+            bt
+        })
+        .collect();
+    g.bench_function("record_traces", |b| {
+        b.iter(|| aggregator.record_traces(black_box(&walked[next(&mut i)])))
+    });
+    g.bench_function("floor_step_over_spans", |b| {
+        b.iter(|| black_box(floor(black_box(&traces[next(&mut i)]))))
+    });
+    let map = Mutex::new(HashMap::new());
+    g.bench_function("prost_decode_mutex_hashmap_baseline", |b| {
+        b.iter(|| black_box(baseline(black_box(&traces[next(&mut i)]), &map)))
+    });
+    let mut log_batch: LogBatch<'static> = LogBatch::default();
+    g.bench_function("walk_logs", |b| {
+        b.iter(|| {
+            let body = &logs[next(&mut i)];
+            let mut bt: LogBatch<'_> = std::mem::take(&mut log_batch).recycle();
+            walk_logs(black_box(body), plan.keys(), &mut bt).unwrap();
+            black_box(bt.events.len());
+            log_batch = bt.recycle();
+        })
+    });
+    g.bench_function("ingest_export_logs", |b| {
+        b.iter(|| {
+            let body = &logs[next(&mut i)];
+            black_box(
+                ingest
+                    .export(Transport::Grpc, Signal::Logs, Encoding::Protobuf, body)
+                    .unwrap(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipeline, mixed);
 criterion_main!(benches);
