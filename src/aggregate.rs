@@ -280,6 +280,14 @@ impl Aggregator {
     }
 }
 
+/// The index of the first bound at or above `duration` (the bucket it counts in):
+/// the bounds below it, counted without a branch per bound, as the bounds are few (15
+/// by default); a binary search mispredicted on about every other step.
+#[inline]
+fn bucket_of(bounds: &[u64], duration: u64) -> u32 {
+    bounds.iter().map(|b| u32::from(*b < duration)).sum()
+}
+
 /// String equality that first checks for the very same bytes: labels borrowed from one
 /// resource usually are, and this skips the memcmp call.
 #[inline(always)]
@@ -537,7 +545,7 @@ impl Recorder for Aggregator {
                     span: index,
                     group: g,
                     status: StatusCode::from_otlp(span.status),
-                    bucket: self.bounds_nanos.partition_point(|b| *b < duration) as u32,
+                    bucket: bucket_of(&self.bounds_nanos, duration),
                     duration,
                     minute: (at / NANOS_PER_SEC / 60) as u32,
                 });

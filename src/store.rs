@@ -116,7 +116,10 @@ impl<T> Sharded<T> {
         let eq = |e: &Entry<T>| {
             e.hash == hash
                 && e.labels.len() == labels.len()
-                && e.labels.iter().zip(labels).all(|(a, b)| **a == **b)
+                && e.labels
+                    .iter()
+                    .zip(labels)
+                    .all(|(a, b)| crate::otlp::same_bytes(a.as_bytes(), b.as_bytes()))
         };
         if let Some(entry) = shard.find_mut(hash, eq) {
             // The newest wins: a restored series keeps the later of its two times.

@@ -109,6 +109,13 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
                 r.bump();
                 view.status = status_code(r.bytes()?, view.status)?;
             }
+            // flags (field 16, fixed32): a two-byte tag, written by current SDKs on
+            // every span; not read.
+            0x85 if r.peek_second() == Some(0x01) => {
+                r.bump();
+                r.bump();
+                r.fixed32()?;
+            }
             _ => {
                 let field;
                 (r, field) = general_field(r, keys, row, out)?;

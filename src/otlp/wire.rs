@@ -83,6 +83,13 @@ impl<'a> Reader<'a> {
         self.rest.first().copied()
     }
 
+    /// The byte after the next one, without consuming anything: the second byte of a
+    /// two-byte tag.
+    #[inline(always)]
+    pub fn peek_second(&self) -> Option<u8> {
+        self.rest.get(1).copied()
+    }
+
     /// Consumes the byte [`Reader::peek`] returned.
     #[inline(always)]
     pub fn bump(&mut self) {
@@ -153,7 +160,19 @@ impl<'a> Reader<'a> {
     /// Reads a length-delimited field's payload.
     #[inline]
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        let len = self.varint()?;
+        // Lengths of 128 bytes to 16 KiB (spans, resources, most scopes) take two bytes:
+        // read inline too, rather than by the varint loop.
+        let len = match self.rest {
+            [b, rest @ ..] if *b < 0x80 => {
+                self.rest = rest;
+                u64::from(*b)
+            }
+            [lo, hi, rest @ ..] if *hi < 0x80 => {
+                self.rest = rest;
+                u64::from(lo & 0x7f) | u64::from(*hi) << 7
+            }
+            _ => self.varint_slow()?,
+        };
         if len > self.rest.len() as u64 {
             return Err(DecodeError::BadLength(len));
         }
