@@ -416,7 +416,7 @@ pub(crate) fn walk_export<'a, E>(
             continue;
         }
         expect(field, wire, WireType::Len)?;
-        let resource_msg = top.bytes()?;
+        let resource_msg = top.long_bytes()?;
         let row = out.push_row();
         let first_event = out.events.len() as u32;
         // The resource may follow its scopes on the wire, so find it first.
@@ -440,7 +440,7 @@ pub(crate) fn walk_export<'a, E>(
             while let Some((field, wire)) = scope.tag()? {
                 if field == 2 {
                     expect(field, wire, WireType::Len)?;
-                    record(scope.bytes()?, keys, out)?;
+                    record(scope.long_bytes()?, keys, out)?;
                 } else {
                     scope.skip(field, wire)?;
                 }

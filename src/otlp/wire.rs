@@ -160,8 +160,16 @@ impl<'a> Reader<'a> {
     /// Reads a length-delimited field's payload.
     #[inline]
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
-        // Lengths of 128 bytes to 16 KiB (spans, resources, most scopes) take two bytes:
-        // read inline too, rather than by the varint loop.
+        let len = self.varint()?;
+        self.split(len)
+    }
+
+    /// [`Reader::bytes`] for a field that is usually 128 bytes to 16 KiB long (a span, a
+    /// log record, a resource): its two-byte length is read inline too, rather than by
+    /// the varint loop. Used only where such fields are read, so that the reads of
+    /// attributes stay as small as they were.
+    #[inline(always)]
+    pub fn long_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = match self.rest {
             [b, rest @ ..] if *b < 0x80 => {
                 self.rest = rest;
@@ -173,6 +181,12 @@ impl<'a> Reader<'a> {
             }
             _ => self.varint_slow()?,
         };
+        self.split(len)
+    }
+
+    /// The next `len` bytes, as the field just read declared.
+    #[inline(always)]
+    fn split(&mut self, len: u64) -> Result<&'a [u8], DecodeError> {
         if len > self.rest.len() as u64 {
             return Err(DecodeError::BadLength(len));
         }
