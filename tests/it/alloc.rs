@@ -5,7 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use prost::Message;
-use sloxide::fixture::{self, Shape};
+use sloxide::fixture::{self, Mix, Shape};
 use sloxide::otlp::AttrKeys;
 use sloxide::otlp::logs::{LogBatch, walk_logs};
 use sloxide::otlp::spans::{TraceBatch, walk_traces};
@@ -169,6 +169,55 @@ fn ingest_export_of_a_known_shape_allocates_nothing_after_warm_up() {
 }
 
 #[test]
+fn production_like_requests_allocate_nothing_once_their_series_exist() {
+    use sloxide::clock::ManualClock;
+    use sloxide::config::Config;
+    use sloxide::ingest::Encoding;
+    use sloxide::pipeline::Pipeline;
+    use sloxide::telemetry::{Signal, Transport};
+    use std::sync::Arc;
+
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.yaml"))
+            .unwrap();
+    let config = Config::from_yaml(&example, "example.yaml").unwrap();
+    let mix = Mix::default();
+    let clock = Arc::new(ManualClock::new(mix.end_unix_nanos + 1_000_000_000));
+    let pipeline = Pipeline::new(&config, clock).unwrap();
+    let ingest = &pipeline.ingest;
+    let requests: Vec<(Vec<u8>, Vec<u8>)> = (1..=4)
+        .map(|seed| {
+            let mix = Mix {
+                seed,
+                ..mix.clone()
+            };
+            (
+                fixture::mixed_traces(&mix).encode_to_vec(),
+                fixture::mixed_logs(&mix).encode_to_vec(),
+            )
+        })
+        .collect();
+    let export = |signal, body: &[u8]| {
+        ingest
+            .export(Transport::Grpc, signal, Encoding::Protobuf, body)
+            .unwrap()
+            .accepted
+    };
+    for (traces, logs) in &requests {
+        export(Signal::Traces, traces);
+        export(Signal::Logs, logs);
+    }
+    let (n, accepted) = allocations_during(|| {
+        requests
+            .iter()
+            .map(|(traces, logs)| export(Signal::Traces, traces) + export(Signal::Logs, logs))
+            .sum::<u64>()
+    });
+    assert_eq!(accepted, 8000);
+    assert_eq!(n, 0, "mixed requests of known series allocated {n} times");
+}
+
+#[test]
 fn walking_classifying_and_recording_known_series_allocates_nothing() {
     use sloxide::clock::ManualClock;
     use sloxide::config::Config;
@@ -269,19 +318,15 @@ fn a_whole_run_allocates_at_most_five_hundredths_per_span() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .unwrap();
 
-    let shape = Shape {
-        service_names: ["checkout", "api-gateway", "cart", "search"]
-            .map(String::from)
-            .to_vec(),
-        ..Shape::default()
-    };
+    // Production-like requests: 25 resources each, of 60 services in 6 regions.
     let bodies: Vec<Bytes> = (0..4u64)
         .map(|i| {
-            let s = Shape {
+            let mix = Mix {
+                seed: i + 1,
                 end_unix_nanos: now_nanos() - i * 1_000_000,
-                ..shape.clone()
+                ..Mix::default()
             };
-            Bytes::from(fixture::traces(&s).encode_to_vec())
+            Bytes::from(fixture::mixed_traces(&mix).encode_to_vec())
         })
         .collect();
     let client_rt = tokio::runtime::Builder::new_multi_thread()
