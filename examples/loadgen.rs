@@ -1412,8 +1412,27 @@ fn start_child(
     }
 }
 
-/// GET /metrics: (time, body).
+/// GET /metrics: (time, body). A GET that fails is tried again, up to twice (a server
+/// may close a kept-alive connection just as the next request goes out on it).
 async fn scrape(
+    client: &HyperClient<HttpConnector, Full<Bytes>>,
+    uri: &http::Uri,
+) -> anyhow::Result<(Duration, Bytes)> {
+    let mut attempt = 0;
+    loop {
+        match scrape_once(client, uri).await {
+            Ok(scraped) => return Ok(scraped),
+            Err(e) if attempt < 2 => {
+                eprintln!("warning: GET {uri}: {e:#}; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn scrape_once(
     client: &HyperClient<HttpConnector, Full<Bytes>>,
     uri: &http::Uri,
 ) -> anyhow::Result<(Duration, Bytes)> {
@@ -1682,10 +1701,21 @@ impl Sender {
                     return Err(format!("grpc-status {status}: {message}"));
                 }
                 let data = collected.to_bytes();
-                if data.len() < 5 || data[0] != 0 {
+                if data.len() < 5 || data[0] > 1 {
                     return Err("unexpected gRPC response framing".into());
                 }
-                rejected_of(&data[5..])
+                if data[0] == 0 {
+                    return rejected_of(&data[5..]);
+                }
+                // grpc-go (the Collector) compresses its answer as the request was.
+                let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
+                let inflated = match encoding {
+                    Some(b"gzip") => gunzip(&data[5..]),
+                    Some(b"zstd") => zstd::stream::decode_all(&data[5..]),
+                    _ => return Err("compressed gRPC response without a known encoding".into()),
+                }
+                .map_err(|e| format!("gRPC response: {e}"))?;
+                rejected_of(&inflated)
             }
             Self::Http(client, uri, encoding) => {
                 let mut request = http::Request::post(uri.clone())
@@ -1746,7 +1776,8 @@ struct ProcStats {
 
 impl ProcStats {
     fn count_ok(&self) -> bool {
-        self.counted >= self.accepted as f64
+        self.accepted > 0
+            && self.counted >= self.accepted as f64
             && self.counted <= (self.accepted + self.in_doubt) as f64
     }
 }
@@ -1950,8 +1981,15 @@ fn run_once(
     let outcome = outcome.and_then(|outcome| {
         if let Running::Child(child) = &running {
             let hwm_kb = status_kb(child.pid, "VmHWM").unwrap_or(0);
-            let (mut stats, counted) =
-                client_rt.block_on(after_load(args, child, outcome.accepted_total))?;
+            let (mut stats, counted) = client_rt
+                .block_on(after_load(args, child, outcome.accepted_total))
+                .with_context(|| {
+                    format!(
+                        "after the load of {}; its log ends:\n{}",
+                        target.name(),
+                        log_tail(&child.log)
+                    )
+                })?;
             stats.rss_idle_kb = rss_idle_kb.unwrap_or(0);
             stats.rss_load_kb = outcome.rss_peak_kb;
             stats.hwm_kb = hwm_kb;
