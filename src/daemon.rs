@@ -864,12 +864,14 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
                 if closed_many {
                     peak_connections = open;
                 }
+                // Scrapes and status pages of many series free megabytes of text.
+                let rendered_much = crate::memory::take_rendered_much();
                 let pipeline = pipeline.clone();
                 // The tick walks every series: keep it off the I/O workers.
                 let _ = tokio::task::spawn_blocking(move || {
                     pipeline.tick();
                     pipeline.ingest.release_memory();
-                    if closed_many {
+                    if closed_many || rendered_much {
                         crate::memory::release_free_memory();
                     }
                 })

@@ -90,12 +90,14 @@ pub struct Exporter {
     pages: status::Pages,
 }
 
-/// The render state: the text buffer and renderer, and the last render with its
-/// format, kept while scrapes that arrived before it started are still waiting to
-/// share it.
+/// The render state: the renderer, the size of the next render's buffer, and the last
+/// render with its format, kept while scrapes that arrived before it started are still
+/// waiting to share it.
 #[derive(Debug, Default)]
 struct Buffers {
-    text: String,
+    /// Bytes to reserve for the next render: the last one's length and an eighth, so
+    /// that a render rarely grows its buffer (each growth copies what it holds).
+    reserve: usize,
     renderer: Option<Renderer>,
     last: Option<(Instant, Format, Bytes)>,
 }
@@ -161,8 +163,10 @@ impl Exporter {
 /// One scrape. At most [`serve::MAX_SCRAPES`] are in progress, each until its client
 /// has taken the whole response; more get 503. A scrape that finds a render running
 /// waits for it and, when that render started after the scrape arrived, shares its
-/// response rather than render again: scrapers that arrive together cost one render and
-/// one copy of the text. A scraper that accepts OpenMetrics gets it, with exemplars
+/// response rather than render again: scrapers that arrive together cost one render.
+/// The rendered text is the response body itself, never copied: its buffer is freed
+/// once the last scrape sharing it is answered, so a scrape's text is in memory once,
+/// and only while a scrape is in progress. A scraper that accepts OpenMetrics gets it, with exemplars
 /// ([`Format::negotiate`]); renders are shared only between scrapes of one format.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
     if let Some(refused) = exporter.refusal(&headers) {
@@ -195,9 +199,13 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
             let source = exporter.source.clone();
             let rendered = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let Buffers { text, renderer, .. } = &mut *buffers;
-                source.scrape(renderer, text, format);
-                let bytes = Bytes::copy_from_slice(text.as_bytes());
+                let Buffers {
+                    reserve, renderer, ..
+                } = &mut *buffers;
+                let mut text = String::with_capacity(*reserve);
+                source.scrape(renderer, &mut text, format);
+                *reserve = text.len() + text.len() / 8;
+                let bytes = Bytes::from(text);
                 buffers.last = Some((started, format, bytes.clone()));
                 (buffers, bytes)
             })
@@ -210,7 +218,7 @@ async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> R
         }
     };
     // Keep the render only for scrapes still waiting: one that arrives later renders
-    // anew, and an idle daemon holds no page besides its text buffer.
+    // anew, and an idle daemon holds no rendered text.
     if !others_waiting {
         buffers.last = None;
     }

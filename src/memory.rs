@@ -49,3 +49,44 @@ pub fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Bytes of rendered responses (`/metrics`, status pages) freed since memory was last
+/// given back for them ([`take_rendered_much`]).
+static RENDERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Once responses of this many bytes have been rendered and freed since memory was last
+/// given back, the tick gives it back ([`release_free_memory`]): a scrape of many
+/// series renders megabytes of text that are free again once its client has taken
+/// them, and the allocator would otherwise keep the largest such render resident (a
+/// few KiB per (SLO, region) series, docs/benchmarks.md) for the rest of the daemon's
+/// life.
+pub const RELEASE_AFTER_RENDERED: usize = 4 << 20;
+
+/// Counts a rendered response of `bytes` that has just been freed.
+pub fn note_rendered(bytes: usize) {
+    RENDERED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// True, and the count starts again, once [`RELEASE_AFTER_RENDERED`] bytes of rendered
+/// responses have been freed since it last was.
+pub fn take_rendered_much() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    RENDERED.load(Relaxed) >= RELEASE_AFTER_RENDERED && {
+        RENDERED.store(0, Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_are_given_back_once_enough_of_them_were_freed() {
+        // Other tests' responses count too, but only a few bytes each.
+        while take_rendered_much() {}
+        note_rendered(RELEASE_AFTER_RENDERED);
+        assert!(take_rendered_much());
+        assert!(!take_rendered_much(), "the count starts again");
+    }
+}

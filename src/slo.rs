@@ -499,6 +499,12 @@ impl SloEngine {
         self.series.take_longest_hold()
     }
 
+    /// Records that found their (SLO, region) series' shard locked by another thread
+    /// and waited for it.
+    pub fn contended(&self) -> u64 {
+        self.series.contended()
+    }
+
     /// The configured SLOs, in configuration order (a row's `slo` indexes this).
     pub fn definitions(&self) -> &[SloRuntime] {
         &self.slos

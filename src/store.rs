@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
@@ -60,6 +60,8 @@ pub struct Sharded<T> {
     /// shard's lock since [`Sharded::take_longest_hold`] last read it: how long ingest
     /// into that shard could have waited. Ingest's own updates are not timed.
     longest_hold: AtomicU64,
+    /// Lookups that found their shard locked ([`Sharded::contended`]).
+    contended: AtomicU64,
 }
 
 /// How many shards: a power of two, at least four per core and at least 16.
@@ -77,6 +79,7 @@ impl<T> Sharded<T> {
             mask: n as u64 - 1,
             hasher: foldhash::fast::FixedState::with_seed(0x5107_1de5),
             longest_hold: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
         }
     }
 
@@ -94,9 +97,25 @@ impl<T> Sharded<T> {
     fn shard(&self, hash: u64) -> MutexGuard<'_, HashTable<Entry<T>>> {
         // Take the shard from the high bits: the table uses the low ones.
         let index = ((hash >> 48) & self.mask) as usize;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let shard = &self.shards[index];
+        // The same compare-and-swap as `lock`'s fast path; only when it fails (another
+        // thread holds the shard) is the shared counter written, then the lock waited for.
+        match shard.try_lock() {
+            Ok(table) => table,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.contended.fetch_add(1, Ordering::Relaxed);
+                shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }
+        }
+    }
+
+    /// Lookups (a record, a restore) that found their shard's lock held by another
+    /// thread and waited for it, since the map was made.
+    pub fn contended(&self) -> u64 {
+        self.contended.load(Ordering::Relaxed)
     }
 
     /// Applies `f` to the series of `labels`. A missing series is created with
@@ -486,6 +505,11 @@ impl<T> Family<T> {
     /// The longest lock hold of a visit since the last call, and resets it.
     pub fn take_longest_hold(&self) -> Duration {
         self.series.take_longest_hold()
+    }
+
+    /// Records that found their series' shard locked by another thread and waited.
+    pub fn contended(&self) -> u64 {
+        self.series.contended()
     }
 
     /// Records counted in an overflow series so far.

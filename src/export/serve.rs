@@ -30,16 +30,29 @@ const FRAME: usize = 64 << 10;
 
 /// A response body that hands out `bytes` (shared with the other scrapes of the same
 /// render) a frame at a time, and holds its scrape slot until it is dropped: when the
-/// connection has taken it all, or is gone.
+/// connection has taken it all, or is gone. Its size is then counted as freed
+/// ([`crate::memory::note_rendered`]), so that the tick gives large renders' memory
+/// back.
 pub struct ScrapeBody {
     bytes: Bytes,
+    rendered: usize,
     _slot: OwnedSemaphorePermit,
 }
 
 impl ScrapeBody {
     /// A body of `bytes` holding `slot`.
     pub fn new(bytes: Bytes, slot: OwnedSemaphorePermit) -> Self {
-        Self { bytes, _slot: slot }
+        Self {
+            rendered: bytes.len(),
+            bytes,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for ScrapeBody {
+    fn drop(&mut self) {
+        crate::memory::note_rendered(self.rendered);
     }
 }
 

@@ -275,7 +275,10 @@ async fn serve(exporter: Arc<Exporter>, headers: &HeaderMap, page: Page) -> Resp
         let mut out = String::new();
         let found = source.status(&page, &mut out);
         let body = if gzip {
-            compress(out.as_bytes())
+            let body = compress(out.as_bytes());
+            // The page itself is freed here; its gzipped body when the client has it.
+            crate::memory::note_rendered(out.len());
+            body
         } else {
             Bytes::from(out)
         };
