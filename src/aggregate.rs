@@ -281,7 +281,7 @@ impl Aggregator {
 }
 
 /// The index of the first bound at or above `duration` (the bucket it counts in):
-/// the bounds below it, counted without a branch per bound, as the bounds are few (15
+/// the bounds below it, counted without a branch per bound, as the bounds are few (14
 /// by default); a binary search mispredicted on about every other step.
 #[inline]
 fn bucket_of(bounds: &[u64], duration: u64) -> u32 {

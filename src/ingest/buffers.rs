@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// out queue handed out the least recently used of up to 64 buffers of about 0.5 MB.
 /// Copying each body into its buffer is 12.7% of the daemon's CPU under 1000-span gRPC
 /// requests, as much as the kernel's copy from the socket; handing out the warm buffer
-/// took 3.5% off the server's CPU per span, docs/benchmarks.md.) A buffer that grew past `keep_capacity` is freed instead of returned, so
-/// one huge request does not pin its memory forever. The lock is held for one push or
-/// pop, once per request.
+/// took 3.5% off the server's CPU per span, docs/benchmarks.md.) A buffer that grew
+/// past `keep_capacity` is freed instead of returned, so one huge request does not pin
+/// its memory forever. The lock is held for one push or pop, once per request.
 #[derive(Debug)]
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
