@@ -846,21 +846,32 @@ async fn baseline_http(
     }
 }
 
+/// A listener on a free loopback port, whose address (or the failure) is sent on
+/// `addr_tx` for `start_server`.
+async fn bind_loopback(
+    addr_tx: &std::sync::mpsc::Sender<anyhow::Result<SocketAddr>>,
+) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(listener) => {
+            let _ = addr_tx.send(listener.local_addr().map_err(Into::into));
+            Some(listener)
+        }
+        Err(e) => {
+            let _ = addr_tx.send(Err(e.into()));
+            None
+        }
+    }
+}
+
 /// The earlier null server (`null-tonic`): tonic over gRPC, axum over HTTP.
 fn start_tonic_baseline(args: &Args, workers: usize) -> anyhow::Result<Server> {
     let (transport, nodelay, h2) = (args.transport, args.baseline_nodelay, args.baseline_h2);
     let baseline = Baseline { counts: None };
     start_server(workers, move |stop, addr_tx| {
         Box::pin(async move {
-            let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = addr_tx.send(Err(e.into()));
-                    return;
-                }
+            let Some(listener) = bind_loopback(&addr_tx).await else {
+                return;
             };
-            let addr = listener.local_addr();
-            let _ = addr_tx.send(addr.map_err(Into::into));
             let result = match transport {
                 TransportKind::Grpc => match h2 {
                     BaselineH2::Tonic => tonic::transport::Server::builder(),
@@ -1107,14 +1118,9 @@ fn start_raw_baseline(target: Target, args: &Args, workers: usize) -> anyhow::Re
     };
     start_server(workers, move |mut stop, addr_tx| {
         Box::pin(async move {
-            let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = addr_tx.send(Err(e.into()));
-                    return;
-                }
+            let Some(listener) = bind_loopback(&addr_tx).await else {
+                return;
             };
-            let _ = addr_tx.send(listener.local_addr().map_err(Into::into));
             loop {
                 let tcp = tokio::select! {
                     _ = &mut stop => break,

@@ -352,6 +352,13 @@ impl Mix {
         counts
     }
 
+    /// The next resource of a request: a service, one of its regions, its attributes.
+    fn next_resource(&self, rng: &mut Rng) -> (usize, Resource) {
+        let s = self.pick_service(rng);
+        let region = self.pick_region(s, rng);
+        (s, self.resource(s, region, rng))
+    }
+
     fn resource(&self, s: usize, region: Option<&str>, rng: &mut Rng) -> Resource {
         let service = self.service_name(s);
         let pod = rng.next() % 100_000;
@@ -563,9 +570,7 @@ pub fn mixed_traces(mix: &Mix) -> ExportTraceServiceRequest {
         .split(&mut rng)
         .into_iter()
         .map(|count| {
-            let s = mix.pick_service(&mut rng);
-            let region = mix.pick_region(s, &mut rng);
-            let resource = mix.resource(s, region, &mut rng);
+            let (s, resource) = mix.next_resource(&mut rng);
             let mut by_scope: Vec<Vec<Span>> = vec![Vec::new(); SCOPES.len()];
             for _ in 0..count {
                 let (scope, span) = mix.span(s, n, &mut rng);
@@ -605,9 +610,7 @@ pub fn mixed_logs(mix: &Mix) -> ExportLogsServiceRequest {
         .split(&mut rng)
         .into_iter()
         .map(|count| {
-            let s = mix.pick_service(&mut rng);
-            let region = mix.pick_region(s, &mut rng);
-            let resource = mix.resource(s, region, &mut rng);
+            let (_, resource) = mix.next_resource(&mut rng);
             let log_records = (0..count)
                 .map(|_| {
                     n += 1;
