@@ -298,10 +298,11 @@ fn bucket_of(bounds: &[u64], duration: u64) -> u32 {
 }
 
 /// String equality that first checks for the very same bytes: labels borrowed from one
-/// resource usually are, and this skips the memcmp call.
+/// resource usually are, and this skips the comparison.
 #[inline(always)]
 fn same(a: &str, b: &str) -> bool {
-    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len())
+        || crate::otlp::same_bytes(a.as_bytes(), b.as_bytes())
 }
 
 /// How many distinct label sets of one resource are grouped before they are recorded.
