@@ -874,6 +874,7 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
                     if closed_many || rendered_much {
                         crate::memory::release_free_memory();
                     }
+                    crate::memory::use_huge_pages();
                 })
                 .await;
             }

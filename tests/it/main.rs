@@ -14,6 +14,7 @@ mod fuzz_regressions;
 mod gateway;
 mod generate;
 mod harness;
+mod memory;
 mod operator;
 mod peers;
 mod prometheus;

@@ -1,0 +1,78 @@
+//! The heap the series live in is backed by huge pages once it has grown
+//! (`memory::use_huge_pages`, on the tick).
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sloxide::fixture::{self, Shape};
+
+use crate::harness::{Daemon, config, require};
+
+/// Bytes of the daemon's `[heap]` mapping on transparent huge pages, from
+/// `/proc/<pid>/smaps`.
+fn heap_huge_bytes(d: &Daemon) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid())).unwrap();
+    let mut in_heap = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        if let Some(first) = line.split_whitespace().next()
+            && first.contains('-')
+            && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        {
+            in_heap = line.ends_with("[heap]");
+        } else if in_heap && let Some(v) = line.strip_prefix("AnonHugePages:") {
+            kb += v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grown_heap_is_backed_by_huge_pages() {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !require(
+        thp.contains("[always]") || thp.contains("[madvise]"),
+        "transparent huge pages (/sys/kernel/mm/transparent_hugepage/enabled)",
+    ) {
+        return;
+    }
+    // 4 000 span series and 1 000 quantile series (a minute histogram each): over
+    // 13 MB of heap.
+    let d = Daemon::start(&config("dimensions: [http.route]\n"));
+    for region in 0..2 {
+        let request = fixture::traces(&Shape {
+            resources: 500,
+            per_resource: 4,
+            services: 500,
+            service_names: (0..500).map(|i| format!("svc-{i}")).collect(),
+            regions: vec![format!("region-{region}")],
+            ..Shape::default()
+        });
+        let (status, _, body) = crate::e2e::post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            request.encode_to_vec(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    // The tick runs once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut huge = heap_huge_bytes(&d);
+    while huge == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        huge = heap_huge_bytes(&d);
+    }
+    assert!(
+        huge >= 4 << 20,
+        "{} KiB of the heap on huge pages 5 s after it grew",
+        huge >> 10
+    );
+}
