@@ -2,7 +2,8 @@
 # End to end on production-like traffic (docs/benchmarks.md, "End to end on
 # production-like traffic, against a tuned null server and the Collector"):
 #
-#   A  sloxide (in process) against the tuned null server and prost, gRPC and HTTP
+#   A  sloxide (the release daemon as a child process, and in process) against the
+#      tuned null server and prost, gRPC and HTTP
 #   B  sloxide and the Collector (spanmetrics + prometheus), both as child processes
 #   C  server CPU per span of sloxide and null for plain, gzip and zstd requests
 #
@@ -43,8 +44,8 @@ run() {
 for part in "${parts[@]}"; do
     case $part in
     A)
-        run "${common[@]}" --targets sloxide,null,prost --transport grpc
-        run "${common[@]}" --targets sloxide,null,prost --transport http
+        run "${common[@]}" --targets sloxide-process,sloxide,null,prost --transport grpc
+        run "${common[@]}" --targets sloxide-process,sloxide,null,prost --transport http
         ;;
     B)
         if [ ! -x "$SLOXIDE_OTELCOL" ]; then

@@ -200,6 +200,7 @@ const MIXED_REQUESTS: u64 = 16;
 /// takes the next request, so the series and the bodies are not all hot in cache.
 fn mixed(c: &mut Criterion) {
     sloxide::memory::configure();
+    sloxide::memory::one_heap();
     let mix = Mix::default();
     let end = mix.end_unix_nanos;
     let traces: Vec<Vec<u8>> = (1..=MIXED_REQUESTS)

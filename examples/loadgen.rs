@@ -280,8 +280,12 @@ enum BaselineH2 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     validate(&args)?;
-    // The allocator settings the daemon's main sets, so that the in-process sloxide
+    // The allocator thresholds the daemon's main sets, so that the in-process sloxide
     // allocates as the daemon does (they apply to the whole process: the baselines too).
+    // Not the daemon's one heap (`memory::one_heap`): this process's client and prost
+    // baseline would queue on its lock (prost took twice the CPU per span), so the
+    // in-process sloxide runs without it and without huge pages; the
+    // `sloxide-process` target is the daemon as it ships.
     sloxide::memory::configure();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let client_rt = tokio::runtime::Builder::new_multi_thread()

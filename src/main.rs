@@ -246,6 +246,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     sloxide::memory::configure();
+    sloxide::memory::one_heap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -19,19 +19,30 @@
 /// at the next request (OTLP/gRPC throughput 7% under the daemon without these
 /// settings); a mapping threshold of 1 MiB did the same to every body of a
 /// Collector-sized batch (8192 spans, about 3 MB).
-///
-/// It also keeps every thread on glibc's main arena (`M_ARENA_MAX` 1), the heap that
-/// [`use_huge_pages`] backs with huge pages. The hot path allocates nothing, so the
-/// threads rarely meet on the arena's lock; with one arena per thread the series would
-/// be spread over arenas that `use_huge_pages` does not know of.
 pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and changes only the allocator's settings; it
+    // is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
+    }
+}
+
+/// Keeps every thread of the process on glibc's main heap (`M_ARENA_MAX` 1), the heap
+/// that [`use_huge_pages`] backs with huge pages, and notes where that heap starts;
+/// [`use_huge_pages`] does nothing until this has run. The daemon's hot path allocates
+/// nothing, so its threads rarely meet on the heap's lock; with an arena per thread the
+/// series would be spread over heaps `use_huge_pages` does not know of. Call it once,
+/// before any other thread starts, in a process that runs only the daemon: a process
+/// whose threads allocate at a high rate (the load generator's client and its prost
+/// baseline) would queue on that one lock.
+pub fn one_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt takes two integers and changes only the allocator's settings, and
     // sbrk(0) only reads the current break; this is called before any other thread
     // exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
         libc::mallopt(libc::M_ARENA_MAX, 1);
         HUGE.heap_start
             .store(libc::sbrk(0) as usize, std::sync::atomic::Ordering::Relaxed);
@@ -43,7 +54,7 @@ pub const HUGE_PAGE: usize = 2 << 20;
 
 /// What [`use_huge_pages`] has done so far.
 struct HugeHeap {
-    /// The break when [`configure`] ran: where the heap's growth starts.
+    /// The break when [`one_heap`] ran: where the heap's growth starts.
     heap_start: std::sync::atomic::AtomicUsize,
     /// The end of the heap range already collapsed into huge pages.
     collapsed_to: std::sync::atomic::AtomicUsize,
@@ -56,8 +67,8 @@ static HUGE: HugeHeap = HugeHeap {
 
 /// Asks the kernel to back the part of the heap that has grown since the last call (up
 /// to its free top) with transparent huge pages (`MADV_COLLAPSE`, Linux 6.1 and later), and returns
-/// how many bytes it asked for (0 when the heap has not grown by a whole huge page, and
-/// on other platforms). The tick calls it once a second.
+/// how many bytes it asked for (0 when the heap has not grown by a whole huge page,
+/// before [`one_heap`], and on other platforms). The tick calls it once a second.
 ///
 /// The series, their histograms and the request buffers live in this heap: 20 MB and
 /// more under load, read at random. With 4 KiB pages nearly every series lookup also
