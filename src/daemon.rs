@@ -870,11 +870,13 @@ async fn tick(pipeline: Arc<Pipeline>, stop: impl Future<Output = ()>) {
                 // The tick walks every series: keep it off the I/O workers.
                 let _ = tokio::task::spawn_blocking(move || {
                     pipeline.tick();
+                    // Before free memory is given back: only resident regions are
+                    // collapsed, and what is given back after stays given back.
+                    crate::memory::use_huge_pages();
                     pipeline.ingest.release_memory();
                     if closed_many || rendered_much {
                         crate::memory::release_free_memory();
                     }
-                    crate::memory::use_huge_pages();
                 })
                 .await;
             }

@@ -44,8 +44,14 @@ pub fn one_heap() {
     // exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        HUGE.heap_start
-            .store(libc::sbrk(0) as usize, std::sync::atomic::Ordering::Relaxed);
+        // Transparent huge pages turned off for the whole system are off for sloxide
+        // too (MADV_COLLAPSE itself would ignore the setting).
+        let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|mode| mode.contains("[never]"));
+        if !never {
+            HUGE.heap_start
+                .store(libc::sbrk(0) as usize, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -65,19 +71,24 @@ static HUGE: HugeHeap = HugeHeap {
     collapsed_to: std::sync::atomic::AtomicUsize::new(0),
 };
 
-/// Asks the kernel to back the part of the heap that has grown since the last call (up
-/// to its free top) with transparent huge pages (`MADV_COLLAPSE`, Linux 6.1 and later), and returns
-/// how many bytes it asked for (0 when the heap has not grown by a whole huge page,
-/// before [`one_heap`], and on other platforms). The tick calls it once a second.
+/// Asks the kernel to back the part of the heap that has grown since the last call
+/// with transparent huge pages (`MADV_COLLAPSE`, Linux 6.1 and later), one 2 MiB
+/// region at a time and only where at least half of the region's pages are already
+/// resident, and returns how many bytes it asked for (0 when nothing new qualifies,
+/// before [`one_heap`], with transparent huge pages set to `never`, and on other
+/// platforms). The tick calls it once a second, before it gives free memory back.
 ///
 /// The series, their histograms and the request buffers live in this heap: 20 MB and
 /// more under load, read at random. With 4 KiB pages nearly every series lookup also
-/// missed the TLB; with huge pages the daemon spent 11% less CPU per span over gRPC
-/// (docs/benchmarks.md, "Huge pages for the heap"). The collapse is asked for only for
-/// memory the heap already holds, and the heap is not marked for the kernel's
-/// background collapsing, so what [`release_free_memory`] gives back stays given back.
-/// Errors (an older kernel, huge pages turned off with `never`) are ignored: the pages
-/// stay small.
+/// missed the TLB; with huge pages the daemon spent 12% less CPU per span over gRPC
+/// (docs/benchmarks.md, "What bounds the pipeline"). A collapse fills a region's
+/// missing pages: a region whose pages are mostly not resident (free memory never
+/// touched, or given back by [`release_free_memory`] after a burst) is left on small
+/// pages (near the heap's top, where it may still fill up, it is looked at again on the
+/// next call), so a collapse at most doubles what a region already held (the minute histograms are allocated zeroed and touched only where
+/// durations fall, so their regions are rarely all resident). The heap is not marked
+/// for the kernel's background collapsing, which would fill regions of a single
+/// resident page. Errors (an older kernel) are ignored: the pages stay small.
 pub fn use_huge_pages() -> usize {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -86,28 +97,47 @@ pub fn use_huge_pages() -> usize {
         if start == 0 {
             return 0;
         }
-        // The free space at the top of the heap (up to the trim threshold, 8 MiB) is
-        // left out: collapsing it would make it resident.
-        // SAFETY: sbrk(0) only reads the current break; mallinfo2 reads the allocator's
-        // statistics under its lock.
-        let end = unsafe { (libc::sbrk(0) as usize).saturating_sub(libc::mallinfo2().keepcost) };
-        let from = start
+        // SAFETY: sbrk(0) only reads the current break.
+        let end = unsafe { libc::sbrk(0) } as usize;
+        let mut at = start
             .max(HUGE.collapsed_to.load(Relaxed))
             .next_multiple_of(HUGE_PAGE);
-        let to = end / HUGE_PAGE * HUGE_PAGE;
-        // A heap that shrank below what was collapsed starts again from its end.
-        HUGE.collapsed_to.store(to.max(start), Relaxed);
-        if to <= from {
-            return 0;
+        let mut asked = 0;
+        let mut resident = [0u8; HUGE_PAGE / 4096];
+        // At most 64 regions (128 MiB) a call, so that one tick stays short.
+        for _ in 0..64 {
+            if at + HUGE_PAGE > end {
+                break;
+            }
+            let region = at as *mut libc::c_void;
+            // SAFETY: mincore writes one byte per 4 KiB page of the range into
+            // `resident`, which has exactly that many; the range lies in the heap (from
+            // its first break to the current one), and if the heap shrank meanwhile the
+            // call fails and writes nothing.
+            let ok = unsafe { libc::mincore(region, HUGE_PAGE, resident.as_mut_ptr()) } == 0;
+            if !ok {
+                break;
+            }
+            if resident.iter().filter(|r| *r & 1 == 1).count() >= resident.len() / 2 {
+                // SAFETY: madvise only changes how the kernel backs these pages, never
+                // their contents; the range is whole pages of the heap (see above).
+                unsafe {
+                    libc::madvise(region, HUGE_PAGE, libc::MADV_COLLAPSE);
+                }
+                asked += HUGE_PAGE;
+            } else if at + HUGE_PAGE + TRIM_THRESHOLD > end {
+                // Near the top, where the heap is still filling up: looked at again on
+                // the next call.
+                break;
+            }
+            // Below it, a region mostly not resident is memory given back or never
+            // used: it stays on small pages.
+            at += HUGE_PAGE;
         }
-        // SAFETY: madvise only changes how the kernel backs these pages, never their
-        // contents; the range lies inside the heap (between its first break and the
-        // current one, both rounded inward to whole huge pages), and a part the heap no
-        // longer maps makes the call fail, nothing more.
-        unsafe {
-            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_COLLAPSE);
-        }
-        return to - from;
+        // The next call starts where this one stopped; a heap that shrank starts again
+        // from its end.
+        HUGE.collapsed_to.store(at.min(end).max(start), Relaxed);
+        return asked;
     }
     #[allow(unreachable_code)]
     0

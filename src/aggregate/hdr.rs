@@ -1,11 +1,14 @@
 //! The counts of one minute histogram: durations in microseconds, 1 µs to 1 h, at two
 //! significant figures, in the bucket layout of an HDR histogram with those bounds.
 //!
-//! The layout is HdrHistogram's: 26 buckets, each a power of two wide, of 128 counters
-//! (256 in the first), so a value and the highest value its counter stands for differ by
-//! less than 1/128 of it. Every index, value and quantile is the one the `hdrhistogram`
-//! crate gives for `Histogram::new_with_bounds(1, 3_600_000_000, 2)` (a test checks it),
-//! so checkpoints written when sloxide used that crate restore to the same counts.
+//! The layout is HdrHistogram's: 25 buckets, each twice as wide as the one before, of 128
+//! counters (256 in the first), so a value and the highest value its counter stands for
+//! differ by less than 1/128 of it. Every index, value and quantile is the one the
+//! `hdrhistogram` crate gives for `Histogram::new_with_bounds(1, 3_600_000_000, 2)` (a
+//! test checks it), so checkpoints written when sloxide used that crate restore to the
+//! same counts. The one difference: a quantile's total is the sum of the counters, where
+//! the crate kept counting past a counter that saturated (4 billion durations in one
+//! counter in one minute).
 //!
 //! sloxide indexes the counters itself so that a run of spans can prefetch its counters
 //! before it counts them: each span's counter is one random line of a 13 KB array, and
@@ -23,7 +26,7 @@ const HALF: usize = 1 << HALF_MAGNITUDE;
 const FIRST_BUCKET_MASK: u64 = (1 << (HALF_MAGNITUDE + 1)) - 1;
 /// 64 minus the bits of the largest value in the first bucket.
 const LEADING_ZERO_BASE: u32 = 64 - (HALF_MAGNITUDE + 1);
-/// Counters: (26 buckets + 1) × 128, as HdrHistogram sizes them.
+/// Counters: (25 buckets + 1) × 128, as HdrHistogram sizes them.
 pub const COUNTS: usize = 3328;
 
 const _: () = assert!(index_of(HIGH) < COUNTS);
