@@ -149,9 +149,9 @@ pub fn use_huge_pages() -> usize {
 pub const MMAP_THRESHOLD: usize = 16 << 20;
 
 /// Free memory at the top of an arena beyond this is given back when a block is freed:
-/// a few Collector-sized requests' worth, so steady traffic reuses its pages. With one
-/// arena per thread that decodes or serves, what stays mapped at idle is bounded; what
-/// large requests leave below the top goes back by [`release_free_memory`].
+/// a few Collector-sized requests' worth, so steady traffic reuses its pages. The
+/// daemon has one arena ([`one_heap`]), so what stays mapped at idle is bounded by it;
+/// what large requests leave below the top goes back by [`release_free_memory`].
 pub const TRIM_THRESHOLD: usize = 8 << 20;
 
 /// Returns the allocator's free memory to the OS. Costs about a millisecond on a large
