@@ -5,7 +5,8 @@
 #   A  sloxide (the release daemon as a child process, and in process) against the
 #      tuned null server and prost, gRPC and HTTP
 #   B  sloxide and the Collector (spanmetrics + prometheus), both as child processes
-#   C  server CPU per span of sloxide and null for plain, gzip and zstd requests
+#   C  server CPU per span of sloxide (the daemon, and in process) and null for plain,
+#      gzip and zstd requests
 #
 # Every comparison runs its targets in one loadgen process, the order rotated every
 # round; it prints each run, then the summary and ratio lines (medians of per-round
@@ -58,7 +59,7 @@ for part in "${parts[@]}"; do
         for c in none gzip zstd; do
             flag=()
             [ $c = none ] || flag=(--$c)
-            run "${common[@]}" --targets sloxide,null --transport grpc "${flag[@]}"
+            run "${common[@]}" --targets sloxide-process,sloxide,null --transport grpc "${flag[@]}"
         done
         ;;
     *)
