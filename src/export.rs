@@ -166,8 +166,9 @@ impl Exporter {
 /// response rather than render again: scrapers that arrive together cost one render.
 /// The rendered text is the response body itself, never copied: its buffer is freed
 /// once the last scrape sharing it is answered, so a scrape's text is in memory once,
-/// and only while a scrape is in progress. A scraper that accepts OpenMetrics gets it, with exemplars
-/// ([`Format::negotiate`]); renders are shared only between scrapes of one format.
+/// and only while a scrape is in progress. A scraper that accepts OpenMetrics gets it,
+/// with exemplars ([`Format::negotiate`]); renders are shared only between scrapes of
+/// one format.
 async fn metrics(State(exporter): State<Arc<Exporter>>, headers: HeaderMap) -> Response {
     if let Some(refused) = exporter.refusal(&headers) {
         return refused;

@@ -39,18 +39,20 @@ pub fn configure() {
 /// baseline) would queue on that one lock.
 pub fn one_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt takes two integers and changes only the allocator's settings, and
-    // sbrk(0) only reads the current break; this is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
         // Transparent huge pages turned off for the whole system are off for sloxide
         // too (MADV_COLLAPSE itself would ignore the setting).
         let never = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .is_ok_and(|mode| mode.contains("[never]"));
-        if !never {
-            HUGE.heap_start
-                .store(libc::sbrk(0) as usize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: mallopt takes two integers and changes only the allocator's settings,
+        // and sbrk(0) only reads the current break; this is called before any other
+        // thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            if !never {
+                HUGE.heap_start
+                    .store(libc::sbrk(0) as usize, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

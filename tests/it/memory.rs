@@ -3,9 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use prost::Message;
-use sloxide::fixture::{self, Shape};
-
 use crate::harness::{Daemon, config, require};
 
 /// Bytes of the daemon's `[heap]` mapping on transparent huge pages, from
@@ -52,25 +49,7 @@ async fn the_grown_heap_is_backed_by_huge_pages() {
     // 4 000 span series and 1 000 quantile series (a minute histogram each): over
     // 13 MB of heap.
     let d = Daemon::start(&config("dimensions: [http.route]\n"));
-    for region in 0..2 {
-        let request = fixture::traces(&Shape {
-            resources: 500,
-            per_resource: 4,
-            services: 500,
-            service_names: (0..500).map(|i| format!("svc-{i}")).collect(),
-            regions: vec![format!("region-{region}")],
-            ..Shape::default()
-        });
-        let (status, _, body) = crate::e2e::post(
-            &d,
-            "/v1/traces",
-            "application/x-protobuf",
-            None,
-            request.encode_to_vec(),
-        )
-        .await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    }
+    crate::scrape::post_span_series(&d, 2).await;
     // The tick runs once a second.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut huge = heap_huge_bytes(&d);

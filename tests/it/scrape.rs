@@ -33,11 +33,11 @@ async fn scraper(d: &Daemon) -> tokio::net::TcpStream {
     tcp
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scrapers_that_never_read_are_bounded_and_dropped() {
-    // 20 000 span series: 500 services x 10 regions x 4 routes.
-    let d = Daemon::start(&config("dimensions: [http.route]\n"));
-    for region in 0..10 {
+/// Sends `regions` trace requests of 500 services with 4 routes each, one region per
+/// request: 2 000 span series and 500 quantile series per region, on a daemon with
+/// `http.route` as a dimension.
+pub async fn post_span_series(d: &Daemon, regions: usize) {
+    for region in 0..regions {
         let request = fixture::traces(&Shape {
             resources: 500,
             per_resource: 4,
@@ -47,7 +47,7 @@ async fn scrapers_that_never_read_are_bounded_and_dropped() {
             ..Shape::default()
         });
         let (status, _, body) = crate::e2e::post(
-            &d,
+            d,
             "/v1/traces",
             "application/x-protobuf",
             None,
@@ -56,6 +56,13 @@ async fn scrapers_that_never_read_are_bounded_and_dropped() {
         .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapers_that_never_read_are_bounded_and_dropped() {
+    // 20 000 span series: 500 services x 10 regions x 4 routes.
+    let d = Daemon::start(&config("dimensions: [http.route]\n"));
+    post_span_series(&d, 10).await;
     let page = d.scrape().await;
     let series = page
         .lines()
