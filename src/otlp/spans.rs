@@ -64,6 +64,57 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         span_id: None,
     };
     let mut r = Reader::new(msg);
+    // SDKs write a span's fields in field-number order. Taking that order first, with
+    // one test per field, costs a well-predicted branch per field; the jump on the tag
+    // byte below mispredicted on about every field of a mixed request (perf annotate).
+    // Whatever is left, or comes in another order, takes the loop, which reads any field
+    // in any order: fields are still read in the order they come, so the result is the
+    // same.
+    if r.peek() == Some(0x0a) {
+        r.bump();
+        view.trace_id = r.bytes()?.try_into().ok();
+    }
+    if r.peek() == Some(0x12) {
+        r.bump();
+        view.span_id = r.bytes()?.try_into().ok();
+    }
+    while matches!(r.peek(), Some(0x1a | 0x22)) {
+        r.bump();
+        r.bytes()?;
+    }
+    if r.peek() == Some(0x2a) {
+        r.bump();
+        view.name = r.bytes()?;
+    }
+    if r.peek() == Some(0x30) {
+        r.bump();
+        view.kind = r.enum_i32()?;
+    }
+    if r.peek() == Some(0x39) {
+        r.bump();
+        view.start = r.fixed64()?;
+    }
+    if r.peek() == Some(0x41) {
+        r.bump();
+        view.end = r.fixed64()?;
+    }
+    while r.peek() == Some(0x4a) {
+        r.bump();
+        key_value(r.bytes()?, keys, row, out)?;
+    }
+    while matches!(r.peek(), Some(0x5a | 0x6a)) {
+        r.bump();
+        r.bytes()?;
+    }
+    if r.peek() == Some(0x7a) {
+        r.bump();
+        view.status = status_code(r.bytes()?, view.status)?;
+    }
+    if r.peek() == Some(0x85) && r.peek_second() == Some(0x01) {
+        r.bump();
+        r.bump();
+        r.fixed32()?;
+    }
     while let Some(byte) = r.peek() {
         // The fields an SDK writes, with the wire types the schema gives them, are
         // dispatched on their one-byte tag; everything else (unknown fields, wrong wire

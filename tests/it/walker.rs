@@ -155,7 +155,27 @@ fn span_fields(sp: &Span, m: &mut Mangler) -> Vec<(u32, Payload)> {
         ]);
         f.push((15, Payload::Msg(st)));
     }
-    m.mangle(f)
+    // Fields the walker steps over: trace_state, parent_span_id, an event, a link.
+    if m.next().is_multiple_of(2) {
+        f.push((3, s("k=v")));
+        f.push((4, Payload::Bytes(vec![3; 8])));
+        f.push((11, Payload::Msg(vec![(2, s("event"))])));
+        f.push((13, Payload::Msg(vec![(1, Payload::Bytes(vec![1; 16]))])));
+    }
+    if m.next().is_multiple_of(3) {
+        m.mangle(f)
+    } else {
+        // Field-number order, as SDKs write it (the walker's in-order path), sometimes
+        // with a field repeated after the rest: the later one wins, as in prost.
+        f.sort_by_key(|(n, _)| *n);
+        match m.next() % 4 {
+            0 => f.push((5, s("again"))),
+            1 => f.push((8, Payload::Fixed64(sp.start_time_unix_nano.wrapping_add(7)))),
+            2 => f.push((15, Payload::Msg(vec![(3, Payload::Varint(2))]))),
+            _ => {}
+        }
+        f
+    }
 }
 
 fn traces_bytes(req: &ExportTraceServiceRequest, m: &mut Mangler) -> Vec<u8> {
