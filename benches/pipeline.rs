@@ -24,7 +24,7 @@ use sloxide::fixture::{self, Mix, Shape};
 use sloxide::ingest::Encoding;
 use sloxide::ingest::Recorder;
 use sloxide::otlp::logs::{LogBatch, walk_logs};
-use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::otlp::spans::{TraceBatch, walk_traces, walk_traces_pieces};
 use sloxide::otlp::wire::Reader;
 use sloxide::pipeline::Pipeline;
 use sloxide::telemetry::{Signal, Transport};
@@ -278,6 +278,31 @@ fn mixed(c: &mut Criterion) {
             let body = &traces[next(&mut i)];
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
             walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+            black_box(bt.events.len());
+            batch = bt.recycle();
+        })
+    });
+    // The same bodies as a gRPC transport hands them over: behind the 5-byte message
+    // prefix, in three frames (tonic's client sends a 400 KB message in about three).
+    let framed: Vec<Vec<bytes::Bytes>> = traces
+        .iter()
+        .map(|body| {
+            let mut whole = vec![0u8; 5];
+            whole.extend_from_slice(body);
+            let third = whole.len() / 3;
+            vec![
+                bytes::Bytes::copy_from_slice(&whole[..third]),
+                bytes::Bytes::copy_from_slice(&whole[third..2 * third]),
+                bytes::Bytes::copy_from_slice(&whole[2 * third..]),
+            ]
+        })
+        .collect();
+    let mut joined = Vec::new();
+    g.bench_function("walk_traces_in_3_frames", |b| {
+        b.iter(|| {
+            let frames = &framed[next(&mut i)];
+            let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
+            walk_traces_pieces(black_box(frames), 5, &mut joined, plan.keys(), &mut bt).unwrap();
             black_box(bt.events.len());
             batch = bt.recycle();
         })

@@ -19,8 +19,8 @@ use crate::config::Config;
 use crate::ingest::{Accepted, Encoding, Format, IngestError};
 use crate::otlp::AttrKeys;
 use crate::otlp::json::{decode_logs, decode_traces, fill_logs, fill_traces};
-use crate::otlp::logs::{LogBatch, walk_logs as walk_log_body};
-use crate::otlp::spans::{TraceBatch, walk_traces as walk_trace_body};
+use crate::otlp::logs::{LogBatch, walk_logs as walk_log_body, walk_logs_pieces};
+use crate::otlp::spans::{TraceBatch, walk_traces as walk_trace_body, walk_traces_pieces};
 use crate::pipeline::Pipeline;
 use crate::state::file::{self, MAGIC, Unreadable};
 use crate::state::proto::Checkpoint;
@@ -50,12 +50,13 @@ pub fn target(name: &str) -> Option<Body> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
-/// `walk_traces`: the trace walker never panics, and an accepted walk is internally
-/// consistent.
+/// `walk_traces`: the trace walker never panics, an accepted walk is internally
+/// consistent, and walking the input in pieces gives what walking it whole gives.
 pub fn walk_traces(data: &[u8]) {
     let keys = AttrKeys::new(["cloud.region", "http.route"]);
     let mut batch = TraceBatch::default();
-    if walk_trace_body(data, &keys, &mut batch).is_ok() {
+    let whole = walk_trace_body(data, &keys, &mut batch);
+    if whole.is_ok() {
         for run in &batch.resources {
             for span in batch.events_of(run) {
                 assert!(span.start != 0 && span.end >= span.start);
@@ -63,13 +64,25 @@ pub fn walk_traces(data: &[u8]) {
             }
         }
     }
+    let (pieces, skip) = pieces_of(data);
+    let (mut joined, mut in_pieces) = (Vec::new(), TraceBatch::default());
+    let split = walk_traces_pieces(&pieces, skip, &mut joined, &keys, &mut in_pieces);
+    assert_eq!(whole, split);
+    if whole.is_ok() {
+        assert_eq!(batch.resources, in_pieces.resources);
+        assert_eq!(batch.events, in_pieces.events);
+        assert_eq!(batch.values, in_pieces.values);
+        assert_eq!(batch.rejected, in_pieces.rejected);
+    }
 }
 
-/// `walk_logs`: the log walker never panics, and accepted records have a time.
+/// `walk_logs`: the log walker never panics, accepted records have a time, and walking
+/// the input in pieces gives what walking it whole gives.
 pub fn walk_logs(data: &[u8]) {
     let keys = AttrKeys::new(["cloud.region", "event.name"]);
     let mut batch = LogBatch::default();
-    if walk_log_body(data, &keys, &mut batch).is_ok() {
+    let whole = walk_log_body(data, &keys, &mut batch);
+    if whole.is_ok() {
         for run in &batch.resources {
             for record in batch.events_of(run) {
                 assert!(record.event_time() != 0);
@@ -77,6 +90,40 @@ pub fn walk_logs(data: &[u8]) {
             }
         }
     }
+    let (pieces, skip) = pieces_of(data);
+    let (mut joined, mut in_pieces) = (Vec::new(), LogBatch::default());
+    let split = walk_logs_pieces(&pieces, skip, &mut joined, &keys, &mut in_pieces);
+    assert_eq!(whole, split);
+    if whole.is_ok() {
+        assert_eq!(batch.resources, in_pieces.resources);
+        assert_eq!(batch.events, in_pieces.events);
+        assert_eq!(batch.values, in_pieces.values);
+        assert_eq!(batch.rejected, in_pieces.rejected);
+    }
+}
+
+/// `data` behind a 3-byte prefix to skip, cut into pieces at points its length and
+/// first byte decide (empty pieces included), as a transport's frames might cut it.
+fn pieces_of(data: &[u8]) -> (Vec<Vec<u8>>, usize) {
+    let mut whole = vec![0xff; 3];
+    whole.extend_from_slice(data);
+    let seed = usize::from(data.first().copied().unwrap_or(0));
+    let mut cuts = [
+        1 + seed % 7,
+        whole.len() / 3,
+        whole.len() / 2 + seed,
+        whole.len() / 2 + seed,
+    ]
+    .map(|c| c.min(whole.len()));
+    cuts.sort_unstable();
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    for cut in cuts {
+        pieces.push(whole[from..cut].to_vec());
+        from = cut;
+    }
+    pieces.push(whole[from..].to_vec());
+    (pieces, 3)
 }
 
 /// `json`: OTLP/JSON decoding and extraction never panic.

@@ -31,13 +31,13 @@ use tokio::time::Instant;
 use crate::auth::BearerTokens;
 use crate::config::{Compression, Compressions};
 use crate::otlp::json::{self, JsonError};
-use crate::otlp::logs::{LogBatch, walk_logs};
-use crate::otlp::spans::{TraceBatch, walk_traces};
+use crate::otlp::logs::{LogBatch, walk_logs, walk_logs_pieces};
+use crate::otlp::spans::{TraceBatch, walk_traces, walk_traces_pieces};
 use crate::otlp::wire::DecodeError;
 use crate::otlp::{AttrKeys, Batch, RejectReason};
 use crate::telemetry::{RefusalReason, Signal, Telemetry, Transport};
 use admission::{Budget, Reservation};
-use buffers::{BufferPool, PooledBuf};
+use buffers::{BufferPool, Received, View};
 use decoders::DecodePool;
 
 /// The stage after decoding. The aggregation implements it; it must not block.
@@ -219,6 +219,8 @@ pub const INLINE_JSON_BYTES: usize = 256 << 10;
 /// is about 20 to 60 KB); larger ones, and ones that inflate further, go to a decode
 /// thread.
 pub const INLINE_COMPRESSED_BYTES: usize = 128 << 10;
+/// The longest prefix [`Ingest::read_body`] hands to its `on_prefix`.
+pub const MAX_PREFIX: usize = 16;
 
 /// Decompresses `src` into `out` under `limit`, and within what `reservation` may still
 /// hold: a body that would take the in-flight budget past its ceiling is refused
@@ -576,14 +578,15 @@ impl Ingest {
     /// refused when it passes `limit` bytes (checked as it arrives, so an oversize body
     /// is never held whole), when it has not ended by `deadline` (timeout), when the
     /// transport fails it (aborted), or when it would take the budget past its ceiling
-    /// (overloaded). Once `prefix` bytes are in, `on_prefix` reads them and says how
+    /// (overloaded). The body is kept in the pieces it arrived in ([`Received`]). Once
+    /// `prefix` bytes (at most [`MAX_PREFIX`]) are in, `on_prefix` reads them and says how
     /// much the request is expected to hold in all (body and decode); the reservation is
     /// set to that ([`Reservation::expect`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn read_body<B>(
         &self,
         body: &mut B,
-        out: &mut Vec<u8>,
+        out: &mut Received,
         limit: usize,
         reservation: &mut Reservation,
         deadline: Instant,
@@ -602,7 +605,7 @@ impl Ingest {
                 Ok(Some(Err(e))) => return Err(IngestError::BodyRead(e.to_string())),
                 Ok(Some(Ok(frame))) => frame,
             };
-            let Some(data) = frame.data_ref() else {
+            let Ok(data) = frame.into_data() else {
                 continue;
             };
             if out.len() + data.len() > limit {
@@ -611,10 +614,12 @@ impl Ingest {
                 });
             }
             reservation.charge(data.len())?;
-            out.extend_from_slice(data);
+            out.push(data);
             if !prefix_seen && out.len() >= prefix {
                 prefix_seen = true;
-                reservation.expect(on_prefix(out)?)?;
+                let mut head = [0; MAX_PREFIX];
+                let n = out.head(&mut head[..prefix.min(MAX_PREFIX)]);
+                reservation.expect(on_prefix(&head[..n])?)?;
             }
         }
     }
@@ -634,7 +639,7 @@ impl Ingest {
         signal: Signal,
         encoding: Encoding,
         compressed: Option<Format>,
-        raw: PooledBuf,
+        mut raw: Received,
         start: usize,
         mut reservation: Reservation,
         client_deadline: Option<Instant>,
@@ -652,7 +657,8 @@ impl Ingest {
         {
             let cap = INLINE_PROTOBUF_BYTES.min(limits.max_decompressed_bytes);
             let mut out = self.buffers.get();
-            match decompress_within(format, &raw[start..], cap, &mut reservation, &mut out) {
+            let src = &raw.join()[start..];
+            match decompress_within(format, src, cap, &mut reservation, &mut out) {
                 Ok(()) => inflated = Some(out),
                 Err(IngestError::DecompressedTooLarge { .. })
                     if cap < limits.max_decompressed_bytes => {}
@@ -663,9 +669,11 @@ impl Ingest {
         let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
         if done && len <= inline {
             reservation.charge(decode_estimate(encoding, len))?;
-            let body = inflated.as_deref().map_or(&raw[start..], |b| &b[..]);
             let _entered = self.enter().await;
-            return self.export(transport, signal, encoding, body);
+            return match &inflated {
+                Some(body) => self.export(transport, signal, encoding, body),
+                None => self.export_received(transport, signal, encoding, &mut raw, start),
+            };
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         let Some(slot) = self.decoders.slot(wait).await else {
@@ -675,6 +683,7 @@ impl Ingest {
         let ingest = self.clone();
         let work = move || {
             let mut reservation = reservation;
+            let mut raw = raw;
             let inflated = match (inflated, compressed) {
                 (Some(inflated), _) => Some(inflated),
                 (None, None) => None,
@@ -682,7 +691,7 @@ impl Ingest {
                     let mut out = ingest.buffers.get();
                     decompress_within(
                         format,
-                        &raw[start..],
+                        &raw.join()[start..],
                         limits.max_decompressed_bytes,
                         &mut reservation,
                         &mut out,
@@ -690,9 +699,12 @@ impl Ingest {
                     Some(out)
                 }
             };
-            let body = inflated.as_deref().map_or(&raw[start..], |b| &b[..]);
-            reservation.charge(decode_estimate(encoding, body.len()))?;
-            ingest.export(transport, signal, encoding, body)
+            let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
+            reservation.charge(decode_estimate(encoding, len))?;
+            match &inflated {
+                Some(body) => ingest.export(transport, signal, encoding, body),
+                None => ingest.export_received(transport, signal, encoding, &mut raw, start),
+            }
         };
         self.decoders
             .run(slot, work)
@@ -757,6 +769,38 @@ impl Ingest {
         encoding: Encoding,
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
+        self.export_body(transport, signal, encoding, Body::Joined(body))
+    }
+
+    /// [`Ingest::export`] of a body as it was received, from byte `start`: an
+    /// uncompressed protobuf body is walked in the pieces it arrived in; anything else
+    /// is joined first.
+    pub fn export_received(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        encoding: Encoding,
+        body: &mut Received,
+        start: usize,
+    ) -> Result<Accepted, IngestError> {
+        let body = match (encoding, body.view()) {
+            (Encoding::Protobuf, View::Pieces(pieces, joined)) => Body::Pieces {
+                pieces,
+                skip: start,
+                joined,
+            },
+            _ => Body::Joined(&body.join()[start..]),
+        };
+        self.export_body(transport, signal, encoding, body)
+    }
+
+    fn export_body(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        encoding: Encoding,
+        body: Body<'_>,
+    ) -> Result<Accepted, IngestError> {
         let target = self.target();
         let Target {
             keys,
@@ -768,11 +812,18 @@ impl Ingest {
         let result = match (signal, encoding) {
             (Signal::Traces, Encoding::Protobuf) => with_trace_batch(|batch| {
                 batch.max_records = max;
-                walk_traces(body, keys, batch)?;
+                match body {
+                    Body::Joined(body) => walk_traces(body, keys, batch)?,
+                    Body::Pieces {
+                        pieces,
+                        skip,
+                        joined,
+                    } => walk_traces_pieces(pieces, skip, joined, keys, batch)?,
+                }
                 recorder.record_traces(batch);
                 Ok(Accepted::of(batch))
             }),
-            (Signal::Traces, Encoding::Json) => json::decode_traces(body)
+            (Signal::Traces, Encoding::Json) => json::decode_traces(body.joined())
                 .map_err(IngestError::from)
                 .and_then(|req| {
                     let records = req
@@ -792,11 +843,18 @@ impl Ingest {
                 }),
             (Signal::Logs, Encoding::Protobuf) => with_log_batch(|batch| {
                 batch.max_records = max;
-                walk_logs(body, keys, batch)?;
+                match body {
+                    Body::Joined(body) => walk_logs(body, keys, batch)?,
+                    Body::Pieces {
+                        pieces,
+                        skip,
+                        joined,
+                    } => walk_logs_pieces(pieces, skip, joined, keys, batch)?,
+                }
                 recorder.record_logs(batch);
                 Ok(Accepted::of(batch))
             }),
-            (Signal::Logs, Encoding::Json) => json::decode_logs(body)
+            (Signal::Logs, Encoding::Json) => json::decode_logs(body.joined())
                 .map_err(IngestError::from)
                 .and_then(|req| {
                     let records = req
@@ -827,6 +885,30 @@ impl Ingest {
                 Ok(accepted)
             }
             Err(err) => Err(err),
+        }
+    }
+}
+
+/// A body for [`Ingest::export_body`].
+enum Body<'a> {
+    /// In one slice.
+    Joined(&'a [u8]),
+    /// Protobuf, in the pieces it arrived in, from byte `skip`; `joined` is for what
+    /// lies across pieces.
+    Pieces {
+        pieces: &'a [Bytes],
+        skip: usize,
+        joined: &'a mut Vec<u8>,
+    },
+}
+
+impl<'a> Body<'a> {
+    /// The body in one slice; [`Ingest::export_received`] hands over only protobuf in
+    /// pieces, so a JSON body is always joined (and anything else reads as empty).
+    fn joined(self) -> &'a [u8] {
+        match self {
+            Body::Joined(body) => body,
+            Body::Pieces { .. } => &[],
         }
     }
 }

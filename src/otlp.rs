@@ -420,6 +420,16 @@ pub(crate) fn walk_export<'a, E>(
     mut record: impl FnMut(&'a [u8], &AttrKeys, &mut Batch<'a, E>) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
     out.reset(keys);
+    walk_top(body, keys, out, &mut record)
+}
+
+/// The top level of [`walk_export`]: its fields from here to the end of `body`.
+fn walk_top<'a, E>(
+    body: &'a [u8],
+    keys: &AttrKeys,
+    out: &mut Batch<'a, E>,
+    record: &mut impl FnMut(&'a [u8], &AttrKeys, &mut Batch<'a, E>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     let mut top = Reader::new(body);
     while let Some((field, wire)) = top.tag()? {
         if field != 1 {
@@ -427,40 +437,215 @@ pub(crate) fn walk_export<'a, E>(
             continue;
         }
         expect(field, wire, WireType::Len)?;
-        let resource_msg = top.long_bytes()?;
-        let row = out.push_row();
-        let first_event = out.events.len() as u32;
-        // The resource may follow its scopes on the wire, so find it first.
-        let mut pass = Reader::new(resource_msg);
-        while let Some((field, wire)) = pass.tag()? {
-            if field == 1 {
-                expect(field, wire, WireType::Len)?;
-                attributes_of(pass.bytes()?, 1, keys, row, out)?;
-            } else {
-                pass.skip(field, wire)?;
-            }
-        }
-        let mut pass = Reader::new(resource_msg);
-        while let Some((field, wire)) = pass.tag()? {
-            if field != 2 {
-                pass.skip(field, wire)?;
-                continue;
-            }
-            expect(field, wire, WireType::Len)?;
-            let mut scope = Reader::new(pass.bytes()?);
-            while let Some((field, wire)) = scope.tag()? {
-                if field == 2 {
-                    expect(field, wire, WireType::Len)?;
-                    record(scope.long_bytes()?, keys, out)?;
-                } else {
-                    scope.skip(field, wire)?;
-                }
-            }
-        }
-        let events = first_event..out.events.len() as u32;
-        out.resources.push(ResourceRun { attrs: row, events });
+        walk_resource(top.long_bytes()?, keys, out, record)?;
     }
     Ok(())
+}
+
+/// One `Resource*` message of [`walk_export`].
+fn walk_resource<'a, E>(
+    resource_msg: &'a [u8],
+    keys: &AttrKeys,
+    out: &mut Batch<'a, E>,
+    record: &mut impl FnMut(&'a [u8], &AttrKeys, &mut Batch<'a, E>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let row = out.push_row();
+    let first_event = out.events.len() as u32;
+    // The resource may follow its scopes on the wire, so find it first.
+    let mut pass = Reader::new(resource_msg);
+    while let Some((field, wire)) = pass.tag()? {
+        if field == 1 {
+            expect(field, wire, WireType::Len)?;
+            attributes_of(pass.bytes()?, 1, keys, row, out)?;
+        } else {
+            pass.skip(field, wire)?;
+        }
+    }
+    let mut pass = Reader::new(resource_msg);
+    while let Some((field, wire)) = pass.tag()? {
+        if field != 2 {
+            pass.skip(field, wire)?;
+            continue;
+        }
+        expect(field, wire, WireType::Len)?;
+        let mut scope = Reader::new(pass.bytes()?);
+        while let Some((field, wire)) = scope.tag()? {
+            if field == 2 {
+                expect(field, wire, WireType::Len)?;
+                record(scope.long_bytes()?, keys, out)?;
+            } else {
+                scope.skip(field, wire)?;
+            }
+        }
+    }
+    let events = first_event..out.events.len() as u32;
+    out.resources.push(ResourceRun { attrs: row, events });
+    Ok(())
+}
+
+/// [`walk_export`] of a body that arrived in pieces (the frames of a transport), from
+/// byte `skip` of their concatenation, without joining the pieces first. Each
+/// `Resource*` message that lies within one piece is walked where it is; one that
+/// spans pieces is copied into `joined` first, and so is the rest of the body from the
+/// first top-level field that is not a `Resource*` message with a plain length (which
+/// [`walk_top`] then reads as it would in one piece). The batch is the same as
+/// [`walk_export`] of the concatenation gives, and so is the error.
+pub(crate) fn walk_export_pieces<'a, E, P: AsRef<[u8]>>(
+    pieces: &'a [P],
+    skip: usize,
+    joined: &'a mut Vec<u8>,
+    keys: &AttrKeys,
+    out: &mut Batch<'a, E>,
+    mut record: impl FnMut(&'a [u8], &AttrKeys, &mut Batch<'a, E>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    out.reset(keys);
+    // Two passes over the top level: the first copies what must be joined, so that the
+    // second can borrow from `joined` for as long as the batch lives.
+    joined.clear();
+    scan_pieces(pieces, skip, |item| match item {
+        Piece::Whole(_) => {}
+        Piece::Split(at, len) => at.copy_to(len, joined),
+        Piece::Rest(at) => at.copy_to(usize::MAX, joined),
+    });
+    let joined: &'a [u8] = joined;
+    let mut next = 0;
+    let mut result = Ok(());
+    scan_pieces(pieces, skip, |item| {
+        if result.is_err() {
+            return;
+        }
+        result = match item {
+            Piece::Whole(msg) => walk_resource(msg, keys, out, &mut record),
+            Piece::Split(_, len) => {
+                next += len;
+                walk_resource(&joined[next - len..next], keys, out, &mut record)
+            }
+            Piece::Rest(_) => walk_top(&joined[next..], keys, out, &mut record),
+        };
+    });
+    result
+}
+
+/// What [`scan_pieces`] finds at the top level.
+enum Piece<'a, P> {
+    /// A `Resource*` message within one piece.
+    Whole(&'a [u8]),
+    /// A `Resource*` message of this many bytes, from here, across pieces.
+    Split(At<'a, P>, usize),
+    /// Everything from here on, for [`walk_top`].
+    Rest(At<'a, P>),
+}
+
+/// A position in a body of pieces.
+struct At<'a, P> {
+    pieces: &'a [P],
+    /// Bytes of `pieces[0]` already behind.
+    offset: usize,
+}
+
+impl<'a, P: AsRef<[u8]>> At<'a, P> {
+    /// The unread part of the current piece (empty at the end).
+    fn here(&self) -> &'a [u8] {
+        self.pieces
+            .first()
+            .map_or(&[], |p| &p.as_ref()[self.offset..])
+    }
+
+    /// Moves `n` bytes on (at most to the end), over piece boundaries.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(piece) = self.pieces.first() {
+            let left = piece.as_ref().len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.pieces = &self.pieces[1..];
+            self.offset = 0;
+        }
+    }
+
+    /// The bytes from here to the end.
+    fn remaining(&self) -> usize {
+        self.pieces.iter().map(|p| p.as_ref().len()).sum::<usize>() - self.offset
+    }
+
+    /// Copies up to `len` bytes from here onto `out`.
+    fn copy_to(&self, mut len: usize, out: &mut Vec<u8>) {
+        let mut at = Self {
+            pieces: self.pieces,
+            offset: self.offset,
+        };
+        while len > 0 && !at.pieces.is_empty() {
+            let here = at.here();
+            let n = here.len().min(len);
+            out.extend_from_slice(&here[..n]);
+            len -= n;
+            at.advance(n);
+        }
+    }
+
+    /// Up to `N` bytes from here, wherever they lie, and how many there were.
+    fn peek<const N: usize>(&self) -> ([u8; N], usize) {
+        let mut buf = [0; N];
+        let mut n = 0;
+        let mut at = Self {
+            pieces: self.pieces,
+            offset: self.offset,
+        };
+        while n < N && !at.pieces.is_empty() {
+            let here = at.here();
+            let k = here.len().min(N - n);
+            buf[n..n + k].copy_from_slice(&here[..k]);
+            n += k;
+            at.advance(k);
+        }
+        (buf, n)
+    }
+}
+
+/// Walks the top level of a body of pieces from byte `skip`, handing `visit` each
+/// `Resource*` message (field 1, tag byte `0x0a`, with a length that fits), and the
+/// rest of the body from the first field that is anything else.
+fn scan_pieces<'a, P: AsRef<[u8]>>(
+    pieces: &'a [P],
+    skip: usize,
+    mut visit: impl FnMut(Piece<'a, P>),
+) {
+    let mut at = At { pieces, offset: 0 };
+    at.advance(skip);
+    let mut left = at.remaining();
+    while left > 0 {
+        // The tag and up to ten bytes of length, read as the one-piece walk reads them.
+        let (head, n) = at.peek::<11>();
+        let mut reader = Reader::new(&head[1..n]);
+        let len = match (head[0], reader.varint()) {
+            (0x0a, Ok(len)) => len,
+            _ => return visit(Piece::Rest(at)),
+        };
+        let header = n - 1 - reader.rest_len();
+        let Ok(len) = usize::try_from(len) else {
+            return visit(Piece::Rest(at));
+        };
+        if len > left - 1 - header {
+            return visit(Piece::Rest(at));
+        }
+        at.advance(1 + header);
+        let here = at.here();
+        if here.len() >= len {
+            visit(Piece::Whole(&here[..len]));
+        } else {
+            visit(Piece::Split(
+                At {
+                    pieces: at.pieces,
+                    offset: at.offset,
+                },
+                len,
+            ));
+        }
+        at.advance(len);
+        left -= 1 + header + len;
+    }
 }
 
 /// Fails unless a known field arrived with the wire type its schema gives it.

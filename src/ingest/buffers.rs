@@ -1,16 +1,20 @@
-//! A bounded pool of byte buffers for request bodies, so that reading and
-//! decompressing a body reuses memory instead of allocating per request.
+//! A bounded pool of byte buffers for request bodies, so that joining and
+//! decompressing a body reuses memory instead of allocating per request, and
+//! [`Received`], a body kept in the frames it arrived in.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
 
 /// A pool of `Vec<u8>`, last in first out: the buffer handed out is the one given back
 /// most recently, whose memory is likely still in cache, and under steady traffic only
 /// as many buffers as there are requests in flight are ever touched. (A first in, first
 /// out queue handed out the least recently used of up to 64 buffers of about 0.5 MB.
-/// Copying each body into its buffer is 12.7% of the daemon's CPU under 1000-span gRPC
+/// Copying each body into its buffer was 12.7% of the daemon's CPU under 1000-span gRPC
 /// requests, as much as the kernel's copy from the socket; handing out the warm buffer
-/// took 3.5% off the server's CPU per span, docs/benchmarks.md.) A buffer that grew
+/// took 3.5% off the server's CPU per span, docs/benchmarks.md. Since then such bodies
+/// are not copied at all: see [`Received`].) A buffer that grew
 /// past `keep_capacity` is freed instead of returned, so one huge request does not pin
 /// its memory forever. The lock is held for one push or pop, once per request.
 #[derive(Debug)]
@@ -82,6 +86,112 @@ impl Drop for PooledBuf {
     }
 }
 
+/// How many pieces (a transport's frames) of a body are kept as they arrived. A body
+/// in more pieces is copied into one buffer as it arrives, so that a client sending many
+/// small frames makes the daemon hold one buffer, not a handle per frame.
+pub const KEPT_PIECES: usize = 16;
+
+/// A request body as it arrived. Its pieces (the frames hyper hands over, each a
+/// reference into the transport's read buffer) are kept as they are: an uncompressed
+/// protobuf body is walked where it lies ([`crate::otlp::spans::walk_traces_pieces`]),
+/// and copying every body into one buffer was about 7% of the daemon's CPU under
+/// 1000-span gRPC requests. What must be one slice (decompression, JSON, a body in more
+/// than [`KEPT_PIECES`] pieces) is joined into the pooled buffer, once.
+#[derive(Debug)]
+pub struct Received {
+    pieces: Vec<Bytes>,
+    len: usize,
+    /// The joined body, once joined; until then, what a walk of the pieces copies (the
+    /// messages that lie across two pieces).
+    buf: PooledBuf,
+    joined: bool,
+}
+
+/// A [`Received`] body, as it is held.
+pub enum View<'a> {
+    /// In one slice.
+    Joined(&'a [u8]),
+    /// In pieces, with the buffer a walk joins what lies across them into.
+    Pieces(&'a [Bytes], &'a mut Vec<u8>),
+}
+
+impl Received {
+    /// An empty body, joining into `buf` when it has to.
+    pub fn new(buf: PooledBuf) -> Self {
+        Self {
+            pieces: Vec::new(),
+            len: 0,
+            buf,
+            joined: false,
+        }
+    }
+
+    /// The bytes received.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds the next piece.
+    pub fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        if !self.joined && self.pieces.len() == KEPT_PIECES {
+            self.join();
+        }
+        if self.joined {
+            self.buf.extend_from_slice(&piece);
+        } else if !piece.is_empty() {
+            self.pieces.push(piece);
+        }
+    }
+
+    /// Copies the first bytes of the body into `out`; returns how many there were.
+    pub fn head(&self, out: &mut [u8]) -> usize {
+        if self.joined {
+            let n = out.len().min(self.buf.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            return n;
+        }
+        let mut n = 0;
+        for piece in &self.pieces {
+            let k = piece.len().min(out.len() - n);
+            out[n..n + k].copy_from_slice(&piece[..k]);
+            n += k;
+            if n == out.len() {
+                break;
+            }
+        }
+        n
+    }
+
+    /// The body in one slice: the pieces are copied into the pooled buffer the first
+    /// time.
+    pub fn join(&mut self) -> &[u8] {
+        if !self.joined {
+            self.buf.clear();
+            self.buf.reserve(self.len);
+            for piece in self.pieces.drain(..) {
+                self.buf.extend_from_slice(&piece);
+            }
+            self.joined = true;
+        }
+        &self.buf
+    }
+
+    /// The body as it is held.
+    pub fn view(&mut self) -> View<'_> {
+        if self.joined {
+            View::Joined(&self.buf)
+        } else {
+            View::Pieces(&self.pieces, &mut self.buf)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +213,40 @@ mod tests {
             big.resize(4096, 0);
         }
         assert!(pool.get().capacity() < 4096);
+    }
+
+    #[test]
+    fn a_body_is_kept_in_its_pieces_until_it_must_be_joined() {
+        let pool = Arc::new(BufferPool::new(2, 1 << 20));
+        let mut body = Received::new(pool.get());
+        for piece in [&b"ab"[..], b"", b"cde", b"f"] {
+            body.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(body.len(), 6);
+        let mut head = [0; 4];
+        assert_eq!(body.head(&mut head), 4);
+        assert_eq!(&head, b"abcd");
+        match body.view() {
+            View::Pieces(pieces, _) => assert_eq!(pieces.len(), 3, "empty pieces are dropped"),
+            View::Joined(_) => panic!("joined before it had to be"),
+        }
+        assert_eq!(body.join(), b"abcdef");
+        assert!(matches!(body.view(), View::Joined(b"abcdef")));
+        let mut head = [0; 8];
+        assert_eq!(body.head(&mut head), 6);
+    }
+
+    #[test]
+    fn a_body_in_many_pieces_is_joined_as_it_arrives() {
+        let pool = Arc::new(BufferPool::new(2, 1 << 20));
+        let mut body = Received::new(pool.get());
+        let mut all = Vec::new();
+        for i in 0..(KEPT_PIECES as u8 + 5) {
+            body.push(Bytes::copy_from_slice(&[i, i]));
+            all.extend_from_slice(&[i, i]);
+        }
+        assert!(matches!(body.view(), View::Joined(b) if b == &all[..]));
+        assert_eq!(body.len(), all.len());
     }
 
     #[test]

@@ -189,7 +189,7 @@ where
     let mut reservation = ingest
         .admit(super::admission::UNKNOWN_LENGTH, client_deadline)
         .await?;
-    let mut raw = ingest.buffers().get();
+    let mut raw = super::buffers::Received::new(ingest.buffers().get());
     let on_prefix = |seen: &[u8]| {
         let declared = check_prefix(
             seen,
@@ -214,7 +214,9 @@ where
             on_prefix,
         )
         .await?;
-    let compressed = unframe(&raw, format.is_some())?;
+    let mut head = [0; PREFIX];
+    let n = raw.head(&mut head);
+    let compressed = unframe(&head[..n], raw.len(), format.is_some())?;
     ingest
         .process(
             Transport::Grpc,
@@ -259,21 +261,23 @@ fn check_prefix(
     }
 }
 
-/// Checks that `body` is exactly one length-prefixed message (what [`check_prefix`]
+/// Checks that a body of `total` bytes, which begins with `head` (its first bytes, at
+/// most [`PREFIX`]), is exactly one length-prefixed message (what [`check_prefix`]
 /// already let through); true when it is compressed.
-fn unframe(body: &[u8], encoded: bool) -> Result<bool, IngestError> {
-    let [flag, a, b, c, d, message @ ..] = body else {
-        return Err(IngestError::Frame(if body.is_empty() {
+fn unframe(head: &[u8], total: usize, encoded: bool) -> Result<bool, IngestError> {
+    let [flag, a, b, c, d, ..] = *head else {
+        return Err(IngestError::Frame(if total == 0 {
             "the request carried no message"
         } else {
             "shorter than its 5-byte prefix"
         }));
     };
-    let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-    if message.len() < len {
+    let len = u32::from_be_bytes([a, b, c, d]) as usize;
+    let message = total - PREFIX;
+    if message < len {
         return Err(IngestError::Frame("shorter than its length prefix"));
     }
-    if message.len() > len {
+    if message > len {
         return Err(IngestError::Frame("more than one message in a unary call"));
     }
     match flag {
@@ -434,11 +438,16 @@ mod tests {
         body
     }
 
+    /// [`unframe`] of a whole body.
+    fn unframe_body(body: &[u8], encoded: bool) -> Result<bool, IngestError> {
+        unframe(&body[..body.len().min(PREFIX)], body.len(), encoded)
+    }
+
     #[test]
     fn one_message_is_unframed_and_anything_else_refused() {
-        assert!(!unframe(&frame(0, b"abc"), false).unwrap());
-        assert!(!unframe(&frame(0, b""), true).unwrap());
-        assert!(unframe(&frame(1, b"abc"), true).unwrap());
+        assert!(!unframe_body(&frame(0, b"abc"), false).unwrap());
+        assert!(!unframe_body(&frame(0, b""), true).unwrap());
+        assert!(unframe_body(&frame(1, b"abc"), true).unwrap());
         let mut two = frame(0, b"ab");
         two.extend(frame(0, b"cd"));
         let mut cut = frame(0, b"abc");
@@ -455,7 +464,7 @@ mod tests {
             ),
         ];
         for (body, why) in cases {
-            let err = unframe(&body, false).unwrap_err();
+            let err = unframe_body(&body, false).unwrap_err();
             assert!(
                 matches!(err, IngestError::Frame(w) if w == why),
                 "{body:?}: {err}"

@@ -153,7 +153,7 @@ async fn receive(
         None => super::admission::UNKNOWN_LENGTH,
     };
     let mut reservation = ingest.admit(expected, None).await?;
-    let mut raw = ingest.buffers().get();
+    let mut raw = super::buffers::Received::new(ingest.buffers().get());
     ingest
         .read_body(body, &mut raw, limit, &mut reservation, deadline, 0, |_| {
             Ok(0)

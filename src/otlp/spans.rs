@@ -1,7 +1,7 @@
 //! The zero-copy walker for `ExportTraceServiceRequest`.
 
 use super::wire::{DecodeError, Reader, WireType};
-use super::{AttrKeys, Batch, RejectReason, expect, key_value, walk_export};
+use super::{AttrKeys, Batch, RejectReason, expect, key_value, walk_export, walk_export_pieces};
 
 /// What sloxide reads of one span. Borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,6 +44,20 @@ pub fn walk_traces<'a>(
     out: &mut TraceBatch<'a>,
 ) -> Result<(), DecodeError> {
     walk_export(body, keys, out, span)
+}
+
+/// [`walk_traces`] of a body that arrived in `pieces` (a transport's frames), from byte `skip`
+/// of their concatenation, without joining them: only what lies across two pieces is
+/// copied, into `joined`. The batch, or the error, is what [`walk_traces`] of the
+/// concatenation gives.
+pub fn walk_traces_pieces<'a, P: AsRef<[u8]>>(
+    pieces: &'a [P],
+    skip: usize,
+    joined: &'a mut Vec<u8>,
+    keys: &AttrKeys,
+    out: &mut TraceBatch<'a>,
+) -> Result<(), DecodeError> {
+    walk_export_pieces(pieces, skip, joined, keys, out, span)
 }
 
 /// Out of line on purpose: inlined into the request walk, it ran out of registers and

@@ -70,6 +70,12 @@ impl<'a> Reader<'a> {
         Self { rest: buf }
     }
 
+    /// How many bytes are left.
+    #[inline]
+    pub fn rest_len(&self) -> usize {
+        self.rest.len()
+    }
+
     /// True once every byte has been consumed.
     #[inline]
     pub fn is_empty(&self) -> bool {

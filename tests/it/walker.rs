@@ -11,8 +11,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Sta
 use proptest::prelude::*;
 use prost::Message;
 use sloxide::otlp::json::{fill_logs, fill_traces};
-use sloxide::otlp::logs::{LogBatch, walk_logs};
-use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::otlp::logs::{LogBatch, walk_logs, walk_logs_pieces};
+use sloxide::otlp::spans::{TraceBatch, walk_traces, walk_traces_pieces};
 use sloxide::otlp::{AttrKeys, Batch, Value};
 
 // ---- a tiny protobuf writer whose field order we control ----
@@ -415,8 +415,77 @@ fn assert_same<E: PartialEq + std::fmt::Debug>(walked: &Batch<'_, E>, reference:
     assert_eq!(walked.reject_reason, reference.reject_reason);
 }
 
+/// `junk` bytes and then `bytes`, cut into pieces at `cuts` (empty pieces included).
+fn pieces(junk: usize, bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
+    let mut whole = vec![0xa5; junk];
+    whole.extend_from_slice(bytes);
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(whole.len() + 1)).collect();
+    at.sort_unstable();
+    let mut out = Vec::new();
+    let mut from = 0;
+    for cut in at {
+        out.push(whole[from..cut].to_vec());
+        from = cut;
+    }
+    out.push(whole[from..].to_vec());
+    out
+}
+
+/// Walking `bytes` in pieces gives what walking it in one piece gives: the same batch,
+/// or the same error.
+fn assert_pieces_walk_as_one(bytes: &[u8], junk: usize, cuts: &[prop::sample::Index]) {
+    let keys = keys();
+    let parts = pieces(junk, bytes, cuts);
+    let mut joined = Vec::new();
+    let mut one = TraceBatch::default();
+    let mut many = TraceBatch::default();
+    let a = walk_traces(bytes, &keys, &mut one);
+    let b = walk_traces_pieces(&parts, junk, &mut joined, &keys, &mut many);
+    assert_eq!(a, b, "traces, cut at {cuts:?}");
+    if a.is_ok() {
+        assert_same(&many, &one);
+    }
+    let mut joined = Vec::new();
+    let mut one = LogBatch::default();
+    let mut many = LogBatch::default();
+    let a = walk_logs(bytes, &keys, &mut one);
+    let b = walk_logs_pieces(&parts, junk, &mut joined, &keys, &mut many);
+    assert_eq!(a, b, "logs, cut at {cuts:?}");
+    if a.is_ok() {
+        assert_same(&many, &one);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn requests_in_pieces_walk_as_in_one(
+        req in trace_request(),
+        logs in log_request(),
+        seed in 1u64..,
+        junk in 0usize..6,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        damage in prop::option::of((any::<prop::sample::Index>(), any::<u8>())),
+    ) {
+        for mut bytes in [traces_bytes(&req, &mut Mangler(seed)), logs_bytes(&logs, &mut Mangler(seed))] {
+            // Sometimes a byte is changed, so that errors are compared too.
+            if let Some((at, byte)) = damage && !bytes.is_empty() {
+                let at = at.index(bytes.len());
+                bytes[at] = byte;
+            }
+            assert_pieces_walk_as_one(&bytes, junk, &cuts);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_in_pieces_walk_as_in_one(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+        junk in 0usize..6,
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        assert_pieces_walk_as_one(&bytes, junk, &cuts);
+    }
 
     #[test]
     fn trace_walker_matches_prost(req in trace_request(), seed in 1u64..) {
