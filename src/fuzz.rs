@@ -73,6 +73,7 @@ pub fn walk_traces(data: &[u8]) {
         assert_eq!(batch.events, in_pieces.events);
         assert_eq!(batch.values, in_pieces.values);
         assert_eq!(batch.rejected, in_pieces.rejected);
+        assert_eq!(batch.reject_reason, in_pieces.reject_reason);
     }
 }
 
@@ -99,6 +100,7 @@ pub fn walk_logs(data: &[u8]) {
         assert_eq!(batch.events, in_pieces.events);
         assert_eq!(batch.values, in_pieces.values);
         assert_eq!(batch.rejected, in_pieces.rejected);
+        assert_eq!(batch.reject_reason, in_pieces.reject_reason);
     }
 }
 

@@ -597,6 +597,10 @@ impl Ingest {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        debug_assert!(
+            prefix <= MAX_PREFIX,
+            "on_prefix sees at most MAX_PREFIX bytes"
+        );
         let mut prefix_seen = prefix == 0;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -672,7 +676,10 @@ impl Ingest {
             let _entered = self.enter().await;
             return match &inflated {
                 Some(body) => self.export(transport, signal, encoding, body),
-                None => self.export_received(transport, signal, encoding, &mut raw, start),
+                None => {
+                    charge_joining(encoding, &mut raw, start, &mut reservation)?;
+                    self.export_received(transport, signal, encoding, &mut raw, start)
+                }
             };
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
@@ -703,7 +710,10 @@ impl Ingest {
             reservation.charge(decode_estimate(encoding, len))?;
             match &inflated {
                 Some(body) => ingest.export(transport, signal, encoding, body),
-                None => ingest.export_received(transport, signal, encoding, &mut raw, start),
+                None => {
+                    charge_joining(encoding, &mut raw, start, &mut reservation)?;
+                    ingest.export_received(transport, signal, encoding, &mut raw, start)
+                }
             }
         };
         self.decoders
@@ -889,6 +899,27 @@ impl Ingest {
     }
 }
 
+/// Before a protobuf body is walked in its pieces ([`Ingest::export_received`]): what
+/// the walk will copy (messages across pieces) is charged to `reservation`, as it is
+/// held on top of the pieces; when that would be most of the body, the body is joined
+/// now instead and its pieces let go, so it is held once, as a joined body always was.
+fn charge_joining(
+    encoding: Encoding,
+    raw: &mut Received,
+    start: usize,
+    reservation: &mut Reservation,
+) -> Result<(), IngestError> {
+    let copied = match (encoding, raw.view()) {
+        (Encoding::Protobuf, View::Pieces(pieces, _)) => crate::otlp::joined_len(pieces, start),
+        _ => return Ok(()),
+    };
+    if copied > (raw.len() - start) / 2 {
+        raw.join();
+        return Ok(());
+    }
+    reservation.charge(copied)
+}
+
 /// A body for [`Ingest::export_body`].
 enum Body<'a> {
     /// In one slice.
@@ -903,12 +934,16 @@ enum Body<'a> {
 }
 
 impl<'a> Body<'a> {
-    /// The body in one slice; [`Ingest::export_received`] hands over only protobuf in
-    /// pieces, so a JSON body is always joined (and anything else reads as empty).
+    /// The body in one slice. [`Ingest::export_received`] hands over only protobuf in
+    /// pieces, so a JSON body is always joined; were that ever broken, the body would
+    /// read as empty and be refused as undecodable, not panic.
     fn joined(self) -> &'a [u8] {
         match self {
             Body::Joined(body) => body,
-            Body::Pieces { .. } => &[],
+            Body::Pieces { .. } => {
+                debug_assert!(false, "a JSON body in pieces");
+                &[]
+            }
         }
     }
 }

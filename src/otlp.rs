@@ -526,6 +526,18 @@ pub(crate) fn walk_export_pieces<'a, E, P: AsRef<[u8]>>(
     result
 }
 
+/// How many bytes [`walk_export_pieces`] of `pieces` from byte `skip` copies into its
+/// `joined` buffer: what the caller holds on top of the pieces during the walk.
+pub fn joined_len<P: AsRef<[u8]>>(pieces: &[P], skip: usize) -> usize {
+    let mut len = 0;
+    scan_pieces(pieces, skip, |item| match item {
+        Piece::Whole(_) => {}
+        Piece::Split(_, n) => len += n,
+        Piece::Rest(at) => len += at.remaining(),
+    });
+    len
+}
+
 /// What [`scan_pieces`] finds at the top level.
 enum Piece<'a, P> {
     /// A `Resource*` message within one piece.

@@ -91,12 +91,21 @@ impl Drop for PooledBuf {
 /// small frames makes the daemon hold one buffer, not a handle per frame.
 pub const KEPT_PIECES: usize = 16;
 
+/// The smallest piece kept as it arrived when more of the body follows it. A piece is a
+/// slice of the transport's read buffer and keeps all of that buffer alive (up to the
+/// largest frame, 256 KiB over gRPC); a small one, held while the client takes its time
+/// with the rest, would pin far more memory than the bytes it holds, which are what the
+/// in-flight budget charges. So a body is joined as soon as a piece below this size is
+/// followed by another: only the last piece may be small.
+pub const MIN_KEPT_PIECE: usize = 64 << 10;
+
 /// A request body as it arrived. Its pieces (the frames hyper hands over, each a
 /// reference into the transport's read buffer) are kept as they are: an uncompressed
 /// protobuf body is walked where it lies ([`crate::otlp::spans::walk_traces_pieces`]),
 /// and copying every body into one buffer was about 7% of the daemon's CPU under
 /// 1000-span gRPC requests. What must be one slice (decompression, JSON, a body in more
-/// than [`KEPT_PIECES`] pieces) is joined into the pooled buffer, once.
+/// than [`KEPT_PIECES`] pieces or with a piece under [`MIN_KEPT_PIECE`] before its
+/// last) is joined into the pooled buffer, once, and its pieces let go.
 #[derive(Debug)]
 pub struct Received {
     pieces: Vec<Bytes>,
@@ -139,7 +148,10 @@ impl Received {
     /// Adds the next piece.
     pub fn push(&mut self, piece: Bytes) {
         self.len += piece.len();
-        if !self.joined && self.pieces.len() == KEPT_PIECES {
+        if !self.joined
+            && (self.pieces.len() == KEPT_PIECES
+                || self.pieces.last().is_some_and(|p| p.len() < MIN_KEPT_PIECE))
+        {
             self.join();
         }
         if self.joined {
@@ -219,21 +231,39 @@ mod tests {
     fn a_body_is_kept_in_its_pieces_until_it_must_be_joined() {
         let pool = Arc::new(BufferPool::new(2, 1 << 20));
         let mut body = Received::new(pool.get());
-        for piece in [&b"ab"[..], b"", b"cde", b"f"] {
-            body.push(Bytes::copy_from_slice(piece));
+        let big = |b: u8| Bytes::from(vec![b; MIN_KEPT_PIECE]);
+        // Large pieces, an empty one, and a small last one are kept as they are.
+        for piece in [big(1), Bytes::new(), big(2), Bytes::from_static(b"tail")] {
+            body.push(piece);
         }
-        assert_eq!(body.len(), 6);
+        assert_eq!(body.len(), 2 * MIN_KEPT_PIECE + 4);
         let mut head = [0; 4];
         assert_eq!(body.head(&mut head), 4);
-        assert_eq!(&head, b"abcd");
+        assert_eq!(head, [1; 4]);
         match body.view() {
             View::Pieces(pieces, _) => assert_eq!(pieces.len(), 3, "empty pieces are dropped"),
             View::Joined(_) => panic!("joined before it had to be"),
         }
-        assert_eq!(body.join(), b"abcdef");
-        assert!(matches!(body.view(), View::Joined(b"abcdef")));
+        let joined = body.join().to_vec();
+        assert_eq!(joined.len(), 2 * MIN_KEPT_PIECE + 4);
+        assert_eq!(&joined[2 * MIN_KEPT_PIECE..], b"tail");
+        assert!(matches!(body.view(), View::Joined(b) if b == &joined[..]));
         let mut head = [0; 8];
-        assert_eq!(body.head(&mut head), 6);
+        assert_eq!(body.head(&mut head), 8);
+    }
+
+    #[test]
+    fn a_small_piece_followed_by_more_joins_the_body() {
+        let pool = Arc::new(BufferPool::new(2, 1 << 20));
+        let mut body = Received::new(pool.get());
+        body.push(Bytes::from(vec![7; MIN_KEPT_PIECE]));
+        body.push(Bytes::from_static(b"ab"));
+        assert!(
+            matches!(body.view(), View::Pieces(..)),
+            "a small last piece is kept"
+        );
+        body.push(Bytes::from_static(b"cd"));
+        assert!(matches!(body.view(), View::Joined(b) if b.len() == MIN_KEPT_PIECE + 4));
     }
 
     #[test]
@@ -242,8 +272,9 @@ mod tests {
         let mut body = Received::new(pool.get());
         let mut all = Vec::new();
         for i in 0..(KEPT_PIECES as u8 + 5) {
-            body.push(Bytes::copy_from_slice(&[i, i]));
-            all.extend_from_slice(&[i, i]);
+            let piece = vec![i; MIN_KEPT_PIECE];
+            all.extend_from_slice(&piece);
+            body.push(Bytes::from(piece));
         }
         assert!(matches!(body.view(), View::Joined(b) if b == &all[..]));
         assert_eq!(body.len(), all.len());

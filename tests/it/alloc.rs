@@ -8,7 +8,7 @@ use prost::Message;
 use sloxide::fixture::{self, Mix, Shape};
 use sloxide::otlp::AttrKeys;
 use sloxide::otlp::logs::{LogBatch, walk_logs};
-use sloxide::otlp::spans::{TraceBatch, walk_traces};
+use sloxide::otlp::spans::{TraceBatch, walk_traces, walk_traces_pieces};
 
 struct Counting;
 
@@ -112,6 +112,38 @@ fn walking_a_1000_span_request_allocates_nothing() {
         assert_eq!(n, 0, "walking 1000 spans allocated {n} times");
         batch = recycled;
     }
+}
+
+#[test]
+fn walking_a_request_in_frames_allocates_nothing_after_warm_up() {
+    // A gRPC body as hyper hands it over: the 5-byte prefix, then three frames, so that
+    // some resources lie across two of them and are copied into the joined buffer.
+    let mut whole = vec![0u8; 5];
+    whole.extend(fixture::mixed_traces(&Mix::default()).encode_to_vec());
+    let third = whole.len() / 3;
+    let frames = [
+        &whole[..third],
+        &whole[third..2 * third],
+        &whole[2 * third..],
+    ];
+    let keys = AttrKeys::new(["cloud.region", "http.route"]);
+    let mut joined = Vec::new();
+    let mut batch = TraceBatch::default();
+    walk_traces_pieces(&frames, 5, &mut joined, &keys, &mut batch).unwrap();
+    let spans = batch.events.len();
+    assert!(spans > 0);
+    let mut batch: TraceBatch<'static> = batch.recycle();
+    for _ in 0..3 {
+        let (n, recycled) = allocations_during(|| {
+            let mut b: TraceBatch<'_> = batch.recycle();
+            walk_traces_pieces(&frames, 5, &mut joined, &keys, &mut b).unwrap();
+            assert_eq!(b.events.len(), spans);
+            b.recycle::<'static, _>()
+        });
+        assert_eq!(n, 0, "walking a request in frames allocated {n} times");
+        batch = recycled;
+    }
+    assert!(!joined.is_empty(), "no resource lay across frames");
 }
 
 #[test]
