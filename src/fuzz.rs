@@ -17,10 +17,10 @@ use prost::Message;
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::ingest::{Accepted, Encoding, Format, IngestError};
-use crate::otlp::AttrKeys;
 use crate::otlp::json::{decode_logs, decode_traces, fill_logs, fill_traces};
 use crate::otlp::logs::{LogBatch, walk_logs as walk_log_body, walk_logs_pieces};
 use crate::otlp::spans::{TraceBatch, walk_traces as walk_trace_body, walk_traces_pieces};
+use crate::otlp::{AttrKeys, Batch};
 use crate::pipeline::Pipeline;
 use crate::state::file::{self, MAGIC, Unreadable};
 use crate::state::proto::Checkpoint;
@@ -69,11 +69,7 @@ pub fn walk_traces(data: &[u8]) {
     let split = walk_traces_pieces(&pieces, skip, &mut joined, &keys, &mut in_pieces);
     assert_eq!(whole, split);
     if whole.is_ok() {
-        assert_eq!(batch.resources, in_pieces.resources);
-        assert_eq!(batch.events, in_pieces.events);
-        assert_eq!(batch.values, in_pieces.values);
-        assert_eq!(batch.rejected, in_pieces.rejected);
-        assert_eq!(batch.reject_reason, in_pieces.reject_reason);
+        assert_same_batch(&batch, &in_pieces);
     }
 }
 
@@ -96,12 +92,17 @@ pub fn walk_logs(data: &[u8]) {
     let split = walk_logs_pieces(&pieces, skip, &mut joined, &keys, &mut in_pieces);
     assert_eq!(whole, split);
     if whole.is_ok() {
-        assert_eq!(batch.resources, in_pieces.resources);
-        assert_eq!(batch.events, in_pieces.events);
-        assert_eq!(batch.values, in_pieces.values);
-        assert_eq!(batch.rejected, in_pieces.rejected);
-        assert_eq!(batch.reject_reason, in_pieces.reject_reason);
+        assert_same_batch(&batch, &in_pieces);
     }
+}
+
+/// Two walks found the same resources, records, values and rejections.
+fn assert_same_batch<E: PartialEq + std::fmt::Debug>(a: &Batch<'_, E>, b: &Batch<'_, E>) {
+    assert_eq!(a.resources, b.resources);
+    assert_eq!(a.events, b.events);
+    assert_eq!(a.values, b.values);
+    assert_eq!(a.rejected, b.rejected);
+    assert_eq!(a.reject_reason, b.reject_reason);
 }
 
 /// `data` behind a 3-byte prefix to skip, cut into pieces at points its length and
