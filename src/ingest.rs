@@ -676,10 +676,14 @@ impl Ingest {
             let _entered = self.enter().await;
             return match &inflated {
                 Some(body) => self.export(transport, signal, encoding, body),
-                None => {
-                    charge_joining(encoding, &mut raw, start, &mut reservation)?;
-                    self.export_received(transport, signal, encoding, &mut raw, start)
-                }
+                None => self.export_received(
+                    transport,
+                    signal,
+                    encoding,
+                    &mut raw,
+                    start,
+                    &mut reservation,
+                ),
             };
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
@@ -710,10 +714,14 @@ impl Ingest {
             reservation.charge(decode_estimate(encoding, len))?;
             match &inflated {
                 Some(body) => ingest.export(transport, signal, encoding, body),
-                None => {
-                    charge_joining(encoding, &mut raw, start, &mut reservation)?;
-                    ingest.export_received(transport, signal, encoding, &mut raw, start)
-                }
+                None => ingest.export_received(
+                    transport,
+                    signal,
+                    encoding,
+                    &mut raw,
+                    start,
+                    &mut reservation,
+                ),
             }
         };
         self.decoders
@@ -779,37 +787,48 @@ impl Ingest {
         encoding: Encoding,
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
-        self.export_body(transport, signal, encoding, Body::Joined(body))
+        self.export_body(transport, signal, encoding, View::Joined(body), 0)
     }
 
-    /// [`Ingest::export`] of a body as it was received, from byte `start`: an
-    /// uncompressed protobuf body is walked in the pieces it arrived in; anything else
-    /// is joined first.
-    pub fn export_received(
+    /// [`Ingest::export`] of a body as it was received, from byte `start`. An
+    /// uncompressed protobuf body is walked in the pieces it arrived in, and what the
+    /// walk will copy (messages across pieces), held on top of the pieces, is charged to
+    /// `reservation` first; when that would be most of the body, the body is joined
+    /// instead and its pieces let go, so it is held once, as a joined body always was.
+    /// Anything else is joined.
+    fn export_received(
         &self,
         transport: Transport,
         signal: Signal,
         encoding: Encoding,
         body: &mut Received,
         start: usize,
+        reservation: &mut Reservation,
     ) -> Result<Accepted, IngestError> {
-        let body = match (encoding, body.view()) {
-            (Encoding::Protobuf, View::Pieces(pieces, joined)) => Body::Pieces {
-                pieces,
-                skip: start,
-                joined,
-            },
-            _ => Body::Joined(&body.join()[start..]),
+        let copied = match (encoding, body.view()) {
+            (Encoding::Protobuf, View::Pieces(pieces, _)) => {
+                Some(crate::otlp::joined_len(pieces, start))
+            }
+            _ => None,
         };
-        self.export_body(transport, signal, encoding, body)
+        match copied {
+            Some(copied) if copied <= (body.len() - start) / 2 => reservation.charge(copied)?,
+            _ => {
+                body.join();
+            }
+        }
+        self.export_body(transport, signal, encoding, body.view(), start)
     }
 
+    /// Decodes and records `body` from byte `skip`: a joined body of either encoding, or
+    /// a protobuf one in pieces.
     fn export_body(
         &self,
         transport: Transport,
         signal: Signal,
         encoding: Encoding,
-        body: Body<'_>,
+        body: View<'_>,
+        skip: usize,
     ) -> Result<Accepted, IngestError> {
         let target = self.target();
         let Target {
@@ -823,17 +842,15 @@ impl Ingest {
             (Signal::Traces, Encoding::Protobuf) => with_trace_batch(|batch| {
                 batch.max_records = max;
                 match body {
-                    Body::Joined(body) => walk_traces(body, keys, batch)?,
-                    Body::Pieces {
-                        pieces,
-                        skip,
-                        joined,
-                    } => walk_traces_pieces(pieces, skip, joined, keys, batch)?,
+                    View::Joined(body) => walk_traces(&body[skip..], keys, batch)?,
+                    View::Pieces(pieces, joined) => {
+                        walk_traces_pieces(pieces, skip, joined, keys, batch)?
+                    }
                 }
                 recorder.record_traces(batch);
                 Ok(Accepted::of(batch))
             }),
-            (Signal::Traces, Encoding::Json) => json::decode_traces(body.joined())
+            (Signal::Traces, Encoding::Json) => json::decode_traces(one_slice(body, skip))
                 .map_err(IngestError::from)
                 .and_then(|req| {
                     let records = req
@@ -854,17 +871,15 @@ impl Ingest {
             (Signal::Logs, Encoding::Protobuf) => with_log_batch(|batch| {
                 batch.max_records = max;
                 match body {
-                    Body::Joined(body) => walk_logs(body, keys, batch)?,
-                    Body::Pieces {
-                        pieces,
-                        skip,
-                        joined,
-                    } => walk_logs_pieces(pieces, skip, joined, keys, batch)?,
+                    View::Joined(body) => walk_logs(&body[skip..], keys, batch)?,
+                    View::Pieces(pieces, joined) => {
+                        walk_logs_pieces(pieces, skip, joined, keys, batch)?
+                    }
                 }
                 recorder.record_logs(batch);
                 Ok(Accepted::of(batch))
             }),
-            (Signal::Logs, Encoding::Json) => json::decode_logs(body.joined())
+            (Signal::Logs, Encoding::Json) => json::decode_logs(one_slice(body, skip))
                 .map_err(IngestError::from)
                 .and_then(|req| {
                     let records = req
@@ -899,51 +914,15 @@ impl Ingest {
     }
 }
 
-/// Before a protobuf body is walked in its pieces ([`Ingest::export_received`]): what
-/// the walk will copy (messages across pieces) is charged to `reservation`, as it is
-/// held on top of the pieces; when that would be most of the body, the body is joined
-/// now instead and its pieces let go, so it is held once, as a joined body always was.
-fn charge_joining(
-    encoding: Encoding,
-    raw: &mut Received,
-    start: usize,
-    reservation: &mut Reservation,
-) -> Result<(), IngestError> {
-    let copied = match (encoding, raw.view()) {
-        (Encoding::Protobuf, View::Pieces(pieces, _)) => crate::otlp::joined_len(pieces, start),
-        _ => return Ok(()),
-    };
-    if copied > (raw.len() - start) / 2 {
-        raw.join();
-        return Ok(());
-    }
-    reservation.charge(copied)
-}
-
-/// A body for [`Ingest::export_body`].
-enum Body<'a> {
-    /// In one slice.
-    Joined(&'a [u8]),
-    /// Protobuf, in the pieces it arrived in, from byte `skip`; `joined` is for what
-    /// lies across pieces.
-    Pieces {
-        pieces: &'a [Bytes],
-        skip: usize,
-        joined: &'a mut Vec<u8>,
-    },
-}
-
-impl<'a> Body<'a> {
-    /// The body in one slice. [`Ingest::export_received`] hands over only protobuf in
-    /// pieces, so a JSON body is always joined; were that ever broken, the body would
-    /// read as empty and be refused as undecodable, not panic.
-    fn joined(self) -> &'a [u8] {
-        match self {
-            Body::Joined(body) => body,
-            Body::Pieces { .. } => {
-                debug_assert!(false, "a JSON body in pieces");
-                &[]
-            }
+/// A JSON body from byte `skip`. [`Ingest::export_received`] joins every body but an
+/// uncompressed protobuf one, so a JSON body is never in pieces; were that ever broken,
+/// the body would read as empty and be refused as undecodable, not panic.
+fn one_slice(body: View<'_>, skip: usize) -> &[u8] {
+    match body {
+        View::Joined(body) => &body[skip..],
+        View::Pieces(..) => {
+            debug_assert!(false, "a JSON body in pieces");
+            &[]
         }
     }
 }
