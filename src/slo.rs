@@ -67,7 +67,7 @@ pub struct SeriesCopy {
     /// Index of the SLO.
     pub slo: usize,
     /// The SLO's name and the region.
-    pub labels: Arc<[Box<str>]>,
+    pub labels: crate::store::Labels,
     /// Unix seconds of the last event.
     pub last_seen: u64,
     /// False for an overflow series.
@@ -413,7 +413,7 @@ impl SloEngine {
                 .collect();
             rows.push(Row {
                 slo: s.slo,
-                region: Some(e.labels[1].clone()),
+                region: Some(e.labels[1].into()),
                 events: s.events,
                 bad: s.bad,
                 windows,

@@ -17,10 +17,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashTable;
+
+mod labels;
+pub use labels::Labels;
 
 /// The label value every label but the kept one (or every label) takes in an overflow
 /// series.
@@ -34,7 +37,7 @@ pub const MAX_LABELS: usize = 16;
 pub struct Entry<T> {
     hash: u64,
     /// Label values, in the family's label order.
-    pub labels: Arc<[Box<str>]>,
+    pub labels: Labels,
     /// Unix seconds of the last event (for idle expiry).
     pub last_seen: u64,
     /// False for an overflow series, which no cardinality limit counts.
@@ -132,14 +135,7 @@ impl<T> Sharded<T> {
     ) -> bool {
         let hash = self.hash(labels);
         let mut shard = self.shard(hash);
-        let eq = |e: &Entry<T>| {
-            e.hash == hash
-                && e.labels.len() == labels.len()
-                && e.labels
-                    .iter()
-                    .zip(labels)
-                    .all(|(a, b)| crate::otlp::same_bytes(a.as_bytes(), b.as_bytes()))
-        };
+        let eq = |e: &Entry<T>| e.hash == hash && e.labels.matches(labels);
         if let Some(entry) = shard.find_mut(hash, eq) {
             // The newest wins: a restored series keeps the later of its two times.
             entry.last_seen = entry.last_seen.max(now_secs);
@@ -150,7 +146,7 @@ impl<T> Sharded<T> {
             return false;
         };
         f(&mut value);
-        let labels: Arc<[Box<str>]> = labels.iter().map(|l| Box::<str>::from(*l)).collect();
+        let labels = Labels::new(labels);
         shard.insert_unique(
             hash,
             Entry {
@@ -546,7 +542,7 @@ mod tests {
         assert!(map.update(&["ab", ""], 2, true, || Some(10), |v| *v += 1));
         assert!(!map.update(&["x"], 2, true, || None, |_| panic!("not created")));
         let mut seen = Vec::new();
-        map.for_each(|e| seen.push((e.labels.to_vec(), e.value, e.last_seen)));
+        map.for_each(|e| seen.push((e.labels.to_strings(), e.value, e.last_seen)));
         seen.sort();
         assert_eq!(
             seen,
@@ -570,7 +566,7 @@ mod tests {
         add(&["b", "x"], 1);
         add(&["c", "x"], 2); // family full: family overflow
         let mut seen = Vec::new();
-        family.for_each(|e| seen.push((e.labels.join("/"), e.value, e.own)));
+        family.for_each(|e| seen.push((e.labels.to_strings().join("/"), e.value, e.own)));
         seen.sort();
         let o = OVERFLOW;
         assert_eq!(
@@ -594,7 +590,7 @@ mod tests {
         slos.record(&["slo-a", "eu"], "svc", 1, 5, || 0, |v| *v += 5);
         slos.record(&["slo-b", "us"], "svc", 1, 7, || 0, |v| *v += 7);
         let mut seen = Vec::new();
-        slos.for_each(|e| seen.push((e.labels.join("/"), e.value)));
+        slos.for_each(|e| seen.push((e.labels.to_strings().join("/"), e.value)));
         seen.sort();
         assert_eq!(
             seen,

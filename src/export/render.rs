@@ -23,7 +23,7 @@ use crate::state::StateMetrics;
 use crate::store::OVERFLOW;
 use crate::telemetry::{REFUSALS, Signal, Telemetry, Transport};
 
-type Labels = Arc<[Box<str>]>;
+use crate::store::Labels;
 
 #[derive(Debug)]
 struct SpanSnap {
@@ -358,18 +358,12 @@ fn shortest(v: f64) -> String {
 }
 
 /// Labels of a span series: service, region, span kind, then each dimension.
-fn span_labels<'a>(
-    pairs: &mut Vec<(&'a str, &'a str)>,
-    labels: &'a [Box<str>],
-    dims: &'a [Dimension],
-) {
+fn span_labels<'a>(pairs: &mut Vec<(&'a str, &'a str)>, labels: &'a Labels, dims: &'a [Dimension]) {
     pairs.clear();
-    pairs.push(("service", &labels[0]));
-    pairs.push(("region", &labels[1]));
-    pairs.push(("span_kind", &labels[2]));
-    for (d, value) in dims.iter().zip(&labels[3..]) {
-        pairs.push((&d.label, value));
-    }
+    let names = ["service", "region", "span_kind"]
+        .into_iter()
+        .chain(dims.iter().map(|d| &*d.label));
+    pairs.extend(names.zip(labels));
 }
 
 /// The span series' status samples: one per status code, or a single
@@ -380,8 +374,8 @@ enum StatusSamples {
 }
 
 impl StatusSamples {
-    fn of(labels: &[Box<str>]) -> Self {
-        if &*labels[2] == OVERFLOW {
+    fn of(labels: &Labels) -> Self {
+        if &labels[2] == OVERFLOW {
             Self::Overflow
         } else {
             Self::PerCode
@@ -459,9 +453,9 @@ fn span_quantiles(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
 fn log_records(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     for (labels, count) in &f.r.logs {
         let pairs = [
-            ("service", &*labels[0]),
-            ("region", &*labels[1]),
-            ("severity", &*labels[2]),
+            ("service", &labels[0]),
+            ("region", &labels[1]),
+            ("severity", &labels[2]),
         ];
         enc.sample_u64(m, &pairs, *count);
     }

@@ -130,10 +130,6 @@ fn labels_of(saved: &[String], len: usize) -> Option<Vec<&str>> {
     (saved.len() == len).then(|| saved.iter().map(String::as_str).collect())
 }
 
-fn strings(labels: &[Box<str>]) -> Vec<String> {
-    labels.iter().map(|l| l.to_string()).collect()
-}
-
 fn split(sum: u128) -> (u64, u64) {
     (sum as u64, (sum >> 64) as u64)
 }
@@ -291,7 +287,7 @@ pub fn snapshot(
     agg.spans().for_each(|e| {
         let (low, high) = split(e.value.sum_nanos);
         checkpoint.spans.push(SavedSpans {
-            labels: strings(&e.labels),
+            labels: e.labels.to_strings(),
             last_seen: e.last_seen,
             own: e.is_own(),
             by_status: e.value.by_status.to_vec(),
@@ -303,7 +299,7 @@ pub fn snapshot(
     agg.durations().for_each(|e| {
         let (low, high) = split(e.value.sum_nanos);
         checkpoint.quantiles.push(SavedQuantiles {
-            labels: strings(&e.labels),
+            labels: e.labels.to_strings(),
             last_seen: e.last_seen,
             own: e.is_own(),
             sum_nanos_low: low,
@@ -323,7 +319,7 @@ pub fn snapshot(
     });
     agg.logs().for_each(|e| {
         checkpoint.logs.push(LogSeries {
-            labels: strings(&e.labels),
+            labels: e.labels.to_strings(),
             last_seen: e.last_seen,
             own: e.is_own(),
             count: e.value,

@@ -36,15 +36,15 @@ pub(super) fn latency_of(agg: &Aggregator, slo: &Slo) -> Vec<Latency> {
     let mut out = Vec::new();
     agg.durations().for_each(|e| {
         let labels = &e.labels;
-        if labels.len() < 3 || *labels[0] != *slo.service {
+        if labels.len() < 3 || labels[0] != *slo.service {
             return;
         }
-        if !kinds.is_empty() && !kinds.contains(&&*labels[2]) {
+        if !kinds.is_empty() && !kinds.contains(&&labels[2]) {
             return;
         }
         out.push(Latency {
-            region: labels[1].clone(),
-            kind: labels[2].clone(),
+            region: labels[1].into(),
+            kind: labels[2].into(),
             quantiles: e.value.quantiles.clone(),
             count: e.value.count,
         });
