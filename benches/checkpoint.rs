@@ -38,7 +38,7 @@ fn config() -> Config {
 fn record(pipeline: &Pipeline, shape: &Shape, batch: &mut TraceBatch<'static>) {
     let body = fixture::traces(shape).encode_to_vec();
     let mut bt: TraceBatch<'_> = std::mem::take(batch).recycle();
-    walk_traces(&body, pipeline.plan().keys(), &mut bt).unwrap();
+    walk_traces(&body, pipeline.plan().trace_keys(), &mut bt).unwrap();
     pipeline.aggregator().record_traces(&bt);
     *batch = bt.recycle();
 }

@@ -162,7 +162,7 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("sloxide_walk_classify_record", |b| {
         b.iter(|| {
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces(black_box(&body), plan.keys(), &mut bt).unwrap();
+            walk_traces(black_box(&body), plan.trace_keys(), &mut bt).unwrap();
             aggregator.record_traces(&bt);
             batch = bt.recycle();
         })
@@ -171,13 +171,13 @@ fn pipeline(c: &mut Criterion) {
     g.bench_function("sloxide_walk_only", |b| {
         b.iter(|| {
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces(black_box(&body), plan.keys(), &mut bt).unwrap();
+            walk_traces(black_box(&body), plan.trace_keys(), &mut bt).unwrap();
             black_box(bt.events.len());
             batch = bt.recycle();
         })
     });
     let mut walked = TraceBatch::default();
-    walk_traces(&body, plan.keys(), &mut walked).unwrap();
+    walk_traces(&body, plan.trace_keys(), &mut walked).unwrap();
     g.bench_function("sloxide_record_only", |b| {
         b.iter(|| aggregator.record_traces(black_box(&walked)))
     });
@@ -268,7 +268,7 @@ fn mixed(c: &mut Criterion) {
         b.iter(|| {
             let body = &traces[next(&mut i)];
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+            walk_traces(black_box(body), plan.trace_keys(), &mut bt).unwrap();
             aggregator.record_traces(&bt);
             batch = bt.recycle();
         })
@@ -277,7 +277,7 @@ fn mixed(c: &mut Criterion) {
         b.iter(|| {
             let body = &traces[next(&mut i)];
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+            walk_traces(black_box(body), plan.trace_keys(), &mut bt).unwrap();
             black_box(bt.events.len());
             batch = bt.recycle();
         })
@@ -302,7 +302,14 @@ fn mixed(c: &mut Criterion) {
         b.iter(|| {
             let frames = &framed[next(&mut i)];
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces_pieces(black_box(frames), 5, &mut joined, plan.keys(), &mut bt).unwrap();
+            walk_traces_pieces(
+                black_box(frames),
+                5,
+                &mut joined,
+                plan.trace_keys(),
+                &mut bt,
+            )
+            .unwrap();
             black_box(bt.events.len());
             batch = bt.recycle();
         })
@@ -311,7 +318,7 @@ fn mixed(c: &mut Criterion) {
         .iter()
         .map(|body| {
             let mut bt = TraceBatch::default();
-            walk_traces(body, plan.keys(), &mut bt).unwrap();
+            walk_traces(body, plan.trace_keys(), &mut bt).unwrap();
             bt
         })
         .collect();

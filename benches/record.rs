@@ -71,7 +71,7 @@ fn record(c: &mut Criterion) {
                                 let plan = &plan;
                                 s.spawn(move || {
                                     let mut batch = TraceBatch::default();
-                                    walk_traces(body, plan.keys(), &mut batch).unwrap();
+                                    walk_traces(body, plan.trace_keys(), &mut batch).unwrap();
                                     for _ in 0..BATCHES_PER_THREAD {
                                         agg.record_traces(black_box(&batch));
                                     }

@@ -42,7 +42,7 @@ fn loaded() -> (Arc<Pipeline>, Config) {
     let pipeline = Arc::new(Pipeline::new(&config, clock.clone()).unwrap());
     let body = fixture::traces(&shape).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, pipeline.plan().keys(), &mut batch).unwrap();
+    walk_traces(&body, pipeline.plan().trace_keys(), &mut batch).unwrap();
     pipeline.aggregator().record_traces(&batch);
     // Complete the minute so that every quantile series has quantiles to render.
     clock.advance(Duration::from_secs(60));
@@ -126,7 +126,7 @@ fn record_latencies(neighbour: Neighbour, secs: u64) -> (Vec<Duration>, Vec<Dura
     };
     let body = fixture::traces(&small).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, p.plan().keys(), &mut batch).unwrap();
+    walk_traces(&body, p.plan().trace_keys(), &mut batch).unwrap();
     let stop = AtomicBool::new(false);
     let mut holds = Vec::new();
     let mut latencies = Vec::new();

@@ -60,7 +60,7 @@ fn setup(yaml: &str, bodies: Vec<Vec<u8>>) -> Setup {
     // Create every series before timing.
     let mut batch = TraceBatch::default();
     for body in &bodies {
-        walk_traces(body, plan.keys(), &mut batch).unwrap();
+        walk_traces(body, plan.trace_keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
     }
     Setup { agg, plan, bodies }
@@ -76,7 +76,7 @@ fn run(c: &mut Criterion, group: &str, name: &str, spans: u64, s: &Setup) {
             let body = &s.bodies[next % s.bodies.len()];
             next += 1;
             let mut bt: TraceBatch<'_> = std::mem::take(&mut batch).recycle();
-            walk_traces(black_box(body), s.plan.keys(), &mut bt).unwrap();
+            walk_traces(black_box(body), s.plan.trace_keys(), &mut bt).unwrap();
             s.agg.record_traces(&bt);
             batch = bt.recycle();
         })
@@ -204,7 +204,7 @@ fn threads(c: &mut Criterion) {
     // Every series exists before measuring, as in a daemon that has run for a while.
     let mut batch = TraceBatch::default();
     for body in &bodies {
-        walk_traces(body, plan.keys(), &mut batch).unwrap();
+        walk_traces(body, plan.trace_keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
     }
     let mut g = c.benchmark_group("scaling_threads");
@@ -238,7 +238,8 @@ fn threads(c: &mut Criterion) {
                                         let body = &bodies[(offset + k) % MIXED_REQUESTS];
                                         let mut bt: TraceBatch<'_> =
                                             std::mem::take(&mut batch).recycle();
-                                        walk_traces(black_box(body), plan.keys(), &mut bt).unwrap();
+                                        walk_traces(black_box(body), plan.trace_keys(), &mut bt)
+                                            .unwrap();
                                         agg.record_traces(&bt);
                                         batch = bt.recycle();
                                     }

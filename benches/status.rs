@@ -60,7 +60,7 @@ fn loaded() -> Arc<Pipeline> {
     };
     let body = fixture::traces(&spans).encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, pipeline.plan().keys(), &mut batch).unwrap();
+    walk_traces(&body, pipeline.plan().trace_keys(), &mut batch).unwrap();
     agg.record_traces(&batch);
     clock.set(NOW_SECS * 1_000_000_000);
     for slo in 0..SLOS {

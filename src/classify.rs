@@ -6,6 +6,7 @@ pub mod slo;
 
 use std::fmt::Write as _;
 
+use crate::config::slo::Source;
 use crate::config::{Config, dimension_label};
 use crate::otlp::{AttrKeys, SERVICE_NAME, Value};
 use slo::CompiledSlo;
@@ -89,7 +90,12 @@ pub enum PlanError {
 /// The compiled plan for labels.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Every key either walk extracts: the log walk's.
     keys: AttrKeys,
+    /// The keys the span side reads (service, region, dimensions, span SLOs): the first
+    /// keys of `keys`, at the same indexes. The trace walk extracts only these, so a
+    /// span's row is no wider than its rules need.
+    trace_keys: AttrKeys,
     region_keys: Vec<usize>,
     region_default: String,
     dimensions: Vec<Dimension>,
@@ -110,24 +116,52 @@ pub struct Dimension {
 impl Plan {
     /// Compiles `config`.
     pub fn compile(config: &Config) -> Result<Self, PlanError> {
-        let keys = AttrKeys::new(
+        let of = |source: Source| {
             config
-                .region
-                .attributes
+                .slos
                 .iter()
-                .chain(&config.dimensions)
-                .map(String::as_str)
-                .chain(config.slos.iter().flat_map(slo::keys_of)),
-        );
+                .filter(move |s| s.source == source)
+                .flat_map(slo::keys_of)
+        };
+        let trace_side: Vec<&str> = config
+            .region
+            .attributes
+            .iter()
+            .chain(&config.dimensions)
+            .map(String::as_str)
+            .chain(of(Source::Spans))
+            .collect();
+        let keys = AttrKeys::new(trace_side.iter().copied().chain(of(Source::Logs)));
+        let trace_keys = AttrKeys::new(trace_side);
+        // Both keep the first of each key in order, so the trace keys are a prefix of
+        // all the keys, at the same indexes.
+        for i in 0..trace_keys.len() {
+            let key = trace_keys.key(i);
+            if keys.find(key) != Some(i) {
+                return Err(PlanError::UnknownKey(
+                    String::from_utf8_lossy(key).into_owned(),
+                ));
+            }
+        }
+        // Span SLOs and the span-side rules are compiled against the trace keys, so a
+        // key they read that the trace walk would not extract is an error, not a
+        // silently missing value.
         let mut slos: Vec<CompiledSlo> = config
             .slos
             .iter()
             .enumerate()
-            .map(|(i, s)| CompiledSlo::compile(i, s, &keys))
+            .map(|(i, s)| {
+                let keys = match s.source {
+                    Source::Spans => &trace_keys,
+                    Source::Logs => &keys,
+                };
+                CompiledSlo::compile(i, s, keys)
+            })
             .collect::<Result<_, _>>()?;
         slos.sort_by(|a, b| a.service.cmp(&b.service).then(a.index.cmp(&b.index)));
         let index = |k: &str| {
-            keys.index_of(k)
+            trace_keys
+                .index_of(k)
                 .ok_or_else(|| PlanError::UnknownKey(k.to_owned()))
         };
         if index(SERVICE_NAME)? != 0 {
@@ -153,6 +187,7 @@ impl Plan {
                 .collect::<Result<_, PlanError>>()?,
             max_label_bytes: config.limits.max_label_bytes,
             keys,
+            trace_keys,
             slos,
         })
     }
@@ -171,9 +206,15 @@ impl Plan {
         &self.slos[start..start + len]
     }
 
-    /// The attribute keys the walkers must extract.
+    /// The attribute keys the log walk extracts: every key the plan reads.
     pub fn keys(&self) -> &AttrKeys {
         &self.keys
+    }
+
+    /// The attribute keys the trace walk extracts: the first [`Plan::keys`], those the
+    /// span side reads (service, region, dimensions, span SLOs).
+    pub fn trace_keys(&self) -> &AttrKeys {
+        &self.trace_keys
     }
 
     /// The configured dimensions, in label order.
@@ -297,6 +338,35 @@ pub fn cut(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trace_walk_extracts_only_the_span_side_keys() {
+        let config = Config::from_yaml(
+            include_str!("../config/example.yaml"),
+            "config/example.yaml",
+        )
+        .unwrap();
+        let plan = Plan::compile(&config).unwrap();
+        let (all, traces) = (plan.keys(), plan.trace_keys());
+        assert!(traces.len() < all.len(), "example.yaml has log-only keys");
+        for i in 0..traces.len() {
+            assert_eq!(all.find(traces.key(i)), Some(i), "a prefix, same indexes");
+        }
+        for key in ["cloud.region", "http.route", "http.response.status_code"] {
+            assert!(
+                traces.index_of(key).is_some(),
+                "{key} is read by the span side"
+            );
+        }
+        for key in [
+            "event.name",
+            "deployment.outcome",
+            "provisioning.duration_ms",
+        ] {
+            assert_eq!(traces.index_of(key), None, "{key} is read by log SLOs only");
+            assert!(all.index_of(key).is_some(), "{key} is extracted from logs");
+        }
+    }
 
     #[test]
     fn labels_are_cut_at_character_boundaries() {

@@ -373,8 +373,10 @@ pub struct Accepted {
 /// the recorder. A reload swaps it ([`Ingest::retarget`]).
 #[derive(Clone)]
 pub struct Target {
-    /// The attribute keys the walkers extract.
+    /// The attribute keys the log walk extracts.
     pub keys: AttrKeys,
+    /// The attribute keys the trace walk extracts (the first of `keys`).
+    pub trace_keys: AttrKeys,
     /// The body limits.
     pub limits: BodyLimits,
     /// Where decoded batches go.
@@ -833,6 +835,7 @@ impl Ingest {
         let target = self.target();
         let Target {
             keys,
+            trace_keys,
             recorder,
             limits,
             ..
@@ -842,9 +845,9 @@ impl Ingest {
             (Signal::Traces, Encoding::Protobuf) => with_trace_batch(|batch| {
                 batch.max_records = max;
                 match body {
-                    View::Joined(body) => walk_traces(&body[skip..], keys, batch)?,
+                    View::Joined(body) => walk_traces(&body[skip..], trace_keys, batch)?,
                     View::Pieces(pieces, joined) => {
-                        walk_traces_pieces(pieces, skip, joined, keys, batch)?
+                        walk_traces_pieces(pieces, skip, joined, trace_keys, batch)?
                     }
                 }
                 recorder.record_traces(batch);
@@ -863,7 +866,7 @@ impl Ingest {
                 })
                 .map(|req| {
                     with_trace_batch(|batch| {
-                        json::fill_traces(&req, keys, batch);
+                        json::fill_traces(&req, trace_keys, batch);
                         recorder.record_traces(batch);
                         Accepted::of(batch)
                     })

@@ -169,6 +169,11 @@ impl AttrKeys {
         None
     }
 
+    /// Key `index`, as given to [`AttrKeys::new`] (`service.name` is 0).
+    pub fn key(&self, index: usize) -> &[u8] {
+        &self.keys[index]
+    }
+
     /// The row index of `key`, if it is extracted.
     pub fn index_of(&self, key: &str) -> Option<usize> {
         self.find(key.as_bytes())

@@ -47,6 +47,7 @@ impl Generation {
     fn target(&self) -> Target {
         Target {
             keys: self.plan.keys().clone(),
+            trace_keys: self.plan.trace_keys().clone(),
             limits: limits(&self.config),
             recorder: self.aggregator.clone(),
             auth: self

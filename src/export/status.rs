@@ -611,7 +611,7 @@ mod tests {
         for shape in shapes {
             let body = fixture::traces(shape).encode_to_vec();
             let mut batch = TraceBatch::default();
-            walk_traces(&body, p.plan().keys(), &mut batch).unwrap();
+            walk_traces(&body, p.plan().trace_keys(), &mut batch).unwrap();
             p.aggregator().record_traces(&batch);
         }
         clock.set(NOW * 1_000_000_000);

@@ -35,7 +35,7 @@ fn setup(yaml: &str) -> (Arc<Pipeline>, Arc<ManualClock>) {
 fn feed(agg: &Pipeline, req: &ExportTraceServiceRequest) {
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+    walk_traces(&body, agg.plan().trace_keys(), &mut batch).unwrap();
     agg.aggregator().record_traces(&batch);
 }
 
@@ -464,7 +464,7 @@ fn concurrent_recording_keeps_exact_totals() {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut batch = TraceBatch::default();
-                walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+                walk_traces(&body, agg.plan().trace_keys(), &mut batch).unwrap();
                 for _ in 0..rounds {
                     agg.aggregator().record_traces(&batch);
                 }

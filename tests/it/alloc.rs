@@ -456,11 +456,11 @@ fn series_memory_stays_within_its_budget() {
     let (kept, agg) = bytes_kept(|| {
         let pipeline = Pipeline::new(&config, clock.clone()).unwrap();
         let (plan, agg) = (&pipeline.plan(), &pipeline.aggregator());
-        walk_traces(&first, plan.keys(), &mut batch).unwrap();
+        walk_traces(&first, plan.trace_keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
         // The next minute: every quantile series now holds both minute histograms.
         clock.advance(std::time::Duration::from_secs(60));
-        walk_traces(&second, plan.keys(), &mut batch).unwrap();
+        walk_traces(&second, plan.trace_keys(), &mut batch).unwrap();
         agg.record_traces(&batch);
         pipeline
     });

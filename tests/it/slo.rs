@@ -72,7 +72,7 @@ fn minute(agg: &Pipeline, clock: &ManualClock, at: u64, n: usize, bad: usize) {
     };
     let body = req.encode_to_vec();
     let mut batch = TraceBatch::default();
-    walk_traces(&body, agg.plan().keys(), &mut batch).unwrap();
+    walk_traces(&body, agg.plan().trace_keys(), &mut batch).unwrap();
     agg.aggregator().record_traces(&batch);
 }
 

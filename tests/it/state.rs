@@ -1046,7 +1046,7 @@ mod in_process {
         })
         .encode_to_vec();
         let mut batch = TraceBatch::default();
-        walk_traces(&body, p.plan().keys(), &mut batch).unwrap();
+        walk_traces(&body, p.plan().trace_keys(), &mut batch).unwrap();
         p.aggregator().record_traces(&batch);
     }
 
