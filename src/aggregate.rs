@@ -512,6 +512,10 @@ impl<'a> Tallies<'a> {
 impl Recorder for Aggregator {
     fn record_traces(&self, batch: &TraceBatch<'_>) {
         let plan = &*self.plan;
+        debug_assert!(
+            batch.resources.is_empty() || batch.width >= plan.trace_keys().len(),
+            "a trace batch walked with the plan's trace keys"
+        );
         let now = self.clock.now_nanos();
         let now_secs = now / NANOS_PER_SEC;
         let now_minute = now_secs / 60;
@@ -571,6 +575,10 @@ impl Recorder for Aggregator {
 
     fn record_logs(&self, batch: &LogBatch<'_>) {
         let plan = &*self.plan;
+        debug_assert!(
+            batch.resources.is_empty() || batch.width >= plan.keys().len(),
+            "a log batch walked with all the plan's keys"
+        );
         let now = self.clock.now_nanos();
         let now_secs = now / NANOS_PER_SEC;
         for run in &batch.resources {

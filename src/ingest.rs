@@ -42,9 +42,10 @@ use decoders::DecodePool;
 
 /// The stage after decoding. The aggregation implements it; it must not block.
 pub trait Recorder: Send + Sync + 'static {
-    /// Records the accepted spans of one request.
+    /// Records the accepted spans of one request, walked with the plan's trace keys
+    /// (or with all its keys: the trace keys are their first).
     fn record_traces(&self, batch: &TraceBatch<'_>);
-    /// Records the accepted log records of one request.
+    /// Records the accepted log records of one request, walked with all the plan's keys.
     fn record_logs(&self, batch: &LogBatch<'_>);
 }
 
@@ -389,6 +390,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("keys", &self.keys)
+            .field("trace_keys", &self.trace_keys)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }

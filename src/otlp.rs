@@ -143,8 +143,8 @@ impl AttrKeys {
     /// alone; the rest by their first and last 8 bytes, held inline; only keys longer
     /// than 16 bytes that agree on both are compared in full. With the one-byte tag
     /// dispatch of the span walk, a first version of this (by length, then comparing
-    /// through the key's pointer) took the trace walk with `config/example.yaml`'s ten
-    /// keys from about 109 to about 99 µs per 1000 spans (benches/pipeline.rs,
+    /// through the key's pointer) took the trace walk with `config/example.yaml`'s then
+    /// ten keys from about 109 to about 99 µs per 1000 spans (benches/pipeline.rs,
     /// `sloxide_walk_only`), against a scan of every key with memcmp; holding the end
     /// words inline took it from about 71 to about 68 µs.
     #[inline(always)]

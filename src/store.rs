@@ -10,9 +10,10 @@
 //!
 //! The key is the label values as `&str`s: a known series is found with one hash and
 //! one comparison, without building an owned key. Owned labels are made once, when a
-//! series is created. `DashMap` cannot do this (its lookups need `K: Borrow<Q>`, and a
-//! boxed label list has no borrowed form as a list of `&str`), so this is a
-//! `hashbrown::HashTable` per shard behind a `Mutex`.
+//! series is created, as one block of bytes inside its entry ([`Labels`]), so that the
+//! comparison reads the entry's own cache lines. `DashMap` cannot do this (its lookups
+//! need `K: Borrow<Q>`, and a stored label block has no borrowed form as a list of
+//! `&str`), so this is a `hashbrown::HashTable` per shard behind a `Mutex`.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
