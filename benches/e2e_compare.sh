@@ -38,8 +38,9 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 
 run() {
+    # tee -a: stderr redirected to a file is appended to, not truncated by each run.
     echo "== loadgen $*" | tee -a "$out"
-    "$loadgen" "$@" | tee /dev/stderr | grep -E '^(summary|ratio)' >>"$out"
+    "$loadgen" "$@" | tee -a /dev/stderr | grep -E '^(summary|ratio)' >>"$out"
 }
 
 for part in "${parts[@]}"; do
