@@ -1302,6 +1302,14 @@ impl RawRegion {
 /// The most dimensions a configuration may name; each one multiplies the span series.
 pub const MAX_DIMENSIONS: usize = 8;
 
+/// The most `histogram.buckets` bounds: each is a counter and an exemplar slot (48 bytes
+/// in all) in every span series, so the list sets the size of every one of them.
+pub const MAX_BUCKETS: usize = 64;
+
+/// The most `histogram.quantiles`: each is computed for every quantile series every
+/// second, and is a sample of each on every scrape.
+pub const MAX_QUANTILES: usize = 16;
+
 fn validate_dimensions(dimensions: Vec<Spanned<String>>) -> Result<Vec<String>, Invalid> {
     if let Some(extra) = dimensions.get(MAX_DIMENSIONS) {
         return Err(Invalid::new(
@@ -1375,6 +1383,16 @@ impl RawHistogram {
                         "an empty list is not allowed; give at least one upper bound in seconds, e.g. [0.1, 1]",
                     ));
                 }
+                if value.len() > MAX_BUCKETS {
+                    return Err(Invalid::new(
+                        &referenced,
+                        "histogram.buckets",
+                        format!(
+                            "{} bounds are more than the {MAX_BUCKETS} allowed: each bound is a counter and an exemplar slot in every span series",
+                            value.len()
+                        ),
+                    ));
+                }
                 ascending(value, "histogram.buckets", |bound| {
                     (bound.is_finite() && bound > 0.0).then_some(()).ok_or_else(|| {
                         format!("{bound} is not a bucket bound; a bound is a positive number of seconds")
@@ -1384,6 +1402,16 @@ impl RawHistogram {
         };
         let quantiles = match quantiles {
             None => default.quantiles,
+            Some(value) if value.len() > MAX_QUANTILES => {
+                return Err(Invalid::new(
+                    &value[MAX_QUANTILES].referenced,
+                    format!("histogram.quantiles[{MAX_QUANTILES}]"),
+                    format!(
+                        "{} quantiles are more than the {MAX_QUANTILES} allowed: each is computed for every quantile series every second",
+                        value.len()
+                    ),
+                ));
+            }
             Some(value) => ascending(value, "histogram.quantiles", |quantile| {
                 (quantile > 0.0 && quantile < 1.0).then_some(()).ok_or_else(|| {
                     format!("{quantile} is out of range; a quantile is strictly between 0 and 1, e.g. 0.99")

@@ -826,6 +826,16 @@ const BAD: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "too many buckets",
+        "histogram:\n  buckets: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65]\n",
+        &["test.yaml:2:12: histogram.buckets: 65 bounds are more than the 64 allowed"],
+    ),
+    (
+        "too many quantiles",
+        "histogram:\n  quantiles: [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17]\n",
+        &["histogram.quantiles[16]: 17 quantiles are more than the 16 allowed"],
+    ),
+    (
         "negative bucket",
         "histogram:\n  buckets: [-1, 1]\n",
         &["test.yaml:2:13: histogram.buckets[0]: -1 is not a bucket bound"],
@@ -1430,4 +1440,18 @@ fn the_check_line_gives_the_budget_as_minutes_per_period() {
         line.contains("objective=99.9% period=30d budget=43.2 min / 30d burn thresholds: "),
         "{line}"
     );
+}
+
+#[test]
+fn the_most_buckets_and_quantiles_allowed_are_accepted() {
+    let list =
+        |n: usize, f: &dyn Fn(usize) -> String| (1..=n).map(f).collect::<Vec<_>>().join(", ");
+    let yaml = format!(
+        "histogram:\n  buckets: [{}]\n  quantiles: [{}]\n",
+        list(MAX_BUCKETS, &|i| i.to_string()),
+        list(MAX_QUANTILES, &|i| format!("0.{i:02}")),
+    );
+    let config = parse_ok(&yaml);
+    assert_eq!(config.histogram.buckets.len(), MAX_BUCKETS);
+    assert_eq!(config.histogram.quantiles.len(), MAX_QUANTILES);
 }
