@@ -289,7 +289,7 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 
 /// 64 concurrent gzipped OTLP/JSON bodies of about 60 MB each (the most the default
 /// `max_decompressed_bytes` allows): their decompression and decoding run on the
-/// blocking pool, so `/healthz` answers within 100 ms throughout. Each request is
+/// blocking pool, so `/healthz` answers within 250 ms throughout. Each request is
 /// either counted whole or refused (503, for want of room in the budget), never half,
 /// and within 10 s of the last answer RSS is back within 64 MiB of where it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,8 +390,13 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
     eprintln!("{ok} of 64 accepted; {probes} probes, slowest {slowest:?}");
     assert!(ok >= 1, "at least one large body is accepted");
     assert!(probes >= 10, "{probes} probes");
+    // A probe stalled behind one of these bodies would wait for its inflation and
+    // decode: 0.31 - 0.65 s each with a release build (curl, one at a time), more with a
+    // debug one. Healthy probes take 10 - 30 ms here, and
+    // a busy shared 2-core machine has stretched one to 137 ms with nothing stalled. 250
+    // ms keeps the stall far above the bound and the machine's hiccups below it.
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(250),
         "/healthz took {slowest:?} at worst"
     );
     assert_eq!(accepted(&d, "http").await, (ok * per_request) as f64);
