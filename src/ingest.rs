@@ -678,17 +678,16 @@ impl Ingest {
         if done && len <= inline {
             reservation.charge(decode_estimate(encoding, len))?;
             let _entered = self.enter().await;
-            return match &inflated {
-                Some(body) => self.export(transport, signal, encoding, body),
-                None => self.export_received(
-                    transport,
-                    signal,
-                    encoding,
-                    &mut raw,
-                    start,
-                    &mut reservation,
-                ),
-            };
+            let inflated = inflated.as_ref().map(|b| &b[..]);
+            return self.export_decompressed(
+                transport,
+                signal,
+                encoding,
+                inflated,
+                &mut raw,
+                start,
+                &mut reservation,
+            );
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         let Some(slot) = self.decoders.slot(wait).await else {
@@ -716,17 +715,16 @@ impl Ingest {
             };
             let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
             reservation.charge(decode_estimate(encoding, len))?;
-            match &inflated {
-                Some(body) => ingest.export(transport, signal, encoding, body),
-                None => ingest.export_received(
-                    transport,
-                    signal,
-                    encoding,
-                    &mut raw,
-                    start,
-                    &mut reservation,
-                ),
-            }
+            let inflated = inflated.as_ref().map(|b| &b[..]);
+            ingest.export_decompressed(
+                transport,
+                signal,
+                encoding,
+                inflated,
+                &mut raw,
+                start,
+                &mut reservation,
+            )
         };
         self.decoders
             .run(slot, work)
@@ -792,6 +790,25 @@ impl Ingest {
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
         self.export_body(transport, signal, encoding, View::Joined(body), 0)
+    }
+
+    /// [`Ingest::export`] of `inflated`, the body decompressed, or when it was not
+    /// compressed, of the body as it was received (`raw` from byte `start`).
+    #[allow(clippy::too_many_arguments)]
+    fn export_decompressed(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        encoding: Encoding,
+        inflated: Option<&[u8]>,
+        raw: &mut Received,
+        start: usize,
+        reservation: &mut Reservation,
+    ) -> Result<Accepted, IngestError> {
+        match inflated {
+            Some(body) => self.export(transport, signal, encoding, body),
+            None => self.export_received(transport, signal, encoding, raw, start, reservation),
+        }
     }
 
     /// [`Ingest::export`] of a body as it was received, from byte `start`. An

@@ -20,10 +20,8 @@ use crate::net::{Port, Timeout, TlsListeners};
 use crate::otlp::StatusCode;
 use crate::slo::{Row, SloRuntime, Snapshot};
 use crate::state::StateMetrics;
-use crate::store::OVERFLOW;
+use crate::store::{Labels, OVERFLOW};
 use crate::telemetry::{REFUSALS, Signal, Telemetry, Transport};
-
-use crate::store::Labels;
 
 #[derive(Debug)]
 struct SpanSnap {
