@@ -151,12 +151,6 @@ impl Aggregator {
             run.len() as u64,
             QuantileSeries::default,
             |q| {
-                // Every counter of the run is asked for first, so that their cache
-                // misses overlap instead of coming one per span.
-                for &i in run {
-                    let p = &spans[usize::from(i)];
-                    q.prefetch(p.hdr, u64::from(p.minute), now_minute);
-                }
                 for &i in run {
                     let p = &spans[usize::from(i)];
                     let recorded = q.record_at(p.duration, p.hdr, u64::from(p.minute), now_minute);

@@ -10,9 +10,10 @@
 //! the crate kept counting past a counter that saturated (4 billion durations in one
 //! counter in one minute).
 //!
-//! sloxide indexes the counters itself so that a run of spans can prefetch its counters
-//! before it counts them: each span's counter is one random line of a 13 KB array, and
-//! those misses were the largest single cost of recording (docs/benchmarks.md).
+//! sloxide indexes the counters itself so that it can prefetch many counters before it
+//! counts them (a quantile series adds its durations 32 at a time): each span's counter
+//! is one random line of a 13 KB array, and those misses were the largest single cost
+//! of recording (docs/benchmarks.md).
 
 /// Lowest value held: 1 µs.
 pub const LOW: u64 = 1;

@@ -189,7 +189,20 @@ pub struct QuantileSeries {
     /// Quantile values in seconds, in the configured order; empty when the last
     /// complete minute had no span.
     pub quantiles: Vec<f64>,
+    /// Durations counted in their minute's `count` but not yet in its histogram: the
+    /// counter index, plus [`STAGED_SLOT`] for the second minute slot. Each is a
+    /// random line of a 13 KB array that is rarely in cache; adding them
+    /// [`STAGED`] at a time, all asked for first, overlaps those misses.
+    staged: [u16; STAGED],
+    n_staged: u8,
 }
+
+/// How many durations a quantile series holds before adding them to its histograms.
+const STAGED: usize = 32;
+/// The bit of a staged duration that says it belongs to the second minute slot.
+const STAGED_SLOT: u16 = 1 << 12;
+
+const _: () = assert!(hdr::COUNTS <= STAGED_SLOT as usize && STAGED <= u8::MAX as usize);
 
 /// What happened to a value on its way into a quantile histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +224,8 @@ impl Default for QuantileSeries {
             count: 0,
             computed: None,
             quantiles: Vec::new(),
+            staged: [0; STAGED],
+            n_staged: 0,
         }
     }
 }
@@ -224,17 +239,6 @@ impl QuantileSeries {
             minute,
             now_minute,
         )
-    }
-
-    /// Asks for the counter a duration of `slot` ending in `minute` will be counted in,
-    /// so that a run of spans can have all its counters on the way before it counts
-    /// the first: they are random lines of 13 KB arrays, rarely in cache.
-    #[inline(always)]
-    pub fn prefetch(&self, slot: HdrSlot, minute: u64, now_minute: u64) {
-        let minute = minute.min(now_minute);
-        if let Some(hist) = &self.minutes[(minute % 2) as usize].hist {
-            hist.prefetch(slot.index());
-        }
     }
 
     /// [`QuantileSeries::record`] with the duration's counter already found.
@@ -254,21 +258,29 @@ impl QuantileSeries {
         if minute + 1 < now_minute {
             return Recorded::TooOld;
         }
-        let slot = &mut self.minutes[(minute % 2) as usize];
-        if slot.minute != minute {
-            if slot.minute > minute {
+        let at = (minute % 2) as usize;
+        if self.minutes[at].minute != minute {
+            if self.minutes[at].minute > minute {
                 return Recorded::TooOld;
             }
+            // The slot's old minute is dropped; what is staged for it goes with it.
+            self.flush_staged();
+            let slot = &mut self.minutes[at];
             slot.minute = minute;
             slot.count = 0;
             if let Some(h) = slot.hist.as_mut() {
                 h.reset();
             }
         }
-        slot.hist
-            .get_or_insert_with(Counts::new)
-            .add(hdr_slot.index(), 1);
+        let slot = &mut self.minutes[at];
+        slot.hist.get_or_insert_with(Counts::new);
         slot.count += 1;
+        self.staged[usize::from(self.n_staged)] =
+            hdr_slot.index() as u16 | (at as u16 * STAGED_SLOT);
+        self.n_staged += 1;
+        if usize::from(self.n_staged) == STAGED {
+            self.flush_staged();
+        }
         if hdr_slot.clamped() {
             Recorded::Clamped
         } else {
@@ -276,9 +288,29 @@ impl QuantileSeries {
         }
     }
 
+    /// Adds the staged durations to their histograms: every counter's line is asked
+    /// for first, so that their cache misses overlap.
+    fn flush_staged(&mut self) {
+        let staged = &self.staged[..usize::from(self.n_staged)];
+        for &s in staged {
+            let at = usize::from(s >= STAGED_SLOT);
+            if let Some(h) = &self.minutes[at].hist {
+                h.prefetch(usize::from(s & (STAGED_SLOT - 1)));
+            }
+        }
+        for &s in staged {
+            let at = usize::from(s >= STAGED_SLOT);
+            if let Some(h) = &mut self.minutes[at].hist {
+                h.add(usize::from(s & (STAGED_SLOT - 1)), 1);
+            }
+        }
+        self.n_staged = 0;
+    }
+
     /// Computes the quantiles of `last_complete` (the minute before the current one),
     /// unless they are already computed from the same counts.
     pub fn compute(&mut self, last_complete: u64, quantiles: &[f64]) {
+        self.flush_staged();
         let slot = &self.minutes[(last_complete % 2) as usize];
         let count = if slot.minute == last_complete {
             slot.count
@@ -304,7 +336,8 @@ impl QuantileSeries {
 
     /// The minute histograms that hold values, for a checkpoint: (minute, count,
     /// recorded values in microseconds with their counts).
-    pub fn saved_minutes(&self) -> impl Iterator<Item = (u64, u64, Vec<(u64, u64)>)> + '_ {
+    pub fn saved_minutes(&mut self) -> impl Iterator<Item = (u64, u64, Vec<(u64, u64)>)> + '_ {
+        self.flush_staged();
         self.minutes.iter().filter(|m| m.count > 0).map(|m| {
             let values = m
                 .hist
@@ -317,6 +350,7 @@ impl QuantileSeries {
     /// Adds a saved minute histogram back (from [`QuantileSeries::saved_minutes`]). A
     /// minute older than the one its slot holds is dropped, as a late span's would be.
     pub fn restore_minute(&mut self, minute: u64, count: u64, values: &[(u64, u64)]) {
+        self.flush_staged();
         let slot = &mut self.minutes[(minute % 2) as usize];
         if slot.minute > minute {
             return;
@@ -394,8 +428,101 @@ mod tests {
         back.compute(10, &[0.5, 0.9, 0.99]);
         assert_eq!(back.quantiles, q.quantiles);
         assert!(!back.quantiles.is_empty());
-        let counts = |s: &QuantileSeries| s.saved_minutes().map(|m| (m.0, m.1)).collect::<Vec<_>>();
-        assert_eq!(counts(&back), counts(&q));
+        let counts =
+            |s: &mut QuantileSeries| s.saved_minutes().map(|m| (m.0, m.1)).collect::<Vec<_>>();
+        assert_eq!(counts(&mut back), counts(&mut q));
+    }
+
+    /// Saved minutes: (minute, count, (value, count) of each counter that holds some).
+    type Saved = Vec<(u64, u64, Vec<(u64, u64)>)>;
+
+    /// The minute slots as they were counted before durations were staged: each one
+    /// added to its histogram at once.
+    #[derive(Default)]
+    struct Unstaged {
+        minutes: [(u64, u64, Counts); 2],
+    }
+
+    impl Unstaged {
+        fn record(&mut self, duration_nanos: u64, minute: u64, now_minute: u64) {
+            let minute = minute.min(now_minute);
+            if minute + 1 < now_minute {
+                return;
+            }
+            let slot = &mut self.minutes[(minute % 2) as usize];
+            if slot.0 != minute {
+                if slot.0 > minute {
+                    return;
+                }
+                *slot = (minute, 0, Counts::new());
+            }
+            slot.1 += 1;
+            slot.2.add(HdrSlot::of(duration_nanos).index(), 1);
+        }
+
+        fn saved(&self) -> Saved {
+            let minutes = self.minutes.iter().filter(|m| m.1 > 0);
+            minutes
+                .map(|m| (m.0, m.1, m.2.recorded().collect()))
+                .collect()
+        }
+    }
+
+    proptest::proptest! {
+        /// Staged durations land where an immediate add would have put them, whatever
+        /// comes between: minutes turning over (with staged durations of the minute
+        /// dropped), late and early spans, quantiles computed, checkpoints and restores.
+        #[test]
+        fn staged_durations_count_as_if_added_at_once(
+            steps in proptest::collection::vec((0u8..8, 1u64..5_000_000_000, 0u64..4), 1..400),
+        ) {
+            let (mut staged, mut unstaged) = (QuantileSeries::default(), Unstaged::default());
+            let mut now = 100u64;
+            for (op, duration, back) in steps {
+                match op {
+                    0 => now += 1,
+                    1 => {
+                        staged.compute(now - 1, &[0.5, 0.99]);
+                        let mut expected = Unstaged::default();
+                        for (minute, count, values) in unstaged.saved() {
+                            if minute == now - 1 {
+                                expected.minutes[0] = (minute, count, Counts::new());
+                                for (v, n) in values {
+                                    expected.minutes[0].2.add(hdr::index_of(v), n as u32);
+                                }
+                            }
+                        }
+                        let want: Vec<f64> = if expected.minutes[0].1 == 0 {
+                            Vec::new()
+                        } else {
+                            [0.5, 0.99]
+                                .iter()
+                                .map(|&q| expected.minutes[0].2.value_at_quantile(q) as f64 / 1e6)
+                                .collect()
+                        };
+                        proptest::prop_assert_eq!(&staged.quantiles, &want);
+                    }
+                    2 => {
+                        let saved: Vec<_> = staged.saved_minutes().collect();
+                        proptest::prop_assert_eq!(&saved, &unstaged.saved());
+                        let mut back = QuantileSeries::default();
+                        for (minute, count, values) in &saved {
+                            back.restore_minute(*minute, *count, values);
+                        }
+                        let again: Vec<_> = back.saved_minutes().collect();
+                        proptest::prop_assert_eq!(again, saved);
+                    }
+                    _ => {
+                        // Mostly this minute, some late, a few from the next one.
+                        let minute = (now + 1).saturating_sub(back);
+                        staged.record(duration, minute, now);
+                        unstaged.record(duration, minute, now);
+                    }
+                }
+            }
+            let saved: Vec<_> = staged.saved_minutes().collect();
+            proptest::prop_assert_eq!(saved, unstaged.saved());
+        }
     }
 
     #[test]
