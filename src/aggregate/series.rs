@@ -15,11 +15,73 @@ pub struct SpanSeries {
     /// Spans by status code, indexed by [`StatusCode`]: unset, ok, error.
     pub by_status: [u64; 3],
     /// Spans per bucket, not cumulative; the last slot is above the highest bound.
-    pub buckets: Box<[u64]>,
+    pub buckets: Buckets,
     /// Sum of durations, nanoseconds.
     pub sum_nanos: u128,
     /// A recent span with valid ids per bucket, sampled once a second.
     pub exemplars: Exemplars,
+}
+
+/// How many bucket counters a span series holds inside itself: the default 14 bounds
+/// and +Inf fit. More go to the heap.
+const INLINE_BUCKETS: usize = 16;
+
+/// The bucket counters of a span series, inside the series up to [`INLINE_BUCKETS`], so
+/// that counting a span needs no pointer read after the series is found: with the
+/// counters behind a pointer, its load and then the counter's line were two misses one
+/// after the other, on every span.
+#[derive(Debug, Clone)]
+pub enum Buckets {
+    /// `len` counters in place.
+    Inline {
+        /// How many of `counts` are buckets.
+        len: u8,
+        /// The counters, zero past `len`.
+        counts: [u64; INLINE_BUCKETS],
+    },
+    /// More than [`INLINE_BUCKETS`] counters.
+    Heap(Box<[u64]>),
+}
+
+impl Buckets {
+    /// `len` zeroed counters.
+    pub fn new(len: usize) -> Self {
+        match u8::try_from(len) {
+            Ok(small) if len <= INLINE_BUCKETS => Self::Inline {
+                len: small,
+                counts: [0; INLINE_BUCKETS],
+            },
+            _ => Self::Heap(vec![0; len].into_boxed_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for Buckets {
+    type Target = [u64];
+
+    #[inline(always)]
+    fn deref(&self) -> &[u64] {
+        match self {
+            Self::Inline { len, counts } => &counts[..usize::from(*len)],
+            Self::Heap(counts) => counts,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Buckets {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [u64] {
+        match self {
+            Self::Inline { len, counts } => &mut counts[..usize::from(*len)],
+            Self::Heap(counts) => counts,
+        }
+    }
+}
+
+impl PartialEq for Buckets {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
 }
 
 /// A span that fell in a bucket: the ids that lead to its trace, its duration and when
@@ -103,7 +165,7 @@ impl SpanSeries {
     pub fn new(bounds: usize) -> Self {
         Self {
             by_status: [0; 3],
-            buckets: vec![0; bounds + 1].into_boxed_slice(),
+            buckets: Buckets::new(bounds + 1),
             sum_nanos: 0,
             exemplars: Exemplars::new(bounds + 1),
         }
@@ -522,6 +584,28 @@ mod tests {
             }
             let saved: Vec<_> = staged.saved_minutes().collect();
             proptest::prop_assert_eq!(saved, unstaged.saved());
+        }
+    }
+
+    #[test]
+    fn buckets_count_the_same_in_place_and_on_the_heap() {
+        for bounds in [0, 14, INLINE_BUCKETS - 1, INLINE_BUCKETS, 64] {
+            let mut s = SpanSeries::new(bounds);
+            assert_eq!(s.buckets.len(), bounds + 1);
+            assert_eq!(
+                matches!(s.buckets, Buckets::Inline { .. }),
+                bounds < INLINE_BUCKETS,
+                "{bounds} bounds"
+            );
+            for bucket in 0..=bounds {
+                s.record(StatusCode::Ok, bucket, 5);
+                s.record(StatusCode::Error, bounds, 5);
+            }
+            let mut want = vec![1u64; bounds + 1];
+            want[bounds] += bounds as u64 + 1;
+            assert_eq!(&*s.buckets, &want[..]);
+            assert_eq!(s.count(), 2 * (bounds as u64 + 1));
+            assert_ne!(s, SpanSeries::new(bounds));
         }
     }
 
