@@ -317,6 +317,9 @@ pub enum IngestError {
     /// The client's body stream failed before it was complete.
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
+    /// A decode thread failed (panicked) on this body: a bug in sloxide.
+    #[error("sloxide failed on this request (a bug; its log says more): {0}")]
+    Internal(&'static str),
 }
 
 impl IngestError {
@@ -337,6 +340,7 @@ impl IngestError {
             Self::Overloaded => RefusalReason::Overloaded,
             Self::Timeout(_) => RefusalReason::Timeout,
             Self::Unauthenticated => RefusalReason::Unauthenticated,
+            Self::Internal(_) => RefusalReason::Internal,
         }
     }
 
@@ -729,7 +733,7 @@ impl Ingest {
         self.decoders
             .run(slot, work)
             .await
-            .ok_or_else(|| IngestError::BodyRead("the decode thread failed".to_owned()))?
+            .ok_or(IngestError::Internal("its decode thread failed"))?
     }
 
     /// Gives memory that large requests used back to the OS once they are done; call it
@@ -1035,6 +1039,18 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    /// A failed decode thread is sloxide's own failure: 500 and INTERNAL, which OTLP
+    /// clients do not retry, counted apart from the client's faults.
+    #[test]
+    fn a_failed_decode_thread_is_an_internal_refusal() {
+        let err = IngestError::Internal("its decode thread failed");
+        assert_eq!(err.reason(), RefusalReason::Internal);
+        assert_eq!(err.reason().as_str(), "internal");
+        assert_eq!(err.http_status(), ::http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(err.grpc_status().code(), tonic::Code::Internal);
+        assert!(err.to_string().contains("a bug"), "{err}");
+    }
 
     fn compress(format: Format, body: &[u8]) -> Vec<u8> {
         match format {

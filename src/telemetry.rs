@@ -80,6 +80,10 @@ pub enum RefusalReason {
     Timeout,
     /// No valid bearer token (`auth`): refused before the body was read.
     Unauthenticated,
+    /// sloxide failed while decoding or recording the body (a decode thread panicked:
+    /// a bug, whose message is in the log). Not retryable: the same body would fail
+    /// the same way, and the records counted before the failure would count twice.
+    Internal,
 }
 
 /// How one refusal reason is answered on each transport and counted.
@@ -97,7 +101,7 @@ pub struct Refusal {
 
 /// Every refusal, in [`RefusalReason`] order: the one place that maps a reason to its
 /// HTTP status, gRPC code and self-metric label.
-pub const REFUSALS: [Refusal; 7] = [
+pub const REFUSALS: [Refusal; 8] = [
     Refusal {
         reason: RefusalReason::Decode,
         label: "decode",
@@ -140,6 +144,12 @@ pub const REFUSALS: [Refusal; 7] = [
         http: http::StatusCode::UNAUTHORIZED,
         grpc: tonic::Code::Unauthenticated,
     },
+    Refusal {
+        reason: RefusalReason::Internal,
+        label: "internal",
+        http: http::StatusCode::INTERNAL_SERVER_ERROR,
+        grpc: tonic::Code::Internal,
+    },
 ];
 
 impl RefusalReason {
@@ -155,12 +165,14 @@ impl RefusalReason {
 
     /// The reason behind a gRPC error that tonic produced itself, before sloxide's
     /// service saw the message (framing, its decompression, its message size limit).
-    /// tonic reports an oversize message as OUT_OF_RANGE; anything not in [`REFUSALS`]
-    /// is a body that could not be decoded.
+    /// tonic reports an oversize message as OUT_OF_RANGE, and a body it cannot
+    /// decompress or frame as INTERNAL; anything not in [`REFUSALS`] is a body that
+    /// could not be decoded too.
     pub fn of_grpc_code(code: tonic::Code) -> Option<Self> {
         match code {
             tonic::Code::Ok => None,
             tonic::Code::OutOfRange => Some(Self::TooLarge),
+            tonic::Code::Internal => Some(Self::Decode),
             code => Some(
                 REFUSALS
                     .iter()
@@ -380,7 +392,10 @@ mod tests {
     fn the_refusal_table_is_in_reason_order_and_reads_back() {
         for (i, r) in REFUSALS.iter().enumerate() {
             assert_eq!(r.reason as usize, i);
-            assert_eq!(RefusalReason::of_grpc_code(r.grpc), Some(r.reason));
+            // tonic's own INTERNAL is a body it could not take; sloxide's is its own.
+            if r.reason != RefusalReason::Internal {
+                assert_eq!(RefusalReason::of_grpc_code(r.grpc), Some(r.reason));
+            }
         }
         assert_eq!(RefusalReason::of_grpc_code(tonic::Code::Ok), None);
         assert_eq!(

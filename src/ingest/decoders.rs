@@ -94,6 +94,16 @@ impl DecodePool {
                 return;
             }
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            if let Err(panic) = &out {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic without a message");
+                tracing::error!(
+                    "a decode thread failed on a request, refused as internal (a bug in sloxide; please report it): {what}"
+                );
+            }
             let _ = tx.send(out.ok());
         });
         let sent = match self.jobs.lock() {
