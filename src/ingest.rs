@@ -730,10 +730,10 @@ impl Ingest {
                 &mut reservation,
             )
         };
-        self.decoders
-            .run(slot, work)
-            .await
-            .ok_or(IngestError::Internal("its decode thread failed"))?
+        self.decoders.run(slot, work).await.map_err(|e| match e {
+            decoders::RunError::Panicked => IngestError::Internal("its decode thread failed"),
+            decoders::RunError::Unavailable => IngestError::Overloaded,
+        })?
     }
 
     /// Gives memory that large requests used back to the OS once they are done; call it

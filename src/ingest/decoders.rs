@@ -77,16 +77,15 @@ impl DecodePool {
         }
     }
 
-    /// Runs `work` on the thread `slot` stands for and returns its result; `None` if it
-    /// panicked. The job holds the slot until it has run. When the caller is gone
-    /// before the job starts (its client reset the stream, or closed the connection),
-    /// the work is not done: `work` is dropped, and what it holds (the request's
-    /// reservation) with it.
+    /// Runs `work` on the thread `slot` stands for and returns its result. The job
+    /// holds the slot until it has run. When the caller is gone before the job starts
+    /// (its client reset the stream, or closed the connection), the work is not done:
+    /// `work` is dropped, and what it holds (the request's reservation) with it.
     pub async fn run<T: Send + 'static>(
         &self,
         slot: Slot,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, RunError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _slot = slot;
@@ -104,17 +103,28 @@ impl DecodePool {
                     "a decode thread failed on a request, refused as internal (a bug in sloxide; please report it): {what}"
                 );
             }
-            let _ = tx.send(out.ok());
+            let _ = tx.send(out.map_err(|_| RunError::Panicked));
         });
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs.send(job).is_ok(),
             Err(_) => false,
         };
         if !sent {
-            return None;
+            tracing::error!("no decode thread is running to take a request (see the log at start)");
+            return Err(RunError::Unavailable);
         }
-        rx.await.ok().flatten()
+        rx.await.unwrap_or(Err(RunError::Unavailable))
     }
+}
+
+/// Why [`DecodePool::run`] gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunError {
+    /// The work panicked (a bug; the log has the panic's message).
+    Panicked,
+    /// No decode thread took the job: none could be started, or it was dropped
+    /// without running.
+    Unavailable,
 }
 
 /// Lowers the calling thread's scheduling priority (Linux threads have their own
@@ -146,13 +156,13 @@ mod tests {
         let slot = pool.slot(soon()).await.unwrap();
         assert_eq!(
             pool.run(slot, || -> u32 { panic!("in a decode") }).await,
-            None
+            Err(RunError::Panicked)
         );
         // The thread that panicked is still there, and the slots came back.
         for _ in 0..4 {
             assert_eq!(
                 pool.run(pool.slot(soon()).await.unwrap(), || 7).await,
-                Some(7)
+                Ok(7)
             );
         }
         // Both slots held: no third until one is given back.
