@@ -680,7 +680,6 @@ impl Ingest {
         let done = compressed.is_none() || inflated.is_some();
         let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
         if done && len <= inline {
-            reservation.charge(decode_estimate(encoding, len))?;
             let _entered = self.enter().await;
             let inflated = inflated.as_ref().map(|b| &b[..]);
             return self.export_decompressed(
@@ -717,8 +716,6 @@ impl Ingest {
                     Some(out)
                 }
             };
-            let len = inflated.as_ref().map_or(raw.len() - start, |b| b.len());
-            reservation.charge(decode_estimate(encoding, len))?;
             let inflated = inflated.as_ref().map(|b| &b[..]);
             ingest.export_decompressed(
                 transport,
@@ -797,7 +794,8 @@ impl Ingest {
     }
 
     /// [`Ingest::export`] of `inflated`, the body decompressed, or when it was not
-    /// compressed, of the body as it was received (`raw` from byte `start`).
+    /// compressed, of the body as it was received (`raw` from byte `start`), after its
+    /// decode is charged to `reservation`.
     #[allow(clippy::too_many_arguments)]
     fn export_decompressed(
         &self,
@@ -809,6 +807,8 @@ impl Ingest {
         start: usize,
         reservation: &mut Reservation,
     ) -> Result<Accepted, IngestError> {
+        let len = inflated.map_or(raw.len() - start, <[u8]>::len);
+        reservation.charge(decode_estimate(encoding, len))?;
         match inflated {
             Some(body) => self.export(transport, signal, encoding, body),
             None => self.export_received(transport, signal, encoding, raw, start, reservation),

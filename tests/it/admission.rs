@@ -392,9 +392,9 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
     assert!(probes >= 10, "{probes} probes");
     // A probe stalled behind one of these bodies would wait for its inflation and
     // decode: 0.31 - 0.65 s each with a release build (curl, one at a time), more with a
-    // debug one. Healthy probes take 10 - 30 ms here, and
-    // a busy shared 2-core machine has stretched one to 137 ms with nothing stalled. 250
-    // ms keeps the stall far above the bound and the machine's hiccups below it.
+    // debug one. Healthy probes take 10 - 30 ms here, and a busy shared 2-core machine
+    // has stretched one to 137 ms with nothing stalled. 250 ms keeps the stall far above
+    // the bound and the machine's hiccups below it.
     assert!(
         slowest < Duration::from_millis(250),
         "/healthz took {slowest:?} at worst"
