@@ -66,7 +66,8 @@ fn grace(timeouts: &Timeouts) -> Duration {
 pub struct Timeouts {
     /// No complete request head (TLS handshake included) within this: closed.
     pub header_read: Duration,
-    /// No request in flight for this long: closed (HTTP/2 with a GOAWAY).
+    /// No request being handled and no response moving for this long: closed (HTTP/2
+    /// with a GOAWAY).
     pub idle: Duration,
 }
 
@@ -475,7 +476,8 @@ where
 }
 
 /// The port's service as hyper calls it: each request is in flight for the
-/// connection's watch until its response body is dropped.
+/// connection's watch until its response is ready; then each frame of the response's
+/// body taken to be sent, and its end, count as the connection's progress.
 struct Adapter<S, B> {
     service: S,
     request: fn(http::Request<Incoming>) -> http::Request<B>,
@@ -519,9 +521,11 @@ where
         }
         let request = (self.request)(req);
         let service = self.service.clone();
+        let state = self.state.clone();
         Box::pin(async move {
             let response = tower::ServiceExt::oneshot(service, request).await?;
-            Ok(response.map(|body| Tracked::new(body, in_flight)))
+            drop(in_flight);
+            Ok(response.map(|body| Tracked::new(body, state)))
         })
     }
 }

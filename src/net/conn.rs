@@ -66,7 +66,10 @@ impl ConnState {
     }
 
     /// A request head arrived (`h2`: over HTTP/2); it is in flight until the returned
-    /// guard is dropped with its response body.
+    /// guard is dropped, when its response is ready. Sending the response is not being
+    /// in flight: a client that does not take it (an HTTP/2 window it never opens, a
+    /// socket it never reads) leaves the connection idle, and only the response's
+    /// progress ([`ConnState::progress`]) keeps it from the idle timeout.
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         if h2 {
             self.h2.store(true, Ordering::Relaxed);
@@ -75,6 +78,12 @@ impl ConnState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    /// A response moved on (a frame of it was taken to be sent, or it ended): the idle
+    /// clock starts again.
+    fn progress(&self) {
+        self.idle_since.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// Bytes were read: with no request in flight on HTTP/1, they begin the next head.
@@ -120,7 +129,7 @@ impl ConnState {
     }
 }
 
-/// A request in flight; dropped with its response body.
+/// A request in flight; dropped when its response is ready.
 #[derive(Debug)]
 pub struct InFlight(Arc<ConnState>);
 
@@ -133,19 +142,23 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is dropped.
+/// A response body that tells its connection's [`ConnState`] each time a frame of it
+/// is taken to be sent, and when it is dropped (sent, or its stream reset).
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    state: Arc<ConnState>,
 }
 
 impl<B> Tracked<B> {
-    /// `inner`, holding `in_flight`.
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
-        Self {
-            inner,
-            _in_flight: in_flight,
-        }
+    /// `inner`, on the connection of `state`.
+    pub fn new(inner: B, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.state.progress();
     }
 }
 
@@ -157,7 +170,11 @@ impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(poll, Poll::Ready(Some(Ok(_)))) {
+            self.state.progress();
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -341,5 +358,26 @@ mod tests {
             state.check(head_from + HEADER, HEADER, IDLE),
             Verdict::Until(_) | Verdict::IdleTimeout
         ));
+    }
+
+    #[test]
+    fn a_response_waiting_to_be_sent_is_idle_time_and_its_progress_is_not() {
+        let state = ConnState::new();
+        let request = state.request_started(true);
+        // Handled: its response is ready, and not yet taken by the client.
+        drop(request);
+        state.idle_since.store(1, Ordering::Relaxed);
+        let stalled_from = state.at(1);
+        assert_eq!(
+            state.check(stalled_from + IDLE, HEADER, IDLE),
+            Verdict::IdleTimeout
+        );
+        // A frame of it sent: the idle clock starts again.
+        state.progress();
+        let moved = state.at(state.idle_since.load(Ordering::Relaxed));
+        assert_eq!(
+            state.check(moved, HEADER, IDLE),
+            Verdict::Until(moved + IDLE)
+        );
     }
 }

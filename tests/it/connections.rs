@@ -340,6 +340,92 @@ async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_is_kept() {
     }
 }
 
+/// A client that sends a request over HTTP/2 and never opens its window for the answer
+/// (it still answers pings) holds nothing for long: once no request is being handled and
+/// no response has moved for the idle timeout, its connection gets a GOAWAY, and it is
+/// dropped when the stream still cannot finish. On both OTLP ports; without this, 4 096
+/// such connections held every connection slot for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_takes_its_response_is_closed_as_idle() {
+    let d = Daemon::start(&config(
+        "limits: {header_read_timeout: 1s, idle_timeout: 1s}",
+    ));
+    // gRPC: an empty export, answered with a 5-byte message. HTTP: a content type the
+    // port refuses, answered (415) with a Status message. Both answers are DATA, which
+    // a shut window holds back.
+    let requests = [
+        (
+            d.grpc,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            "application/grpc",
+            &[0u8, 0, 0, 0, 0][..],
+        ),
+        (d.http, "/v1/traces", "text/plain", &b"spans"[..]),
+    ];
+    for (addr, path, content_type, body) in requests {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let driven = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(body), true)
+            .unwrap();
+        // The head is not flow-controlled: it arrives; the body cannot.
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("a response head")
+            .unwrap();
+        let mut answer = response.into_body();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), answer.data())
+                .await
+                .is_err(),
+            "{path}: the body came through a shut window"
+        );
+        // Idle after 1 s, dropped 1 s after the GOAWAY: well within 6 s.
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(6), driven).await;
+        assert!(
+            ended.is_ok(),
+            "{path}: still open {:?} after the response was held back",
+            started.elapsed()
+        );
+        drop(answer);
+    }
+    for port in ["otlp_http", "otlp_grpc"] {
+        let idle = d
+            .metric(
+                "sloxide_connections_timed_out_total",
+                &[("port", port), ("timeout", "idle")],
+            )
+            .await;
+        assert_eq!(idle, Some(1.0), "{port}");
+    }
+    // The ports still serve.
+    let health = reqwest_free_get(d.metrics, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+/// A plain HTTP/1 GET of `path` on `addr`; the response's text.
+async fn reqwest_free_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A request that never finishes (its client stalls mid-body and never leaves) does not
 /// hold up a shutdown: its connection is dropped before the daemon's drain runs out, so
 /// the drain completes and the final checkpoint is clean.
