@@ -216,8 +216,9 @@ fn dimensions_become_labels_from_the_span_then_the_resource() {
 
 /// Spans whose labels come from their own attributes, interleaving over a few label sets
 /// and then over more than the grouping holds (30 sets, 8 groups), more spans than it
-/// holds (600, 256), some with the same label written as a string and as an integer:
-/// every series and every SLO tally matches a naive count.
+/// holds (600, 256), some with the same label written as a string and as an integer,
+/// and two routes that differ only in their middle bytes: every series, every quantile
+/// series and every SLO tally matches a naive count.
 #[test]
 fn interleaved_label_sets_give_the_same_counts_as_a_naive_tally() {
     let (agg, _) = setup(
@@ -229,6 +230,7 @@ fn interleaved_label_sets_give_the_same_counts_as_a_naive_tally() {
     let regions = ["eu", "us", "ap"];
     let mut want = std::collections::BTreeMap::<(String, String, i32), u64>::new();
     let mut want_slo = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    let mut want_quantiles = std::collections::BTreeMap::<(String, i32), u64>::new();
     let spans: Vec<Span> = (0..600)
         .map(|i| {
             // The first 300 spans cycle over 6 label sets (so groups are reused), the
@@ -242,16 +244,21 @@ fn interleaved_label_sets_give_the_same_counts_as_a_naive_tally() {
             let mut s = span(kind, MS, if bad { 2 } else { 0 }, end);
             let region = regions[i % 3];
             s.attributes.push(kv_str("cloud.region", region));
-            // Routes 1 and 4 arrive as integers on some spans, as strings on others.
+            // Routes 1 and 4 arrive as integers on some spans, as strings on others;
+            // routes 2 and 3 share their length and their first and last 8 bytes.
+            let text = match route {
+                2 => "/orders/2/lines/item".to_string(),
+                3 => "/orders/3/lines/item".to_string(),
+                r => r.to_string(),
+            };
             s.attributes
                 .push(if (route == 4 || route == 1) && i % 4 < 2 {
                     kv_int("http.route", route)
                 } else {
-                    kv_str("http.route", &route.to_string())
+                    kv_str("http.route", &text)
                 });
-            *want
-                .entry((region.into(), route.to_string(), kind))
-                .or_default() += 1;
+            *want.entry((region.into(), text, kind)).or_default() += 1;
+            *want_quantiles.entry((region.into(), kind)).or_default() += 1;
             if kind == 2 {
                 let e = want_slo.entry(region.into()).or_default();
                 e.0 += 1;
@@ -284,6 +291,20 @@ fn interleaved_label_sets_give_the_same_counts_as_a_naive_tally() {
             "{region} {route} {kind}"
         );
     }
+    // Each (region, kind) quantile series holds every span of its groups, once.
+    let mut quantiles = std::collections::BTreeMap::<(String, i32), u64>::new();
+    agg.aggregator().durations().for_each(|e| {
+        let kind = if e.labels.get(2) == Some("server") {
+            2
+        } else {
+            3
+        };
+        let count: u64 = e.value.saved_minutes().map(|(_, n, _)| n).sum();
+        *quantiles
+            .entry((e.labels.get(1).unwrap().to_string(), kind))
+            .or_default() += count;
+    });
+    assert_eq!(quantiles, want_quantiles);
     for (region, (events, bad)) in &want_slo {
         let labels = [("slo", "avail"), ("region", region.as_str())];
         assert_eq!(
