@@ -317,7 +317,7 @@ pub enum IngestError {
     /// The client's body stream failed before it was complete.
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
-    /// A decode thread failed (panicked) on this body: a bug in sloxide.
+    /// The decode or recording of this body panicked: a bug in sloxide.
     #[error("sloxide failed on this request (a bug; its log says more): {0}")]
     Internal(&'static str),
 }
@@ -682,15 +682,20 @@ impl Ingest {
         if done && len <= inline {
             let _entered = self.enter().await;
             let inflated = inflated.as_ref().map(|b| &b[..]);
-            return self.export_decompressed(
-                transport,
-                signal,
-                encoding,
-                inflated,
-                &mut raw,
-                start,
-                &mut reservation,
-            );
+            // A panic here is refused as on a decode thread, not left to take the
+            // connection down (which clients retry, with the same body).
+            return decoders::contain(|| {
+                self.export_decompressed(
+                    transport,
+                    signal,
+                    encoding,
+                    inflated,
+                    &mut raw,
+                    start,
+                    &mut reservation,
+                )
+            })
+            .unwrap_or(Err(IngestError::Internal("its decode failed")));
         }
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         let Some(slot) = self.decoders.slot(wait).await else {

@@ -222,6 +222,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             LogFormat::Json => sloxide::logging::Format::Json,
         },
     );
+    sloxide::ingest::decoders::install_panic_hook();
 
     let mut config = load(path.as_deref())?;
     tracing::info!(

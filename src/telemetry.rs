@@ -80,8 +80,8 @@ pub enum RefusalReason {
     Timeout,
     /// No valid bearer token (`auth`): refused before the body was read.
     Unauthenticated,
-    /// sloxide failed while decoding or recording the body (a decode thread panicked:
-    /// a bug, whose message is in the log). Not retryable: the same body would fail
+    /// sloxide failed while decoding or recording the body (it panicked: a bug, whose
+    /// message is in the log). Not retryable: the same body would fail
     /// the same way, and the records counted before the failure would count twice.
     Internal,
 }

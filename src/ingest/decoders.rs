@@ -9,6 +9,7 @@
 //! does not let another job queue behind it): jobs never queue in the pool, callers
 //! wait for a slot, for as long as they choose.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -92,18 +93,7 @@ impl DecodePool {
             if tx.is_closed() {
                 return;
             }
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-            if let Err(panic) = &out {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("a panic without a message");
-                tracing::error!(
-                    "a decode thread failed on a request, refused as internal (a bug in sloxide; please report it): {what}"
-                );
-            }
-            let _ = tx.send(out.map_err(|_| RunError::Panicked));
+            let _ = tx.send(contain(work).map_err(|Panicked| RunError::Panicked));
         });
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs.send(job).is_ok(),
@@ -115,6 +105,48 @@ impl DecodePool {
         }
         rx.await.unwrap_or(Err(RunError::Unavailable))
     }
+}
+
+thread_local! {
+    /// True while this thread runs work under [`contain`].
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A decode that panicked: a bug in sloxide, which its request is refused for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panicked;
+
+/// Runs `work` (a request's decode and recording), turning a panic into [`Panicked`]:
+/// the request is refused as `internal`, and the thread and every other request carry
+/// on. While it runs, a panic is reported by [`install_panic_hook`]'s hook at most once
+/// every [`crate::telemetry::REFUSAL_LOG_EVERY`], so a body that always fails cannot
+/// flood the log.
+pub fn contain<T>(work: impl FnOnce() -> T) -> Result<T, Panicked> {
+    let outer = CONTAINED.replace(true);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    CONTAINED.set(outer);
+    out.map_err(|_| Panicked)
+}
+
+/// Makes panics inside [`contain`] one log line (through `tracing`, so in the log's
+/// format) at most every [`crate::telemetry::REFUSAL_LOG_EVERY`], with their message,
+/// place and number since the last line. Every other panic goes to the hook that was
+/// there before. The daemon installs it at start.
+pub fn install_panic_hook() {
+    let earlier = std::panic::take_hook();
+    let spell = crate::telemetry::EveryFew::default();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CONTAINED.get() {
+            return earlier(info);
+        }
+        let now = std::time::Instant::now();
+        if let Some(n) = spell.note(now, crate::telemetry::REFUSAL_LOG_EVERY) {
+            tracing::error!(
+                panics = n,
+                "a decode failed on a request, refused as internal (a bug in sloxide; please report it): {info}"
+            );
+        }
+    }));
 }
 
 /// Why [`DecodePool::run`] gave no result.
@@ -141,6 +173,23 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contain_turns_a_panic_into_an_error_and_marks_only_its_own_run() {
+        assert!(!CONTAINED.get());
+        assert_eq!(contain(|| 7), Ok(7));
+        assert_eq!(contain(|| -> u32 { panic!("in a decode") }), Err(Panicked));
+        assert!(!CONTAINED.get(), "left marked after a panic");
+        // Nested: the outer run is still contained after the inner one.
+        assert_eq!(
+            contain(|| {
+                let inner = contain(|| -> u32 { panic!("inner") });
+                (inner, CONTAINED.get())
+            }),
+            Ok((Err(Panicked), true))
+        );
+        assert!(!CONTAINED.get());
+    }
 
     #[tokio::test]
     async fn jobs_run_on_the_pool_and_panics_are_contained() {

@@ -1013,3 +1013,82 @@ sys.exit(0 if all(s == str(want) for s in seen) else 1)
     drop(stalled);
     assert_eq!(d.get("/healthz").await.0, 200);
 }
+
+/// A recorder with a bug: it panics on every batch.
+struct Panics;
+
+impl sloxide::ingest::Recorder for Panics {
+    fn record_traces(&self, _: &sloxide::otlp::spans::TraceBatch<'_>) {
+        panic!("a recorder bug");
+    }
+    fn record_logs(&self, _: &sloxide::otlp::logs::LogBatch<'_>) {
+        panic!("a recorder bug");
+    }
+}
+
+/// A panic while a request is decoded and recorded, whether on the async worker (a
+/// small body) or on a decode thread (a body over 1 MiB), refuses that request with 500
+/// (`internal`, which OTLP clients do not retry), and the next requests are served the
+/// same way: no connection is taken down, no thread lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_decode_refuses_the_request_as_internal_on_either_path() {
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    let pipeline = sloxide::pipeline::Pipeline::new(
+        &sloxide::config::Config::default(),
+        Arc::new(sloxide::clock::SystemClock),
+    )
+    .unwrap();
+    let plan = pipeline.plan();
+    let target = sloxide::ingest::Target {
+        keys: plan.keys().clone(),
+        trace_keys: plan.trace_keys().clone(),
+        limits: pipeline.ingest.limits(),
+        recorder: Arc::new(Panics),
+        auth: None,
+    };
+    let telemetry = Arc::new(sloxide::telemetry::Telemetry::default());
+    let ingest = Arc::new(sloxide::ingest::Ingest::new(
+        target,
+        64 << 20,
+        telemetry.clone(),
+    ));
+    let router = sloxide::ingest::http::router(ingest);
+    let small = mixed();
+    let large = fixture::mixed_traces(&fixture::Mix {
+        records: 4000,
+        ..fixture::Mix::default()
+    })
+    .encode_to_vec();
+    assert!(
+        small.len() < 1 << 20 && large.len() > 1 << 20,
+        "{}",
+        large.len()
+    );
+    for body in [&small, &large, &small, &large] {
+        let request = http::Request::post("/v1/traces")
+            .header("content-type", "application/x-protobuf")
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            router.clone().oneshot(request),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert_eq!(
+            response.status(),
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "{} bytes",
+            body.len()
+        );
+    }
+    let internal = telemetry.refused_requests(
+        sloxide::telemetry::Transport::Http,
+        sloxide::telemetry::Signal::Traces,
+        sloxide::telemetry::RefusalReason::Internal,
+    );
+    assert_eq!(internal, 4);
+}
