@@ -8,7 +8,10 @@
 //! budget (`limits.max_in_flight_bytes`) cannot hold it, for at most
 //! `limits.admission_wait` (or what is left of the client's gRPC deadline), and is then
 //! refused with 503 / UNAVAILABLE: a burst is absorbed rather than refused, and the
-//! wait is bounded. A gRPC request reserves a guess at its headers, and its declared
+//! wait is bounded. Waiting reservations queue in order: bytes given back go to the
+//! oldest first, and only the reservations they admit are woken, so a large request is
+//! not passed over by small ones forever, and a release does not wake every waiter
+//! (with thousands waiting under overload, that cost more CPU than the requests). A gRPC request reserves a guess at its headers, and its declared
 //! length instead (more or less) when the length prefix arrives, without waiting.
 //!
 //! What a request turns out to need beyond its reservation (a chunked body, a
@@ -17,11 +20,12 @@
 //! request (503) rather than wait, because requests that wait for more while holding
 //! some could hold the whole budget and wait for each other.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::IngestError;
@@ -55,24 +59,32 @@ struct Shared {
     peak: AtomicUsize,
     /// Reservations that found the budget full and waited.
     waits: AtomicU64,
-    /// Woken when bytes are given back.
-    freed: Notify,
+    /// Reservations waiting for room, oldest first.
+    queue: Mutex<VecDeque<Waiter>>,
+    /// How many are in `queue`, so that a release skips its lock when none waits.
+    queued: AtomicUsize,
+}
+
+/// A reservation waiting for room: its bytes are added for it, and it is told.
+#[derive(Debug)]
+struct Waiter {
+    bytes: usize,
+    admitted: oneshot::Sender<()>,
 }
 
 impl Shared {
     /// Adds `bytes` if the total stays within `limit`.
     fn try_add(&self, bytes: usize, limit: usize) -> bool {
-        let mut now = self.in_use.load(Ordering::Relaxed);
+        let mut now = self.in_use.load(Ordering::SeqCst);
         loop {
             let next = now.saturating_add(bytes);
             if next > limit && bytes > 0 {
                 return false;
             }
-            // Relaxed: a plain sum, read for admission and exposition; nothing else is
-            // published through it.
+            // SeqCst: see `release`. Nothing else is published through the sum.
             match self
                 .in_use
-                .compare_exchange_weak(now, next, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(now, next, Ordering::SeqCst, Ordering::SeqCst)
             {
                 Ok(_) => {
                     self.peak.fetch_max(next, Ordering::Relaxed);
@@ -87,30 +99,99 @@ impl Shared {
         if bytes == 0 {
             return;
         }
-        self.in_use.fetch_sub(bytes, Ordering::Relaxed);
-        self.freed.notify_waiters();
+        // SeqCst here and on `queued`: a waiter stores `queued` then reads `in_use`
+        // (`admit_waiting`), a release writes `in_use` then reads `queued`; one of the
+        // two sees the other, so freed room is never left with a waiter asleep.
+        self.in_use.fetch_sub(bytes, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            self.admit_waiting();
+        }
+    }
+
+    /// Admits waiting reservations, oldest first, while the budget has room for the
+    /// oldest: each is added for its waiter, and only that waiter is woken.
+    fn admit_waiting(&self) {
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(oldest) = queue.front() {
+            if oldest.admitted.is_closed() {
+                // It gave up (timed out, or its request is gone).
+                queue.pop_front();
+                continue;
+            }
+            if !self.try_add(oldest.bytes, self.total) {
+                // No room for the oldest: it waits, and those behind it with it.
+                break;
+            }
+            if let Some(oldest) = queue.pop_front()
+                && oldest.admitted.send(()).is_err()
+            {
+                // It gave up after the check: its bytes go back, for the next.
+                self.in_use.fetch_sub(oldest.bytes, Ordering::SeqCst);
+            }
+        }
+        self.queued.store(queue.len(), Ordering::SeqCst);
     }
 
     /// Adds `bytes` within the budget, waiting for room until `deadline`.
     async fn reserve(&self, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
         let bytes = bytes.min(self.total);
-        let mut waited = false;
-        loop {
-            // Registered before the check, so a release between the check and the wait
-            // is not missed.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if self.try_add(bytes, self.total) {
-                return Ok(());
+        // Room now, and nobody waiting for it first.
+        if self.queued.load(Ordering::SeqCst) == 0 && self.try_add(bytes, self.total) {
+            return Ok(());
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        let (admitted, wait) = oneshot::channel();
+        {
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.push_back(Waiter { bytes, admitted });
+            self.queued.store(queue.len(), Ordering::SeqCst);
+        }
+        let mut wait = Wait {
+            shared: self,
+            bytes,
+            wait,
+            taken: false,
+        };
+        // Room may have come free before this waiter was queued.
+        self.admit_waiting();
+        match tokio::time::timeout_at(deadline, &mut wait.wait).await {
+            Ok(Ok(())) => {
+                wait.taken = true;
+                Ok(())
             }
-            if !waited {
-                waited = true;
-                self.waits.fetch_add(1, Ordering::Relaxed);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(IngestError::Overloaded);
-            }
+            // Timed out (or, never, dropped unadmitted): refused. Admitted at the last
+            // moment, the bytes go back when `wait` is dropped.
+            Ok(Err(_)) | Err(_) => Err(IngestError::Overloaded),
+        }
+    }
+}
+
+/// A reservation's place in the queue. Dropped unadmitted (timed out, or its request
+/// cancelled), it closes its channel, so it is not admitted after; admitted just before,
+/// it gives the bytes back. Its entry leaves the queue when it reaches the front: the
+/// queue holds at most the requests that arrived within one `limits.admission_wait`.
+struct Wait<'a> {
+    shared: &'a Shared,
+    bytes: usize,
+    wait: oneshot::Receiver<()>,
+    /// Admitted, and the bytes handed to the caller.
+    taken: bool,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        self.wait.close();
+        if self.wait.try_recv().is_ok() {
+            self.shared.release(self.bytes);
         }
     }
 }
@@ -126,7 +207,8 @@ impl Budget {
                 in_use: AtomicUsize::new(0),
                 peak: AtomicUsize::new(0),
                 waits: AtomicU64::new(0),
-                freed: Notify::new(),
+                queue: Mutex::new(VecDeque::new()),
+                queued: AtomicUsize::new(0),
             }),
         }
     }
@@ -344,6 +426,128 @@ mod tests {
         // Past the ceiling: refused, nothing taken.
         assert!(matches!(b.expect(64 * KIB), Err(IngestError::Overloaded)));
         assert_eq!(budget.in_use_bytes(), 2 * BASE_RESERVATION + 36 * KIB);
+    }
+
+    /// Counts the polls of the future it wraps.
+    struct Polls<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<F: Future> Future for Polls<F> {
+        type Output = F::Output;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_are_admitted_oldest_first_and_a_small_one_does_not_pass_a_large_one() {
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let mut a = budget.admit(12 * KIB, soon()).await.unwrap();
+        let later = || Instant::now() + Duration::from_secs(5);
+        let spawn = |want: usize| {
+            let budget = budget.clone();
+            let deadline = later();
+            tokio::spawn(async move { budget.admit(want, deadline).await })
+        };
+        let large = spawn(10 * KIB);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let small = spawn(0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // 4 KiB come free: enough for the small one, not for the large one before it.
+        a.expect(8 * KIB).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!large.is_finished() && !small.is_finished());
+        // Then enough for the large one: it goes first, the small one still waits.
+        drop(a);
+        let large = large.await.unwrap().unwrap();
+        assert_eq!(large.bytes(), 14 * KIB);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!small.is_finished());
+        drop(large);
+        assert_eq!(small.await.unwrap().unwrap().bytes(), BASE_RESERVATION);
+        assert_eq!(budget.in_use_bytes(), 0);
+        assert_eq!(budget.waits(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_wakes_only_the_waiters_it_admits() {
+        const WAITERS: usize = 300;
+        let budget = Arc::new(Budget::new(BASE_RESERVATION));
+        let first = budget.admit(0, soon()).await.unwrap();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..WAITERS {
+            let budget = budget.clone();
+            let done_tx = done_tx.clone();
+            let admit = async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let held = budget.admit(0, deadline).await.unwrap();
+                // Each holds the whole budget a moment, then hands it to the next.
+                tokio::task::yield_now().await;
+                drop(held);
+                done_tx.send(()).unwrap();
+            };
+            tokio::spawn(Polls {
+                inner: Box::pin(admit),
+                polls: polls.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(first);
+        for _ in 0..WAITERS {
+            tokio::time::timeout(Duration::from_secs(20), done.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // Each waiter is polled when spawned, when admitted and after its yield, give or
+        // take a spurious wake: a release that woke every waiter made it about
+        // WAITERS * WAITERS / 2.
+        let polls = polls.load(Ordering::Relaxed);
+        assert!(polls <= 4 * WAITERS, "{polls} polls for {WAITERS} waiters");
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_holds_nothing_and_is_not_admitted_after() {
+        let budget = Arc::new(Budget::new(8 * KIB));
+        let a = budget.admit(4 * KIB, soon()).await.unwrap();
+        // One times out; one is cancelled (its request went away).
+        let timed_out = budget.admit(0, Instant::now() + Duration::from_millis(10));
+        assert!(matches!(timed_out.await, Err(IngestError::Overloaded)));
+        let cancelled = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                budget
+                    .admit(0, Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        // Behind both, a live one gets the room when it comes free.
+        let live = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                budget
+                    .admit(KIB, Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(a);
+        let live = live.await.unwrap().unwrap();
+        assert_eq!(budget.in_use_bytes(), live.bytes());
+        drop(live);
+        assert_eq!(budget.in_use_bytes(), 0);
+        assert_eq!(budget.shared.queued.load(Ordering::SeqCst), 0);
     }
 
     #[test]
