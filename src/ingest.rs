@@ -670,7 +670,11 @@ impl Ingest {
             let cap = INLINE_PROTOBUF_BYTES.min(limits.max_decompressed_bytes);
             let mut out = self.buffers.get();
             let src = &raw.join()[start..];
-            match decompress_within(format, src, cap, &mut reservation, &mut out) {
+            let decompressed = decoders::contain(|| {
+                decompress_within(format, src, cap, &mut reservation, &mut out)
+            })
+            .unwrap_or(Err(IngestError::Internal("its decompression failed")));
+            match decompressed {
                 Ok(()) => inflated = Some(out),
                 Err(IngestError::DecompressedTooLarge { .. })
                     if cap < limits.max_decompressed_bytes => {}

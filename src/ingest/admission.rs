@@ -142,7 +142,6 @@ impl Shared {
         if self.queued.load(Ordering::SeqCst) == 0 && self.try_add(bytes, self.total) {
             return Ok(());
         }
-        self.waits.fetch_add(1, Ordering::Relaxed);
         let (admitted, wait) = oneshot::channel();
         {
             let mut queue = self
@@ -158,8 +157,14 @@ impl Shared {
             wait,
             taken: false,
         };
-        // Room may have come free before this waiter was queued.
+        // Room may have come free before this waiter was queued (or be held only for
+        // waiters that gave up).
         self.admit_waiting();
+        if wait.wait.try_recv().is_ok() {
+            wait.taken = true;
+            return Ok(());
+        }
+        self.waits.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout_at(deadline, &mut wait.wait).await {
             Ok(Ok(())) => {
                 wait.taken = true;
@@ -192,6 +197,9 @@ impl Drop for Wait<'_> {
         self.wait.close();
         if self.wait.try_recv().is_ok() {
             self.shared.release(self.bytes);
+        } else {
+            // It may have been the oldest, holding back those behind it that fit now.
+            self.shared.admit_waiting();
         }
     }
 }
@@ -548,6 +556,30 @@ mod tests {
         drop(live);
         assert_eq!(budget.in_use_bytes(), 0);
         assert_eq!(budget.shared.queued.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn when_the_oldest_waiter_gives_up_the_next_one_that_fits_is_admitted() {
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let _held = budget.admit(6 * KIB, soon()).await.unwrap();
+        // 6 KiB free: not enough for the oldest (14 KiB), enough for the next (4 KiB).
+        let oldest = budget.admit(10 * KIB, Instant::now() + Duration::from_millis(30));
+        let next = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                budget
+                    .admit(0, Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        // The oldest times out with nothing given back; the next gets in at once.
+        assert!(matches!(oldest.await, Err(IngestError::Overloaded)));
+        let next = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("admitted when the oldest gave up")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.bytes(), BASE_RESERVATION);
     }
 
     #[test]

@@ -22,6 +22,8 @@ use tokio::time::Instant;
 pub struct ConnState {
     epoch: Instant,
     in_flight: AtomicUsize,
+    /// Responses still being sent ([`Tracked`] bodies not yet dropped).
+    sending: AtomicUsize,
     requests: AtomicU64,
     idle_since: AtomicU64,
     head_since: AtomicU64,
@@ -45,6 +47,7 @@ impl ConnState {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
@@ -86,9 +89,13 @@ impl ConnState {
         self.idle_since.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Bytes were read: with no request in flight on HTTP/1, they begin the next head.
+    /// Bytes were read: with no request in flight and no response being sent on
+    /// HTTP/1, they begin the next head. (Read while a response is still written, they
+    /// are a pipelined request's, which HTTP/1 reads only after that response: a slow
+    /// reader is the idle timeout's, not the header timeout's.)
     fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.sending.load(Ordering::Relaxed) == 0
             && self.head_since.load(Ordering::Relaxed) == 0
         {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
@@ -152,12 +159,14 @@ pub struct Tracked<B> {
 impl<B> Tracked<B> {
     /// `inner`, on the connection of `state`.
     pub fn new(inner: B, state: Arc<ConnState>) -> Self {
+        state.sending.fetch_add(1, Ordering::Relaxed);
         Self { inner, state }
     }
 }
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
+        self.state.sending.fetch_sub(1, Ordering::Relaxed);
         self.state.progress();
     }
 }
@@ -364,20 +373,42 @@ mod tests {
     fn a_response_waiting_to_be_sent_is_idle_time_and_its_progress_is_not() {
         let state = ConnState::new();
         let request = state.request_started(true);
+        let since = || state.idle_since.load(Ordering::Relaxed);
+        let pause = || std::thread::sleep(Duration::from_millis(5));
+        pause();
         // Handled: its response is ready, and not yet taken by the client.
         drop(request);
-        state.idle_since.store(1, Ordering::Relaxed);
-        let stalled_from = state.at(1);
+        let body = Tracked::new(http_body_util::Empty::<Bytes>::new(), state.clone());
+        let ready = state.at(since());
         assert_eq!(
-            state.check(stalled_from + IDLE, HEADER, IDLE),
+            state.check(ready, HEADER, IDLE),
+            Verdict::Until(ready + IDLE)
+        );
+        assert_eq!(
+            state.check(ready + IDLE, HEADER, IDLE),
             Verdict::IdleTimeout
         );
-        // A frame of it sent: the idle clock starts again.
+        // HTTP/1: bytes read while the response is written do not start a head's clock.
+        state.bytes_read();
+        assert_eq!(state.head_since.load(Ordering::Relaxed), 0);
+        // Later, a frame of it is sent: the idle clock starts again.
+        pause();
         state.progress();
-        let moved = state.at(state.idle_since.load(Ordering::Relaxed));
+        let moved = state.at(since());
+        assert!(moved > ready);
         assert_eq!(
-            state.check(moved, HEADER, IDLE),
+            state.check(ready + IDLE, HEADER, IDLE),
             Verdict::Until(moved + IDLE)
         );
+        // Its end is progress too.
+        pause();
+        drop(body);
+        let ended = state.at(since());
+        assert!(ended > moved);
+        assert_eq!(
+            state.check(moved + IDLE, HEADER, IDLE),
+            Verdict::Until(ended + IDLE)
+        );
+        assert_eq!(state.sending.load(Ordering::Relaxed), 0);
     }
 }

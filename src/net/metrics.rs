@@ -33,7 +33,8 @@ impl Port {
 pub enum Timeout {
     /// `limits.header_read_timeout`: no complete request head (or TLS handshake) in time.
     Header,
-    /// `limits.idle_timeout`: no request for that long.
+    /// `limits.idle_timeout`: no request being handled and no response moving for that
+    /// long.
     Idle,
 }
 

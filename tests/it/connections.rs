@@ -348,7 +348,7 @@ async fn an_idle_http2_connection_gets_a_goaway_and_a_busy_one_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_takes_its_response_is_closed_as_idle() {
     let d = Daemon::start(&config(
-        "limits: {header_read_timeout: 1s, idle_timeout: 1s}",
+        "limits: {header_read_timeout: 2s, idle_timeout: 1s}",
     ));
     // gRPC: an empty export, answered with a 5-byte message. HTTP: a content type the
     // port refuses, answered (415) with a Status message. Both answers are DATA, which
@@ -391,7 +391,7 @@ async fn a_client_that_never_takes_its_response_is_closed_as_idle() {
                 .is_err(),
             "{path}: the body came through a shut window"
         );
-        // Idle after 1 s, dropped 1 s after the GOAWAY: well within 6 s.
+        // Idle after 1 s, dropped 2 s after the GOAWAY: well within 6 s.
         let started = Instant::now();
         let ended = tokio::time::timeout(Duration::from_secs(6), driven).await;
         assert!(
