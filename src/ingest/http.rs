@@ -159,6 +159,16 @@ async fn receive(
             Ok(0)
         })
         .await?;
+    // HTTP/2 ends a body early without an error when the client resets its stream
+    // with NO_ERROR or CANCEL: a body shorter than it said is cut, not complete.
+    if let Some(len) = declared
+        && raw.len() as u64 != len
+    {
+        return Err(IngestError::BodyRead(format!(
+            "the body ended after {} of its {len} declared bytes",
+            raw.len()
+        )));
+    }
     ingest
         .process(
             Transport::Http,

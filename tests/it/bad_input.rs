@@ -1092,3 +1092,55 @@ async fn a_panic_in_a_decode_refuses_the_request_as_internal_on_either_path() {
     );
     assert_eq!(internal, 4);
 }
+
+/// An HTTP/2 body cut short by the client's RST_STREAM (NO_ERROR, which HTTP/2 ends a
+/// body with as if it were complete) is refused as `aborted` when it is shorter than
+/// its `Content-Length`, even when what arrived is a valid request on its own; nothing
+/// in it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_reset_before_its_declared_length_is_aborted_not_counted() {
+    let d = Daemon::start(&config(""));
+    let first = fixture::traces(&Shape {
+        resources: 1,
+        per_resource: 1,
+        ..Shape::default()
+    });
+    let mut both = first.clone();
+    both.resource_spans
+        .extend(first.resource_spans.iter().cloned());
+    let (cut, whole) = (first.encode_to_vec(), both.encode_to_vec());
+    assert!(whole.starts_with(&cut) && cut.len() < whole.len());
+    let accepted = || {
+        d.metric(
+            "sloxide_receiver_accepted_spans_total",
+            &[("transport", "http")],
+        )
+    };
+    let before = accepted().await.unwrap_or(0.0);
+    let tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/v1/traces", d.http))
+        .header("content-type", "application/x-protobuf")
+        .header("content-length", whole.len())
+        .body(())
+        .unwrap();
+    let (_response, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(Bytes::from(cut), false).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    send.send_reset(h2::Reason::NO_ERROR);
+    let aborted = d
+        .wait_metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "http"),
+                ("signal", "traces"),
+                ("reason", "aborted"),
+            ],
+            1.0,
+        )
+        .await;
+    assert_eq!(aborted, Some(1.0));
+    assert_eq!(accepted().await.unwrap_or(0.0), before);
+}
