@@ -224,8 +224,9 @@ pub const INLINE_COMPRESSED_BYTES: usize = 128 << 10;
 pub const MAX_PREFIX: usize = 16;
 
 /// Decompresses `src` into `out` under `limit`, and within what `reservation` may still
-/// hold: a body that would take the in-flight budget past its ceiling is refused
-/// (overloaded) rather than decompressed further. The bytes are charged.
+/// hold: a body that would take the in-flight budget past its ceiling is refused rather
+/// than decompressed further (overloaded while other requests hold part of the budget;
+/// too large when the request alone was past it). The bytes are charged.
 fn decompress_within(
     format: Format,
     src: &[u8],
@@ -236,7 +237,7 @@ fn decompress_within(
     let room = reservation.room();
     match decompress(format, src, limit.min(room), out) {
         Err(IngestError::DecompressedTooLarge { .. }) if room < limit => {
-            Err(IngestError::Overloaded)
+            Err(reservation.refused_past(room))
         }
         Err(err) => Err(err),
         Ok(()) => reservation.charge(out.len()),
@@ -308,6 +309,15 @@ pub enum IngestError {
     /// The in-flight budget stayed full for the whole wait, or shutting down.
     #[error("server overloaded or shutting down; retry later")]
     Overloaded,
+    /// The request alone needs more than any one request may hold of the in-flight
+    /// budget: it could never be taken, however long it waited.
+    #[error(
+        "the request needs more than the in-flight budget lets one request hold ({ceiling} bytes, 1.5 times limits.max_in_flight_bytes)"
+    )]
+    OverBudget {
+        /// What one request may hold, in bytes.
+        ceiling: usize,
+    },
     /// No valid bearer token (`auth`).
     #[error("missing or invalid bearer token (auth)")]
     Unauthenticated,
@@ -331,9 +341,9 @@ impl IngestError {
                 RefusalReason::Decode
             }
             Self::BodyRead(_) => RefusalReason::Aborted,
-            Self::BodyTooLarge { .. } | Self::DecompressedTooLarge { .. } => {
-                RefusalReason::TooLarge
-            }
+            Self::BodyTooLarge { .. }
+            | Self::DecompressedTooLarge { .. }
+            | Self::OverBudget { .. } => RefusalReason::TooLarge,
             Self::UnsupportedContentType(_)
             | Self::UnsupportedEncoding { .. }
             | Self::CompressionOff { .. } => RefusalReason::Unsupported,

@@ -135,6 +135,19 @@ impl Shared {
         self.queued.store(queue.len(), Ordering::SeqCst);
     }
 
+    /// Why a request that would hold `holding` in all cannot have it: the other requests
+    /// hold the rest (overloaded, retryable), or the request alone is past the ceiling
+    /// (it never could be taken: too large).
+    fn refusal(&self, holding: usize) -> IngestError {
+        if holding > self.ceiling {
+            IngestError::OverBudget {
+                ceiling: self.ceiling,
+            }
+        } else {
+            IngestError::Overloaded
+        }
+    }
+
     /// Adds `bytes` within the budget, waiting for room until `deadline`.
     async fn reserve(&self, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
         let bytes = bytes.min(self.total);
@@ -300,7 +313,7 @@ impl Reservation {
                 .budget
                 .try_add(want - self.reserved, self.budget.ceiling)
             {
-                return Err(IngestError::Overloaded);
+                return Err(self.budget.refusal(want));
             }
             self.reserved = want;
         }
@@ -315,12 +328,20 @@ impl Reservation {
         if used > self.reserved {
             let more = used - self.reserved;
             if !self.budget.try_add(more, self.budget.ceiling) {
-                return Err(IngestError::Overloaded);
+                return Err(self.budget.refusal(used));
             }
             self.reserved = used;
         }
         self.used = used;
         Ok(())
+    }
+
+    /// The refusal of a request that needed more than `room` (what [`Reservation::room`]
+    /// gave) beyond what it uses: too large when that was all the ceiling leaves it, with
+    /// no other request holding anything; otherwise overloaded.
+    pub fn refused_past(&self, room: usize) -> IngestError {
+        self.budget
+            .refusal(self.used.saturating_add(room).saturating_add(1))
     }
 
     /// What the request may still add before its charges are refused: the rest of its
@@ -411,8 +432,22 @@ mod tests {
         a.charge(8 * KIB).unwrap();
         assert_eq!(budget.in_use_bytes(), 24 * KIB);
         assert_eq!(a.room(), 0);
-        assert!(matches!(a.charge(1), Err(IngestError::Overloaded)));
+        // Past the ceiling on its own: it could never be taken, so too large.
+        assert!(matches!(
+            a.charge(1),
+            Err(IngestError::OverBudget { ceiling }) if ceiling == 24 * KIB
+        ));
+        assert!(matches!(a.refused_past(0), IngestError::OverBudget { .. }));
         assert_eq!(budget.in_use_bytes(), 24 * KIB);
+        // Past it only with what another request holds: overloaded, worth a retry.
+        drop(a);
+        let _other = budget.admit(0, soon()).await.unwrap();
+        let mut b = budget.admit(8 * KIB, soon()).await.unwrap();
+        let room = b.room();
+        // Its 12 KiB reservation, and what the 24 KiB ceiling leaves beside the 16 held.
+        assert_eq!(room, 20 * KIB);
+        assert!(matches!(b.charge(room + 1), Err(IngestError::Overloaded)));
+        assert!(matches!(b.refused_past(room), IngestError::Overloaded));
     }
 
     #[tokio::test]
@@ -431,8 +466,13 @@ mod tests {
         // Past the budget, within the ceiling (48 KiB): taken without waiting.
         b.expect(36 * KIB).unwrap();
         assert_eq!(budget.in_use_bytes(), 2 * BASE_RESERVATION + 36 * KIB);
-        // Past the ceiling: refused, nothing taken.
-        assert!(matches!(b.expect(64 * KIB), Err(IngestError::Overloaded)));
+        // Past the ceiling on its own: refused as too large, nothing taken.
+        assert!(matches!(
+            b.expect(64 * KIB),
+            Err(IngestError::OverBudget { .. })
+        ));
+        // Within it on its own, past it with what `a` holds: overloaded.
+        assert!(matches!(b.expect(42 * KIB), Err(IngestError::Overloaded)));
         assert_eq!(budget.in_use_bytes(), 2 * BASE_RESERVATION + 36 * KIB);
     }
 

@@ -1144,3 +1144,38 @@ async fn an_http2_body_reset_before_its_declared_length_is_aborted_not_counted()
     assert_eq!(aborted, Some(1.0));
     assert_eq!(accepted().await.unwrap_or(0.0), before);
 }
+
+/// A compressed body that inflates past what the in-flight budget lets any one request
+/// hold (its ceiling, 1.5 MiB here), while `max_decompressed_bytes` (64 MiB) would allow
+/// it, can never be taken: it is refused as too large (413, not retried), not as
+/// overloaded (503, which clients retry for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_the_budgets_ceiling_on_its_own_is_too_large_not_overloaded() {
+    let d = Daemon::start(&config("limits:\n  max_in_flight_bytes: 1MiB\n"));
+    let bomb = gzip(&vec![0u8; 4 << 20]);
+    assert!(bomb.len() < 128 << 10);
+    for _ in 0..3 {
+        let (status, _, body) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            bomb.clone(),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("in-flight budget"), "{text}");
+    }
+    let too_large = d
+        .metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "http"),
+                ("signal", "traces"),
+                ("reason", "too_large"),
+            ],
+        )
+        .await;
+    assert_eq!(too_large, Some(3.0));
+}
