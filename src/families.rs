@@ -239,6 +239,12 @@ pub const CONNECTIONS_TIMED_OUT: Metric = metric(
     Counter,
     "Connections closed by limits.header_read_timeout (timeout=\"header\", TLS handshake included) or limits.idle_timeout (timeout=\"idle\"), per port.",
 );
+/// Idle connections closed to make room at a port's cap.
+pub const CONNECTIONS_EVICTED: Metric = metric(
+    "sloxide_connections_evicted_total",
+    Counter,
+    "Connections closed to make room for a new one at the port's cap: the one that had sent no complete request, or been idle, the longest. Per port.",
+);
 /// Failed TLS handshakes.
 pub const TLS_HANDSHAKE_FAILURES: Metric = metric(
     "sloxide_tls_handshake_failures_total",
@@ -342,7 +348,7 @@ mod tests {
     #[test]
     fn every_family_name_is_a_string_literal_exactly_once() {
         let names = declared();
-        assert_eq!(names.len(), 44, "{names:?}");
+        assert_eq!(names.len(), 45, "{names:?}");
         let mut files = Vec::new();
         sources(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),

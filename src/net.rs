@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::telemetry::Telemetry;
-use conn::{ConnState, MaybeTls, Tracked, Verdict, Watched};
+use conn::{ConnState, MaybeTls, Open, Registered, Tracked, Verdict, Watched};
 pub use metrics::{Port, Timeout, TlsListeners};
 use tls::Certificates;
 
@@ -186,30 +186,26 @@ impl Drop for Slot {
 }
 
 /// Accepts on `acceptor` until `stop` turns true, at most `cap.available_permits()`
-/// connections open at once (at the cap it waits for one to close, and the kernel's
-/// backlog holds the rest), handing each to `open` with its [`Slot`]. An accept error
-/// is counted, logged (at most every [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a
-/// pause ([`Backoff`]): running out of descriptors never makes it spin.
+/// connections open at once, handing each to `open` with its [`Slot`]. At the cap, a
+/// connection that arrives makes room: `make_room` tells the connection idle the
+/// longest to close (false when none is idle, and then the new one waits for one to
+/// close, with the kernel's backlog holding the rest). So silent or idle connections
+/// cannot keep new clients out. An accept error is counted, logged (at most every
+/// [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a pause ([`Backoff`]): running out of
+/// descriptors never makes it spin.
 pub async fn accept_loop<A: Acceptor>(
     mut acceptor: A,
     port: Port,
     cap: Arc<Semaphore>,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
+    make_room: impl Fn() -> bool,
     mut open: impl FnMut(A::Io, Slot),
 ) {
     let mut backoff = Backoff::new();
     let log = crate::telemetry::EveryFew::default();
-    loop {
+    'accept: loop {
         // The stop comes first: once told to stop, the loop accepts no more.
-        let permit = tokio::select! {
-            biased;
-            () = stopped(&mut stop) => break,
-            permit = cap.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
@@ -218,6 +214,28 @@ pub async fn accept_loop<A: Acceptor>(
         match accepted {
             Ok(io) => {
                 backoff.reset();
+                let permit = match cap.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(tokio::sync::TryAcquireError::Closed) => break,
+                    Err(tokio::sync::TryAcquireError::NoPermits) => loop {
+                        // Asked again while the one told to close is still busy, or
+                        // while none is idle: another may be by then.
+                        let retry = if make_room() {
+                            Duration::from_millis(50)
+                        } else {
+                            Duration::from_millis(250)
+                        };
+                        tokio::select! {
+                            biased;
+                            () = stopped(&mut stop) => break 'accept,
+                            permit = cap.clone().acquire_owned() => match permit {
+                                Ok(permit) => break permit,
+                                Err(_) => break 'accept,
+                            },
+                            () = tokio::time::sleep(retry) => {}
+                        }
+                    },
+                };
                 telemetry.connections.opened(port);
                 let slot = Slot {
                     _permit: permit,
@@ -229,7 +247,6 @@ pub async fn accept_loop<A: Acceptor>(
             Err(e) if connection_error(&e) => {
                 // One connection failed before it was accepted (reset or aborted by its
                 // peer): nothing is short, so the next accept need not wait.
-                drop(permit);
                 telemetry.connections.accept_failed(port);
                 tracing::debug!(
                     port = port.as_str(),
@@ -237,7 +254,6 @@ pub async fn accept_loop<A: Acceptor>(
                 );
             }
             Err(e) => {
-                drop(permit);
                 telemetry.connections.accept_failed(port);
                 let pause = backoff.pause();
                 if let Some(count) = log.note(Instant::now(), ACCEPT_ERROR_LOG_EVERY) {
@@ -337,12 +353,15 @@ where
         let telemetry = self.telemetry.clone();
         let this = Arc::new(self);
         let stopped = stop.clone();
+        let open = Arc::new(Open::default());
+        let room = open.clone();
         accept_loop(
             listener,
             port,
             cap.clone(),
             telemetry,
             stop,
+            move || room.make_room(),
             |stream, slot| {
                 if let Err(e) = stream.set_nodelay(true) {
                     // Without it Nagle's algorithm holds back small writes (responses,
@@ -352,15 +371,24 @@ where
                 let peer = stream.peer_addr().ok();
                 let this = this.clone();
                 let stop = stopped.clone();
+                // Registered at once, so that a burst of silent connections can be
+                // evicted before their tasks first run.
+                let state = ConnState::new();
+                let registered = open.add(state.clone());
                 tokio::spawn(async move {
+                    let conn = Conn {
+                        state,
+                        _registered: registered,
+                        _slot: slot,
+                    };
                     if this.stall_guard {
                         let stream = crate::export::serve::StallGuarded::new(
                             stream,
                             crate::export::serve::WRITE_STALL,
                         );
-                        this.connection(stream, peer, slot, stop).await;
+                        this.connection(stream, peer, conn, stop).await;
                     } else {
-                        this.connection(stream, peer, slot, stop).await;
+                        this.connection(stream, peer, conn, stop).await;
                     }
                 });
             },
@@ -375,13 +403,12 @@ where
         &self,
         stream: T,
         peer: Option<std::net::SocketAddr>,
-        slot: Slot,
+        conn: Conn,
         mut stop: watch::Receiver<bool>,
     ) where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _slot = slot;
-        let state = ConnState::new();
+        let state = conn.state.clone();
         let header_due =
             tokio::time::Instant::from_std(state.epoch().into_std() + self.timeouts.header_read);
         let stream = match &self.tls {
@@ -391,6 +418,11 @@ where
                 let done = tokio::select! {
                     done = tokio::time::timeout_at(header_due, handshake) => done,
                     () = stopped(&mut stop) => return,
+                    // A handshake is never busy: it has sent no request.
+                    () = state.evicted() => {
+                        self.telemetry.connections.evicted(self.port);
+                        return;
+                    }
                 };
                 match done {
                     Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
@@ -460,6 +492,13 @@ where
                     }
                     return;
                 }
+                () = state.evicted() => {
+                    if state.idle_mark().is_some() {
+                        self.telemetry.connections.evicted(self.port);
+                        return;
+                    }
+                    state.spared();
+                }
                 () = stopped(&mut stop), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
@@ -473,6 +512,14 @@ where
             }
         }
     }
+}
+
+/// What a connection's task holds: its clock, its place among the port's open
+/// connections, and its slot under the port's cap (given back when the task ends).
+struct Conn {
+    state: Arc<ConnState>,
+    _registered: Registered,
+    _slot: Slot,
 }
 
 /// The port's service as hyper calls it: each request is in flight for the
@@ -568,6 +615,7 @@ mod tests {
                 Arc::new(Semaphore::new(4)),
                 telemetry,
                 stop,
+                || false,
                 move |(), slot| {
                     drop(slot);
                     if seen.fetch_add(1, Ordering::Relaxed) + 1 == 3 {

@@ -82,7 +82,7 @@ type Write = fn(&Frame<'_>, &Metric, &mut Encoder<'_>);
 
 /// Every family `/metrics` serves, in exposition order, with the function that writes
 /// its samples.
-const FAMILIES: [(&Metric, When, Write); 44] = [
+const FAMILIES: [(&Metric, When, Write); 45] = [
     (&families::SPANS, When::Always, spans),
     (&families::SPAN_DURATION, When::Always, span_durations),
     (
@@ -163,6 +163,11 @@ const FAMILIES: [(&Metric, When, Write); 44] = [
         &families::CONNECTIONS_TIMED_OUT,
         When::Always,
         connections_timed_out,
+    ),
+    (
+        &families::CONNECTIONS_EVICTED,
+        When::Always,
+        connections_evicted,
     ),
     (
         &families::TLS_HANDSHAKE_FAILURES,
@@ -767,6 +772,10 @@ fn connections_timed_out(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
             );
         }
     }
+}
+
+fn connections_evicted(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    per_port(f, m, enc, ConnectionMetrics::evictions);
 }
 
 fn tls_handshake_failures(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {

@@ -28,6 +28,10 @@ pub struct ConnState {
     idle_since: AtomicU64,
     head_since: AtomicU64,
     h2: AtomicBool,
+    /// Told to close to make room at the port's cap ([`Open::make_room`]).
+    evict: tokio::sync::Notify,
+    /// Picked for eviction and not yet gone (so not picked twice).
+    evicting: AtomicBool,
 }
 
 /// What a check of a connection found.
@@ -52,7 +56,34 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
+            evicting: AtomicBool::new(false),
         })
+    }
+
+    /// Since when the connection has been idle, if it holds nothing a client waits on
+    /// now (no request being handled, no response being sent): since it was accepted if
+    /// it never sent a complete request head. The one idle the longest is evicted first,
+    /// so a client that has just connected is the last to go.
+    pub fn idle_mark(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 || self.sending.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return Some(self.epoch);
+        }
+        Some(self.at(self.idle_since.load(Ordering::Relaxed)))
+    }
+
+    /// Completes once the connection is picked to make room; it should then close if it
+    /// is still idle ([`ConnState::idle_mark`]), or call [`ConnState::spared`].
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+
+    /// Picked to make room, it was busy again: it may be picked later.
+    pub fn spared(&self) {
+        self.evicting.store(false, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -133,6 +164,64 @@ impl ConnState {
         } else {
             Verdict::Until(idle_due)
         }
+    }
+}
+
+/// The open connections of one port, for [`Open::make_room`].
+#[derive(Debug, Default)]
+pub struct Open {
+    conns: std::sync::Mutex<std::collections::HashMap<u64, Arc<ConnState>>>,
+    next: AtomicU64,
+}
+
+impl Open {
+    /// Registers a connection until the returned guard is dropped.
+    pub fn add(self: &Arc<Self>, state: Arc<ConnState>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, state);
+        Registered {
+            open: self.clone(),
+            id,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<ConnState>>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells the connection idle the longest (one that never sent a complete request
+    /// head first) to close, so that a new one can be taken at the port's cap. False
+    /// when none is idle.
+    pub fn make_room(&self) -> bool {
+        let conns = self.lock();
+        let idlest = conns
+            .values()
+            .filter(|c| !c.evicting.load(Ordering::Relaxed))
+            .filter_map(|c| c.idle_mark().map(|mark| (mark, c)))
+            .min_by_key(|(mark, _)| *mark);
+        match idlest {
+            Some((_, c)) => {
+                c.evicting.store(true, Ordering::Relaxed);
+                c.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in [`Open`]; it leaves when this is dropped.
+#[derive(Debug)]
+pub struct Registered {
+    open: Arc<Open>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
     }
 }
 

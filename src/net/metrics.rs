@@ -90,6 +90,7 @@ struct PortCounters {
     accepted: AtomicU64,
     accept_errors: AtomicU64,
     timed_out: [AtomicU64; 2],
+    evicted: AtomicU64,
     handshake_failures: AtomicU64,
 }
 
@@ -135,6 +136,16 @@ impl ConnectionMetrics {
     /// A connection of `port` was closed by `timeout`.
     pub fn timed_out(&self, port: Port, timeout: Timeout) {
         self.port(port).timed_out[timeout as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection of `port` was closed to make room for a new one.
+    pub fn evicted(&self, port: Port) {
+        self.port(port).evicted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections of `port` closed to make room for new ones.
+    pub fn evictions(&self, port: Port) -> u64 {
+        self.port(port).evicted.load(Ordering::Relaxed)
     }
 
     /// A TLS handshake on `port` failed (or did not finish in time).

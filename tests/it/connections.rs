@@ -411,19 +411,8 @@ async fn a_client_that_never_takes_its_response_is_closed_as_idle() {
         assert_eq!(idle, Some(1.0), "{port}");
     }
     // The ports still serve.
-    let health = reqwest_free_get(d.metrics, "/healthz").await;
+    let health = get(d.metrics, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-}
-
-/// A plain HTTP/1 GET of `path` on `addr`; the response's text.
-async fn reqwest_free_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request that never finishes (its client stalls mid-body and never leaves) does not
@@ -461,4 +450,98 @@ async fn a_request_that_never_finishes_does_not_outlast_the_drain() {
         started.elapsed()
     );
     drop(stalled);
+}
+
+/// Silent sockets that fill a port's connection cap do not keep new clients out: a
+/// connection that arrives at the cap makes room by closing the one idle the longest
+/// (here, never having sent a byte). The metrics port (64 connections) answers
+/// `/healthz` at once with 80 silent sockets open, and an OTLP port at its cap (4)
+/// serves new clients while the one connection with a request in flight (a body still
+/// arriving) is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_at_the_cap_make_room_for_new_ones() {
+    let d = Daemon::start(&config("limits: {max_connections: 4}"));
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(TcpStream::connect(d.metrics).await.unwrap());
+    }
+    let started = Instant::now();
+    let health = tokio::time::timeout(Duration::from_secs(5), get(d.metrics, "/healthz"))
+        .await
+        .expect("/healthz answered");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/healthz took {:?}",
+        started.elapsed()
+    );
+    let evicted = d
+        .metric("sloxide_connections_evicted_total", &[("port", "metrics")])
+        .await
+        .unwrap();
+    assert!(evicted >= 17.0, "{evicted} evicted");
+
+    // The OTLP/HTTP port: one request in flight (its body stalls), three silent sockets.
+    let mut busy = TcpStream::connect(d.http).await.unwrap();
+    busy.write_all(
+        b"POST /v1/traces HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(d.http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(5), export(d.http))
+            .await
+            .expect("an export answered at the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // The connection with a request in flight was not the one to go.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_millis(300), busy.read(&mut buf)).await;
+    assert!(read.is_err(), "the busy connection was closed: {read:?}");
+    let evicted = d
+        .metric(
+            "sloxide_connections_evicted_total",
+            &[("port", "otlp_http")],
+        )
+        .await
+        .unwrap();
+    assert!(evicted >= 1.0, "{evicted} evicted");
+    drop(silent);
+}
+
+/// A plain HTTP/1 GET of `path` on `addr`, on a connection of its own; the response.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+    )
+    .await
+}
+
+/// An empty OTLP/HTTP export on a connection of its own; the response.
+async fn export(addr: SocketAddr) -> String {
+    exchange(
+        addr,
+        b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await
+}
+
+async fn exchange(addr: SocketAddr, request: Vec<u8>) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
