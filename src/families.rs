@@ -243,7 +243,7 @@ pub const CONNECTIONS_TIMED_OUT: Metric = metric(
 pub const CONNECTIONS_EVICTED: Metric = metric(
     "sloxide_connections_evicted_total",
     Counter,
-    "Connections closed to make room for a new one at the port's cap: the one that had sent no complete request, or been idle, the longest. Per port.",
+    "Connections closed to make room for a new one at the port's cap: one silent for 100ms or more (no complete request head yet), the oldest first, else one idle for 1s or more after its requests. Per port.",
 );
 /// Failed TLS handshakes.
 pub const TLS_HANDSHAKE_FAILURES: Metric = metric(

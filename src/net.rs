@@ -493,11 +493,23 @@ where
                     return;
                 }
                 () = state.evicted() => {
-                    if state.idle_mark().is_some() {
-                        self.telemetry.connections.evicted(self.port);
+                    if state.idle_mark().is_none() {
+                        state.spared();
+                        continue;
+                    }
+                    self.telemetry.connections.evicted(self.port);
+                    // Never served: nothing to tell it. Else as the idle timeout does
+                    // (HTTP/2: a GOAWAY, so the client knows no stream was seen), with
+                    // a short grace.
+                    if !state.served() {
                         return;
                     }
-                    state.spared();
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    let at = tokio::time::Instant::now() + EVICT_GRACE;
+                    drop_at = Some(drop_at.map_or(at, |d| d.min(at)));
                 }
                 () = stopped(&mut stop), if !closing => {
                     conn.as_mut().graceful_shutdown();
@@ -513,6 +525,10 @@ where
         }
     }
 }
+
+/// How long an evicted connection that has served requests gets to close after its
+/// GOAWAY (HTTP/2) before it is dropped.
+const EVICT_GRACE: Duration = Duration::from_secs(1);
 
 /// What a connection's task holds: its clock, its place among the port's open
 /// connections, and its slot under the port's cap (given back when the task ends).
@@ -571,8 +587,11 @@ where
         let state = self.state.clone();
         Box::pin(async move {
             let response = tower::ServiceExt::oneshot(service, request).await?;
+            // Sending from here on: counted before the request stops being in flight,
+            // so the connection never looks idle in between.
+            let response = response.map(|body| Tracked::new(body, state));
             drop(in_flight);
-            Ok(response.map(|body| Tracked::new(body, state)))
+            Ok(response)
         })
     }
 }

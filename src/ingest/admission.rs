@@ -300,7 +300,8 @@ impl Reservation {
     /// it will hold (a gRPC body whose length prefix just arrived: the whole message
     /// and its decode): what the guess held beyond is given back, and what it lacks is
     /// added without waiting, up to the hard ceiling, past which the request is refused
-    /// (overloaded). It does not wait: on an HTTP/2 connection, a stream that waited
+    /// (overloaded; too large when the request alone is past it). It does not wait: on
+    /// an HTTP/2 connection, a stream that waited
     /// here would hold the connection's flow-control window with what it has sent,
     /// while streams that hold room wait for that window.
     pub fn expect(&mut self, bytes: usize) -> Result<(), IngestError> {
@@ -322,7 +323,8 @@ impl Reservation {
 
     /// Accounts for `bytes` more held by the request: out of its reservation while it
     /// lasts, then added without waiting, up to the budget's hard ceiling. Past the
-    /// ceiling the request is refused (overloaded) and nothing is added.
+    /// ceiling the request is refused (overloaded; too large when it alone is past it)
+    /// and nothing is added.
     pub fn charge(&mut self, bytes: usize) -> Result<(), IngestError> {
         let used = self.used.saturating_add(bytes);
         if used > self.reserved {

@@ -160,7 +160,8 @@ async fn receive(
         })
         .await?;
     // HTTP/2 ends a body early without an error when the client resets its stream
-    // with NO_ERROR or CANCEL: a body shorter than it said is cut, not complete.
+    // with NO_ERROR: a body shorter than it said is cut, not complete. (One without a
+    // Content-Length cannot be told from a whole one.)
     if let Some(len) = declared
         && raw.len() as u64 != len
     {

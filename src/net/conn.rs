@@ -62,17 +62,21 @@ impl ConnState {
     }
 
     /// Since when the connection has been idle, if it holds nothing a client waits on
-    /// now (no request being handled, no response being sent): since it was accepted if
-    /// it never sent a complete request head. The one idle the longest is evicted first,
-    /// so a client that has just connected is the last to go.
-    pub fn idle_mark(&self) -> Option<Instant> {
+    /// now (no request being handled, no response being sent), and whether it ever sent
+    /// a complete request head (if not, it has been idle since it was accepted).
+    pub fn idle_mark(&self) -> Option<(bool, Instant)> {
         if self.in_flight.load(Ordering::Relaxed) > 0 || self.sending.load(Ordering::Relaxed) > 0 {
             return None;
         }
         if self.requests.load(Ordering::Relaxed) == 0 {
-            return Some(self.epoch);
+            return Some((false, self.epoch));
         }
-        Some(self.at(self.idle_since.load(Ordering::Relaxed)))
+        Some((true, self.at(self.idle_since.load(Ordering::Relaxed))))
+    }
+
+    /// Whether it ever sent a complete request head.
+    pub fn served(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
     }
 
     /// Completes once the connection is picked to make room; it should then close if it
@@ -191,15 +195,21 @@ impl Open {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Tells the connection idle the longest (one that never sent a complete request
-    /// head first) to close, so that a new one can be taken at the port's cap. False
-    /// when none is idle.
+    /// Tells one idle connection to close, so that a new one can be taken at the
+    /// port's cap: one that never sent a complete request head, open for at least
+    /// [`SILENT_FOR`], the oldest first; else one that has been idle after its requests
+    /// for at least [`IDLE_FOR`], the longest idle first. False when none is.
     pub fn make_room(&self) -> bool {
+        let now = Instant::now();
         let conns = self.lock();
         let idlest = conns
             .values()
             .filter(|c| !c.evicting.load(Ordering::Relaxed))
             .filter_map(|c| c.idle_mark().map(|mark| (mark, c)))
+            .filter(|((served, since), _)| {
+                let least = if *served { IDLE_FOR } else { SILENT_FOR };
+                now.saturating_duration_since(*since) >= least
+            })
             .min_by_key(|(mark, _)| *mark);
         match idlest {
             Some((_, c)) => {
@@ -211,6 +221,14 @@ impl Open {
         }
     }
 }
+
+/// How long a connection must have been open without a complete request head before
+/// it may be evicted: a client that has just connected is about to send one.
+pub const SILENT_FOR: Duration = Duration::from_millis(100);
+
+/// How long a connection must have been idle after its requests before it may be
+/// evicted: a keep-alive connection between two close requests is in use.
+pub const IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A connection's place in [`Open`]; it leaves when this is dropped.
 #[derive(Debug)]
@@ -456,6 +474,46 @@ mod tests {
             state.check(head_from + HEADER, HEADER, IDLE),
             Verdict::Until(_) | Verdict::IdleTimeout
         ));
+    }
+
+    #[test]
+    fn room_is_made_by_evicting_old_silent_connections_then_long_idle_ones_never_busy_ones() {
+        let open = Arc::new(Open::default());
+        let old_silent = ConnState::new();
+        let a = open.add(old_silent.clone());
+        let served = ConnState::new();
+        let _b = open.add(served.clone());
+        drop(served.request_started(false));
+        std::thread::sleep(SILENT_FOR + Duration::from_millis(20));
+        let young_silent = ConnState::new();
+        let _c = open.add(young_silent.clone());
+        let busy = ConnState::new();
+        let _d = open.add(busy.clone());
+        let _in_flight = busy.request_started(true);
+        // The silent one open long enough goes first, though the served one has been
+        // idle about as long.
+        assert!(open.make_room());
+        assert!(old_silent.evicting.load(Ordering::Relaxed));
+        // Then none: the other silent one has just connected, the served one has been
+        // idle less than IDLE_FOR, the busy one is busy.
+        assert!(!open.make_room());
+        // A connection picked and found busy can be picked again.
+        old_silent.spared();
+        assert!(open.make_room());
+        assert!(old_silent.evicting.load(Ordering::Relaxed));
+        // Later: the other silent one (now open long enough) first, then the served
+        // one, idle for IDLE_FOR; never the busy one.
+        std::thread::sleep(IDLE_FOR);
+        assert!(open.make_room());
+        assert!(young_silent.evicting.load(Ordering::Relaxed));
+        assert!(!served.evicting.load(Ordering::Relaxed));
+        assert!(open.make_room());
+        assert!(served.evicting.load(Ordering::Relaxed));
+        assert!(!open.make_room());
+        assert!(!busy.evicting.load(Ordering::Relaxed));
+        // A connection leaves the registry with its guard.
+        drop(a);
+        assert_eq!(open.lock().len(), 3);
     }
 
     #[test]

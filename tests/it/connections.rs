@@ -488,11 +488,22 @@ async fn silent_connections_at_the_cap_make_room_for_new_ones() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its head read and its request in flight (it holds part of the budget).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .metric("sloxide_receiver_in_flight_bytes", &[])
+        .await
+        .unwrap_or(0.0)
+        == 0.0
+    {
+        assert!(Instant::now() < deadline, "the busy request never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for _ in 0..3 {
         silent.push(TcpStream::connect(d.http).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Silent for longer than a client about to send its head would be.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..5 {
         let started = Instant::now();
         let answer = tokio::time::timeout(Duration::from_secs(5), export(d.http))
