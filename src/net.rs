@@ -187,10 +187,10 @@ impl Drop for Slot {
 
 /// Accepts on `acceptor` until `stop` turns true, at most `cap.available_permits()`
 /// connections open at once, handing each to `open` with its [`Slot`]. At the cap, a
-/// connection that arrives makes room: `make_room` tells the connection idle the
-/// longest to close (false when none is idle, and then the new one waits for one to
-/// close, with the kernel's backlog holding the rest). So silent or idle connections
-/// cannot keep new clients out. An accept error is counted, logged (at most every
+/// connection that arrives makes room: `make_room` tells a silent or long-idle
+/// connection to close ([`conn::Open::make_room`]; false when there is none, and then
+/// the new one waits for one to close, with the kernel's backlog holding the rest). So
+/// silent sockets and idle connections cannot keep new clients out. An accept error is counted, logged (at most every
 /// [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a pause ([`Backoff`]): running out of
 /// descriptors never makes it spin.
 pub async fn accept_loop<A: Acceptor>(
