@@ -107,7 +107,7 @@ impl ConnState {
     /// guard is dropped, when its response is ready. Sending the response is not being
     /// in flight: a client that does not take it (an HTTP/2 window it never opens, a
     /// socket it never reads) leaves the connection idle, and only the response's
-    /// progress ([`ConnState::progress`]) keeps it from the idle timeout.
+    /// progress (`progress`) keeps it from the idle timeout.
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         if h2 {
             self.h2.store(true, Ordering::Relaxed);
