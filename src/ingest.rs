@@ -596,10 +596,10 @@ impl Ingest {
     /// refused when it passes `limit` bytes (checked as it arrives, so an oversize body
     /// is never held whole), when it has not ended by `deadline` (timeout), when the
     /// transport fails it (aborted), or when it would take the budget past its ceiling
-    /// (overloaded; too large when it alone would). The body is kept in the pieces it arrived in ([`Received`]). Once
-    /// `prefix` bytes (at most [`MAX_PREFIX`]) are in, `on_prefix` reads them and says how
-    /// much the request is expected to hold in all (body and decode); the reservation is
-    /// set to that ([`Reservation::expect`]).
+    /// (overloaded; too large when it alone would). The body is kept in the pieces it
+    /// arrived in ([`Received`]). Once `prefix` bytes (at most [`MAX_PREFIX`]) are in,
+    /// `on_prefix` reads them and says how much the request is expected to hold in all
+    /// (body and decode); the reservation is set to that ([`Reservation::expect`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn read_body<B>(
         &self,
@@ -647,8 +647,8 @@ impl Ingest {
     }
 
     /// Decompresses (when `compressed`), decodes and records the body in `raw[start..]`,
-    /// charging its decompressed size and decode to `reservation` (refused, overloaded or too large,
-    /// past the budget's ceiling). Small bodies are decoded here: uncompressed ones up to
+    /// charging its decompressed size and decode to `reservation` (refused past the
+    /// budget's ceiling: overloaded, or too large when it alone is past it). Small bodies are decoded here: uncompressed ones up to
     /// [`INLINE_PROTOBUF_BYTES`] ([`INLINE_JSON_BYTES`]), compressed ones up to
     /// [`INLINE_COMPRESSED_BYTES`] that inflate to no more than [`INLINE_PROTOBUF_BYTES`].
     /// Any other goes to a decode thread ([`decoders`]), waiting for one for at most

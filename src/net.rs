@@ -190,9 +190,9 @@ impl Drop for Slot {
 /// connection that arrives makes room: `make_room` tells a silent or long-idle
 /// connection to close ([`conn::Open::make_room`]; false when there is none, and then
 /// the new one waits for one to close, with the kernel's backlog holding the rest). So
-/// silent sockets and idle connections cannot keep new clients out. An accept error is counted, logged (at most every
-/// [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a pause ([`Backoff`]): running out of
-/// descriptors never makes it spin.
+/// silent sockets and idle connections cannot keep new clients out. An accept error is
+/// counted, logged (at most every [`ACCEPT_ERROR_LOG_EVERY`]) and followed by a pause
+/// ([`Backoff`]): running out of descriptors never makes it spin.
 pub async fn accept_loop<A: Acceptor>(
     mut acceptor: A,
     port: Port,

@@ -11,8 +11,9 @@
 //! wait is bounded. Waiting reservations queue in order: bytes given back go to the
 //! oldest first, and only the reservations they admit are woken, so a large request is
 //! not passed over by small ones forever, and a release does not wake every waiter
-//! (with thousands waiting under overload, that cost more CPU than the requests). A gRPC request reserves a guess at its headers, and its declared
-//! length instead (more or less) when the length prefix arrives, without waiting.
+//! (with thousands waiting under overload, that cost more CPU than the requests). A
+//! gRPC request reserves a guess at its headers, and its declared length instead (more
+//! or less) when the length prefix arrives, without waiting.
 //!
 //! What a request turns out to need beyond its reservation (a chunked body, a
 //! decompressed body, the decode of one) is charged without waiting, up to a hard
@@ -301,9 +302,9 @@ impl Reservation {
     /// and its decode): what the guess held beyond is given back, and what it lacks is
     /// added without waiting, up to the hard ceiling, past which the request is refused
     /// (overloaded; too large when the request alone is past it). It does not wait: on
-    /// an HTTP/2 connection, a stream that waited
-    /// here would hold the connection's flow-control window with what it has sent,
-    /// while streams that hold room wait for that window.
+    /// an HTTP/2 connection, a stream that waited here would hold the connection's
+    /// flow-control window with what it has sent, while streams that hold room wait for
+    /// that window.
     pub fn expect(&mut self, bytes: usize) -> Result<(), IngestError> {
         let want = BASE_RESERVATION.saturating_add(bytes).max(self.used);
         if want < self.reserved {
