@@ -97,6 +97,40 @@ impl BearerTokens {
             .fold(false, |found, t| found | constant_time_eq(t, token))
     }
 
+    /// True when `headers` carry a token in force, as [`BearerTokens::allows`] reads it,
+    /// or as the password of HTTP Basic authentication (`Authorization: Basic`, any
+    /// user name): what a browser sends once it has prompted for them. Browsers cannot
+    /// send a bearer token by themselves, so the status pages take this too.
+    pub fn allows_browser(&self, headers: &HeaderMap) -> bool {
+        if self.allows(headers) {
+            return true;
+        }
+        let Some(decoded) = headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .find_map(|v| basic_credentials(v.as_bytes()))
+        else {
+            return false;
+        };
+        // RFC 7617: the user name ends at the first colon; the password may hold more.
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let password = &decoded[colon + 1..];
+        if password.is_empty() {
+            return false;
+        }
+        let tokens = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tokens
+            .clone();
+        tokens
+            .iter()
+            .fold(false, |found, t| found | constant_time_eq(t, password))
+    }
+
     /// The `WWW-Authenticate` value of a 401: the configured scheme when the tokens
     /// go in `Authorization`. A custom header (an API-key header, say) has no
     /// challenge to name, so none is sent.
@@ -180,6 +214,50 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The decoded `user:password` of an `Authorization: Basic <base64>` value.
+fn basic_credentials(value: &[u8]) -> Option<Vec<u8>> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(5)?;
+    if !scheme.eq_ignore_ascii_case(b"basic") || !rest.starts_with(b" ") {
+        return None;
+    }
+    base64_decode(rest.trim_ascii())
+}
+
+/// Standard base64 (RFC 4648, section 4), with or without its `=` padding; `None` for
+/// anything else.
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let text = text
+        .strip_suffix(b"==")
+        .or_else(|| text.strip_suffix(b"="))
+        .unwrap_or(text);
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let sextet = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
+    for chunk in text.chunks(4) {
+        let mut bits = 0u32;
+        for &c in chunk {
+            bits = bits << 6 | sextet(c)?;
+        }
+        // A chunk of n sextets holds n - 1 whole bytes; the rest are padding bits.
+        let bytes = chunk.len() - 1;
+        bits <<= 6 * (4 - chunk.len());
+        out.extend_from_slice(&bits.to_be_bytes()[1..1 + bytes]);
+    }
+    Some(out)
+}
+
 /// Equality whose time depends on the lengths only, not on where the bytes differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -236,6 +314,87 @@ mod tests {
             assert!(!tokens.allows(&with(name, value)), "{name}: {value}");
         }
         assert!(!tokens.allows(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn base64_decodes_the_rfc_vectors_and_refuses_anything_else() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_decode(encoded.as_bytes()).unwrap(), plain.as_bytes());
+            let unpadded = encoded.trim_end_matches('=');
+            assert_eq!(
+                base64_decode(unpadded.as_bytes()).unwrap(),
+                plain.as_bytes()
+            );
+        }
+        assert_eq!(base64_decode(b"/+//").unwrap(), [0xff, 0xef, 0xff]);
+        for bad in ["Zm9v!", "Zm=v", "Z", "Zm9vY", "Zm9v Zg==", "Zg==="] {
+            assert_eq!(base64_decode(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    /// What a browser sends after its prompt: any user name, a token as the password.
+    /// Only [`BearerTokens::allows_browser`] takes it.
+    #[test]
+    fn a_browser_may_send_a_token_as_its_basic_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = BearerTokens::new(&auth(
+            dir.path(),
+            "s3cret
+with:colon
+",
+            "Authorization",
+            "Bearer",
+        ));
+        let basic = |credentials: &str| {
+            let encoded = encode(credentials.as_bytes());
+            with("authorization", &format!("Basic {encoded}"))
+        };
+        for allowed in ["anyone:s3cret", ":s3cret", "me:with:colon"] {
+            assert!(tokens.allows_browser(&basic(allowed)), "{allowed}");
+            assert!(!tokens.allows(&basic(allowed)), "{allowed}");
+        }
+        assert!(tokens.allows_browser(&with("authorization", "basic OnMzY3JldA==")));
+        assert!(tokens.allows_browser(&with("authorization", "Bearer s3cret")));
+        for refused in [
+            "s3cret:",
+            "s3cret",
+            "me:wrong",
+            "me:s3cre",
+            "me:",
+            "with:colon",
+        ] {
+            assert!(!tokens.allows_browser(&basic(refused)), "{refused}");
+        }
+        assert!(!tokens.allows_browser(&with("authorization", "Basic not base64!")));
+        assert!(!tokens.allows_browser(&with("authorization", "Basicczo=")));
+        assert!(!tokens.allows_browser(&HeaderMap::new()));
+    }
+
+    /// Standard base64 with padding, for the tests.
+    fn encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let mut word = [0u8; 3];
+            word[..chunk.len()].copy_from_slice(chunk);
+            let bits = u32::from_be_bytes([0, word[0], word[1], word[2]]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 
     #[test]

@@ -124,26 +124,47 @@ impl Exporter {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = auth;
     }
 
-    /// `None` when `headers` may scrape (`/metrics` and the status pages); otherwise the
-    /// 401 to answer, with the `WWW-Authenticate` challenge when there is one.
+    /// `None` when `headers` may scrape `/metrics`; otherwise the 401 to answer, with
+    /// the `WWW-Authenticate` challenge when there is one.
     fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        self.refused(headers, false)
+    }
+
+    /// [`Exporter::refusal`] for a status page, which a browser asks for: a token as
+    /// the password of HTTP Basic authentication is let in too, and the 401 challenges
+    /// for Basic first, so that the browser prompts for it.
+    fn page_refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        self.refused(headers, true)
+    }
+
+    fn refused(&self, headers: &HeaderMap, browser: bool) -> Option<Response> {
         let auth = self
             .auth
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let challenge = match auth.as_ref() {
-            Some(tokens) if !tokens.allows(headers) => tokens.challenge(),
+            Some(tokens) if browser && !tokens.allows_browser(headers) => tokens.challenge(),
+            Some(tokens) if !browser && !tokens.allows(headers) => tokens.challenge(),
             _ => return None,
         };
         let mut response = (
             StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token (metrics.auth)\n",
+            if browser {
+                "missing or invalid bearer token (metrics.auth); a browser may give a token as the password\n"
+            } else {
+                "missing or invalid bearer token (metrics.auth)\n"
+            },
         )
             .into_response();
+        let challenges = response.headers_mut();
+        if browser {
+            challenges.append(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"sloxide\", charset=\"UTF-8\""),
+            );
+        }
         if let Some(challenge) = challenge {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
+            challenges.append(header::WWW_AUTHENTICATE, challenge);
         }
         Some(response)
     }

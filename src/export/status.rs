@@ -257,7 +257,7 @@ const SECURITY_HEADERS: [(header::HeaderName, &str); 5] = [
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 
 async fn serve(exporter: Arc<Exporter>, headers: &HeaderMap, page: Page) -> Response {
-    if let Some(refused) = exporter.refusal(headers) {
+    if let Some(refused) = exporter.page_refusal(headers) {
         return refused;
     }
     let Ok(slot) = exporter.pages.slots.clone().try_acquire_owned() else {

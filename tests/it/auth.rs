@@ -156,3 +156,82 @@ async fn the_challenge_names_the_configured_scheme() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// Browsers cannot send a bearer token, but they prompt for HTTP Basic credentials when
+/// challenged: the status pages take a token as the password (any user name) and
+/// challenge for Basic first. `/metrics` stays bearer-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pages_take_a_token_as_a_basic_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "page-token\n").unwrap();
+    let d = Daemon::start(&config(&format!(
+        "metrics:\n  auth:\n    bearer_tokens_file: {}\n",
+        tokens.display()
+    )));
+    let client = reqwest::Client::new();
+    let page = format!("http://{}/", d.metrics);
+    let metrics = format!("http://{}/metrics", d.metrics);
+
+    let response = client.get(&page).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let challenges: Vec<_> = response
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        challenges,
+        ["Basic realm=\"sloxide\", charset=\"UTF-8\"", "Bearer"]
+    );
+
+    for (user, password, status) in [
+        ("sre", "page-token", 200),
+        ("", "page-token", 200),
+        ("sre", "wrong", 401),
+        ("page-token", "", 401),
+    ] {
+        let response = client
+            .get(&page)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{user}:{password}");
+        if status == 200 {
+            assert!(response.text().await.unwrap().contains("<html"));
+        }
+    }
+    let response = client
+        .get(&page)
+        .bearer_auth("page-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // /metrics: the bearer token only, and the bearer challenge only.
+    let response = client
+        .get(&metrics)
+        .basic_auth("sre", Some("page-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .collect::<Vec<_>>(),
+        ["Bearer"]
+    );
+    let response = client
+        .get(&metrics)
+        .bearer_auth("page-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
