@@ -347,9 +347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tokens = BearerTokens::new(&auth(
             dir.path(),
-            "s3cret
-with:colon
-",
+            "s3cret\nwith:colon\n",
             "Authorization",
             "Bearer",
         ));
