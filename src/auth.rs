@@ -98,17 +98,21 @@ impl BearerTokens {
     }
 
     /// True when `headers` carry a token in force, as [`BearerTokens::allows`] reads it,
-    /// or as the password of HTTP Basic authentication (`Authorization: Basic`, any
-    /// user name): what a browser sends once it has prompted for them. Browsers cannot
-    /// send a bearer token by themselves, so the status pages take this too.
+    /// or, when [`BearerTokens::takes_basic`], as the password of HTTP Basic
+    /// authentication (`Authorization: Basic`, any user name): what a browser sends once
+    /// it has prompted for them. Browsers cannot send a bearer token by themselves, so
+    /// the status pages take this too.
     pub fn allows_browser(&self, headers: &HeaderMap) -> bool {
         if self.allows(headers) {
             return true;
         }
+        if !self.takes_basic() {
+            return false;
+        }
+        // The first `Authorization` only, as `allows` reads it.
         let Some(decoded) = headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .find_map(|v| basic_credentials(v.as_bytes()))
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| basic_credentials(v.as_bytes()))
         else {
             return false;
         };
@@ -129,6 +133,14 @@ impl BearerTokens {
         tokens
             .iter()
             .fold(false, |found, t| found | constant_time_eq(t, password))
+    }
+
+    /// Whether a token may come as an HTTP Basic password ([`BearerTokens::allows_browser`]):
+    /// only when the tokens go in `Authorization`, and under a scheme other than `Basic`
+    /// itself. Tokens in a header of their own (an API-key header) stay there, and so
+    /// does a front proxy's use of `Authorization`.
+    pub fn takes_basic(&self) -> bool {
+        self.header == http::header::AUTHORIZATION && !self.scheme.eq_ignore_ascii_case("basic")
     }
 
     /// The `WWW-Authenticate` value of a 401: the configured scheme when the tokens
@@ -224,14 +236,18 @@ fn basic_credentials(value: &[u8]) -> Option<Vec<u8>> {
     base64_decode(rest.trim_ascii())
 }
 
-/// Standard base64 (RFC 4648, section 4), with or without its `=` padding; `None` for
-/// anything else.
+/// Standard base64 (RFC 4648, section 4) in its canonical form: padded to a multiple of
+/// 4 with `=`, or without padding at all, and with the bits past the last whole byte
+/// zero (section 3.5). `None` for anything else (another alphabet, misplaced or wrong
+/// padding, non-zero leftover bits).
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let text = text
+    let unpadded = text
         .strip_suffix(b"==")
         .or_else(|| text.strip_suffix(b"="))
         .unwrap_or(text);
-    if text.len() % 4 == 1 {
+    let pad = text.len() - unpadded.len();
+    let tail = unpadded.len() % 4;
+    if tail == 1 || (pad > 0 && tail + pad != 4) {
         return None;
     }
     let sextet = |c: u8| -> Option<u32> {
@@ -244,14 +260,18 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
-    for chunk in text.chunks(4) {
+    let mut out = Vec::with_capacity(unpadded.len() / 4 * 3 + 2);
+    for chunk in unpadded.chunks(4) {
         let mut bits = 0u32;
         for &c in chunk {
             bits = bits << 6 | sextet(c)?;
         }
-        // A chunk of n sextets holds n - 1 whole bytes; the rest are padding bits.
+        // A chunk of n sextets holds n - 1 whole bytes; the bits left over must be zero.
         let bytes = chunk.len() - 1;
+        let leftover = 6 * chunk.len() - 8 * bytes;
+        if bits & ((1 << leftover) - 1) != 0 {
+            return None;
+        }
         bits <<= 6 * (4 - chunk.len());
         out.extend_from_slice(&bits.to_be_bytes()[1..1 + bytes]);
     }
@@ -335,7 +355,26 @@ mod tests {
             );
         }
         assert_eq!(base64_decode(b"/+//").unwrap(), [0xff, 0xef, 0xff]);
-        for bad in ["Zm9v!", "Zm=v", "Z", "Zm9vY", "Zm9v Zg==", "Zg==="] {
+        for bad in [
+            "Zm9v!",
+            "Zm=v",
+            "Z",
+            "Zm9vY",
+            "Zm9v Zg==",
+            "Zg===",
+            "Zm9-",
+            "Zm9_",
+            "Zm9v!!!!",
+            // Wrong or misplaced padding, and non-zero bits past the last byte.
+            "Zm9v==",
+            "Zm9v=",
+            "Zg=",
+            "Zm9vYg=",
+            "=",
+            "==",
+            "Zh==",
+            "Zm9=",
+        ] {
             assert_eq!(base64_decode(bad.as_bytes()), None, "{bad}");
         }
     }
@@ -372,8 +411,35 @@ mod tests {
             assert!(!tokens.allows_browser(&basic(refused)), "{refused}");
         }
         assert!(!tokens.allows_browser(&with("authorization", "Basic not base64!")));
-        assert!(!tokens.allows_browser(&with("authorization", "Basicczo=")));
+        assert!(!tokens.allows_browser(&with("authorization", "BasicOnMzY3JldA==")));
         assert!(!tokens.allows_browser(&HeaderMap::new()));
+    }
+
+    /// A token as a Basic password only where the tokens go in `Authorization` under a
+    /// scheme other than `Basic`; the first `Authorization` header only.
+    #[test]
+    fn basic_passwords_only_where_tokens_go_in_authorization() {
+        let dir = tempfile::tempdir().unwrap();
+        let basic = with("authorization", &format!("Basic {}", encode(b"me:k1")));
+        let custom = BearerTokens::new(&auth(dir.path(), "k1\n", "x-api-key", ""));
+        assert!(!custom.takes_basic());
+        assert!(!custom.allows_browser(&basic));
+        assert!(custom.allows_browser(&with("x-api-key", "k1")));
+        let scheme_basic = BearerTokens::new(&auth(dir.path(), "k1\n", "Authorization", "basic"));
+        assert!(!scheme_basic.takes_basic());
+        assert!(!scheme_basic.allows_browser(&basic));
+        assert!(scheme_basic.allows_browser(&with("authorization", "Basic k1")));
+
+        let bearer = BearerTokens::new(&auth(dir.path(), "k1\n", "Authorization", "Bearer"));
+        assert!(bearer.takes_basic());
+        assert!(bearer.allows_browser(&basic));
+        let mut second = HeaderMap::new();
+        second.append(http::header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        second.append(
+            http::header::AUTHORIZATION,
+            format!("Basic {}", encode(b"me:k1")).parse().unwrap(),
+        );
+        assert!(!bearer.allows_browser(&second));
     }
 
     /// Standard base64 with padding, for the tests.

@@ -157,7 +157,7 @@ impl Exporter {
         )
             .into_response();
         let challenges = response.headers_mut();
-        if browser {
+        if browser && auth.as_ref().is_some_and(|t| t.takes_basic()) {
             challenges.append(
                 header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Basic realm=\"sloxide\", charset=\"UTF-8\""),
