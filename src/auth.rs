@@ -85,13 +85,18 @@ impl BearerTokens {
         else {
             return false;
         };
+        self.in_force(token)
+    }
+
+    /// Whether `token` is one of the tokens in force. Every token is compared, each in
+    /// time independent of where it differs.
+    fn in_force(&self, token: &[u8]) -> bool {
         let tokens = self
             .state
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .tokens
             .clone();
-        // Every token is compared, each in time independent of where it differs.
         tokens
             .iter()
             .fold(false, |found, t| found | constant_time_eq(t, token))
@@ -121,18 +126,7 @@ impl BearerTokens {
             return false;
         };
         let password = &decoded[colon + 1..];
-        if password.is_empty() {
-            return false;
-        }
-        let tokens = self
-            .state
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .tokens
-            .clone();
-        tokens
-            .iter()
-            .fold(false, |found, t| found | constant_time_eq(t, password))
+        !password.is_empty() && self.in_force(password)
     }
 
     /// Whether a token may come as an HTTP Basic password ([`BearerTokens::allows_browser`]):
