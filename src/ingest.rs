@@ -648,9 +648,10 @@ impl Ingest {
 
     /// Decompresses (when `compressed`), decodes and records the body in `raw[start..]`,
     /// charging its decompressed size and decode to `reservation` (refused past the
-    /// budget's ceiling: overloaded, or too large when it alone is past it). Small bodies are decoded here: uncompressed ones up to
-    /// [`INLINE_PROTOBUF_BYTES`] ([`INLINE_JSON_BYTES`]), compressed ones up to
-    /// [`INLINE_COMPRESSED_BYTES`] that inflate to no more than [`INLINE_PROTOBUF_BYTES`].
+    /// budget's ceiling: overloaded, or too large when it alone is past it). Small
+    /// bodies are decoded here: uncompressed ones up to [`INLINE_PROTOBUF_BYTES`]
+    /// ([`INLINE_JSON_BYTES`]), compressed ones up to [`INLINE_COMPRESSED_BYTES`] that
+    /// inflate to no more than [`INLINE_PROTOBUF_BYTES`].
     /// Any other goes to a decode thread ([`decoders`]), waiting for one for at most
     /// `limits.admission_wait` (or until `client_deadline`) before it is refused
     /// (overloaded). Waits (as a parked task) while a reload is under way.
