@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use sloxide::config::Config;
 
 /// sloxide turns OpenTelemetry spans and logs into SLI, error-budget and burn-rate
@@ -111,7 +111,7 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         None => run(cli.run),
         Some(Command::Run(args)) => run(args),
@@ -129,6 +129,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. The run flags' environment variables are read for `run`
+/// only: a container's `SLOXIDE_METRICS_LISTEN` that does not parse fails `run`, as it
+/// should, and not `check`, `rules`, `dashboard` or `state`, which do not take it.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    // A first look, ignoring every error, for the subcommand's name. (`--help` and the
+    // like are errors to this look: then the real parse below prints them.)
+    let other = command
+        .clone()
+        .ignore_errors(true)
+        .try_get_matches()
+        .is_ok_and(|m| m.subcommand_name().is_some_and(|name| name != "run"));
+    if other {
+        // Only the top-level (run) arguments: a subcommand keeps its own variables.
+        command = command.mut_args(|arg| arg.env(None::<&str>));
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn load(path: Option<&Path>) -> anyhow::Result<Config> {

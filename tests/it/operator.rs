@@ -31,6 +31,51 @@ fn a_mistyped_log_level_is_refused_naming_the_levels() {
 }
 
 #[test]
+fn the_run_variables_bind_run_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sloxide.yaml");
+    std::fs::write(&config, "slos: []\n").unwrap();
+    let broken = [
+        ("SLOXIDE_METRICS_LISTEN", "not-an-address"),
+        ("SLOXIDE_OTLP_GRPC_LISTEN", "[::]"),
+        ("SLOXIDE_LOG_FORMAT", "yaml"),
+    ];
+    // A pod's environment is the daemon's: `check`, `rules` and `dashboard` run in it
+    // and do not take these, so they do not fail on them.
+    for sub in ["check", "rules", "dashboard"] {
+        let output = sloxide()
+            .arg(sub)
+            .arg("--config")
+            .arg(&config)
+            .envs(broken)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{sub}: {:?} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // `run` (and no subcommand) still refuses each as a usage error.
+    for (key, value) in broken {
+        for sub in [&["run"][..], &[][..]] {
+            let output = sloxide()
+                .args(sub)
+                .arg("--config")
+                .arg(&config)
+                .env(key, value)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{sub:?} {key}: {stderr}");
+            assert!(stderr.contains(&format!("'{value}'")), "{key}: {stderr}");
+        }
+    }
+}
+
+#[test]
 fn the_startup_line_names_the_version_and_the_config_source() {
     let d = Daemon::start("slos: []\n");
     let line = d
