@@ -25,26 +25,25 @@ pub const LOCK: &str = "sloxide.lock";
 const HEADER: usize = 8 + 4 + 8;
 const TRAILER: usize = 4;
 
-/// Why the data directory cannot be used.
+/// Why the data directory cannot be used. The OS errors are part of the messages, not
+/// their sources, so that a caller printing the whole chain does not print them twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// It does not exist and cannot be created.
-    #[error("state.data_dir {dir}: cannot create it: {source}")]
+    #[error("state.data_dir {dir}: cannot create it: {error}")]
     Create {
         /// The directory.
         dir: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// Files cannot be written in it.
-    #[error("state.data_dir {dir}: cannot write in it: {source}")]
+    #[error("state.data_dir {dir}: cannot write in it: {error}")]
     NotWritable {
         /// The directory.
         dir: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// Another daemon holds its lock.
     #[error(
@@ -66,15 +65,14 @@ pub enum StateError {
         message: String,
     },
     /// The lock could not be taken for another reason.
-    #[error("state.data_dir {dir}: cannot lock {lock}: {source}")]
+    #[error("state.data_dir {dir}: cannot lock {lock}: {error}")]
     Lock {
         /// The directory.
         dir: PathBuf,
         /// The lock file.
         lock: PathBuf,
         /// The OS error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -264,17 +262,17 @@ impl DataDir {
     /// Creates `dir` if needed and checks that files can be written in it, without
     /// taking its lock (`sloxide check`).
     pub fn check(dir: &Path) -> Result<(), StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Create {
+        fs::create_dir_all(dir).map_err(|error| StateError::Create {
             dir: dir.to_owned(),
-            source,
+            error,
         })?;
         let probe = dir.join(".sloxide-write-probe");
         let written = File::create(&probe)
             .and_then(|mut f| f.write_all(b"probe").and_then(|()| f.sync_all()));
         let _ = fs::remove_file(&probe);
-        written.map_err(|source| StateError::NotWritable {
+        written.map_err(|error| StateError::NotWritable {
             dir: dir.to_owned(),
-            source,
+            error,
         })
     }
 
@@ -288,10 +286,10 @@ impl DataDir {
             .truncate(false)
             .write(true)
             .open(&lock)
-            .map_err(|source| StateError::Lock {
+            .map_err(|error| StateError::Lock {
                 dir: dir.to_owned(),
                 lock: lock.clone(),
-                source,
+                error,
             })?;
         match file.try_lock() {
             Ok(()) => {}
@@ -301,11 +299,11 @@ impl DataDir {
                     lock,
                 });
             }
-            Err(fs::TryLockError::Error(source)) => {
+            Err(fs::TryLockError::Error(error)) => {
                 return Err(StateError::Lock {
                     dir: dir.to_owned(),
                     lock,
-                    source,
+                    error,
                 });
             }
         }

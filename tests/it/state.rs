@@ -540,6 +540,11 @@ async fn an_unusable_or_shared_data_dir_stops_the_start_with_a_clear_error() {
         err.contains("state.data_dir") && err.contains("cannot create it"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("(os error").count(),
+        1,
+        "the OS error once: {err}"
+    );
 
     // A directory this user cannot write in. Root writes anywhere, so as root the
     // daemon runs as nobody for this case.
@@ -553,6 +558,11 @@ async fn an_unusable_or_shared_data_dir_stops_the_start_with_a_clear_error() {
     }
     let err = fails_to_start(&readonly, is_root.then_some(65_534));
     assert!(err.contains("cannot write in it"), "{err}");
+    assert_eq!(
+        err.matches("(os error").count(),
+        1,
+        "the OS error once: {err}"
+    );
 
     // `sloxide check` says the same.
     let config = dir.path().join("check.yaml");
