@@ -253,8 +253,9 @@ pub struct Limits {
     /// How long a request waits for room in `max_in_flight_bytes` before it is refused
     /// (503 / UNAVAILABLE). At most 1m; 0s refuses at once. Default 1s.
     pub admission_wait: Duration,
-    /// Open connections per OTLP port; at the cap the port stops accepting until one
-    /// closes (the descriptor budget may lower it, see `net`). Positive. Default 4096.
+    /// Open connections per OTLP port; at the cap a new connection closes a silent or
+    /// idle one to make room, or waits until one closes (the descriptor budget may lower
+    /// it, see `net`). Positive. Default 4096.
     pub max_connections: usize,
     /// A connection that has not sent a complete request head (TLS handshake included)
     /// this long after it opened, or after its first byte of a later HTTP/1 request, is
@@ -675,6 +676,11 @@ fn parse_message(text: &str, location: Option<&Location>, error: &serde_saphyr::
             }
         }
         Error::Unexpected { expected, .. } => match *expected {
+            "string scalar" | "scalar" if unquoted_ipv6(text, location) => {
+                "expected a single value here, not a list or a mapping; quote an IPv6 address \
+                 and port, e.g. \"[::]:4317\", as YAML reads [...] as a list"
+                    .to_owned()
+            }
             "string scalar" | "scalar" => {
                 "expected a single value here, not a list or a mapping".to_owned()
             }
@@ -691,6 +697,25 @@ fn parse_message(text: &str, location: Option<&Location>, error: &serde_saphyr::
             .format_message(error)
             .into_owned(),
     }
+}
+
+/// Whether the value at `location` is an unquoted `[IPv6]:port`, which YAML reads as a
+/// list (or a mapping keyed by one).
+fn unquoted_ipv6(text: &str, location: Option<&Location>) -> bool {
+    let Some(start) = location
+        .and_then(|l| l.span().byte_offset())
+        .and_then(|offset| usize::try_from(offset).ok())
+    else {
+        return false;
+    };
+    let line = text.get(start..).unwrap_or("").lines().next().unwrap_or("");
+    let value = line.split(" #").next().unwrap_or("").trim_end();
+    value.starts_with('[')
+        && value.rsplit_once("]:").is_some_and(|(address, port)| {
+            address[1..].contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+        })
 }
 
 /// The source text of the scalar at `location`, when it is short enough to quote.
@@ -891,7 +916,7 @@ struct RawConfig {
     state: Option<RawState>,
     slos: Option<Vec<Spanned<slo::RawSlo>>>,
     alerting: Option<slo::RawAlerting>,
-    auth: Option<RawAuth>,
+    auth: Option<Spanned<RawAuth>>,
     tls: Option<Spanned<RawTls>>,
     metrics: Option<RawMetrics>,
 }
@@ -911,7 +936,7 @@ struct RawTls {
 #[serde(deny_unknown_fields, default)]
 struct RawMetrics {
     tls: Option<Spanned<RawTls>>,
-    auth: Option<RawAuth>,
+    auth: Option<Spanned<RawAuth>>,
 }
 
 /// `auth` as written.
@@ -1216,7 +1241,7 @@ impl RawConfig {
             slos: slo::validate_slos(slos.unwrap_or_default(), max_label_bytes)?,
             alerting: alerting.unwrap_or_default().validate()?,
             auth: auth
-                .map(|a| a.validate("auth", &Location::UNKNOWN))
+                .map(|a| a.value.validate("auth", &a.referenced))
                 .transpose()?,
             tls: tls.map(|tls| validate_tls(tls, "tls")).transpose()?,
             metrics: {
@@ -1226,7 +1251,7 @@ impl RawConfig {
                         .map(|tls| validate_tls(tls, "metrics.tls"))
                         .transpose()?,
                     auth: auth
-                        .map(|a| a.validate("metrics.auth", &Location::UNKNOWN))
+                        .map(|a| a.value.validate("metrics.auth", &a.referenced))
                         .transpose()?,
                 }
             },

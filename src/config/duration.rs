@@ -31,7 +31,7 @@ pub enum DurationError {
     #[error("`{0}` is not a whole number of a unit; use a smaller unit, e.g. 90m rather than 1.5h")]
     Fraction(String),
     /// A number without a unit.
-    #[error("`{0}` has no unit; write it with one of ns, us, ms, s, m, h or d, e.g. {0}s")]
+    #[error("`{0}` has no unit; write it with one of ns, us, ms, s, m, h or d, e.g. {0}ms or {0}s")]
     MissingUnit(String),
     /// A unit that is not one of ns, us, ms, s, m, h, d.
     #[error("`{text}` has the unknown unit `{unit}`; use one of ns, us, ms, s, m, h or d")]

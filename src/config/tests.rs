@@ -725,6 +725,13 @@ const BAD: &[(&str, &str, &[&str])] = &[
         &["test.yaml:2:12: region.default: expected a single value here, not a list or a mapping"],
     ),
     (
+        "an unquoted IPv6 address",
+        "listen:\n  metrics: [::]:9464   # all addresses\n",
+        &[
+            "test.yaml:2:12: expected a single value here, not a list or a mapping; quote an IPv6 address and port, e.g. \"[::]:4317\", as YAML reads [...] as a list",
+        ],
+    ),
+    (
         "objective is not a number",
         "slos:\n  - name: a\n    service: b\n    objective: 99.9%\n",
         &["test.yaml:4:16: slos[0].objective: `99.9%` is not a number"],
@@ -866,7 +873,7 @@ const BAD: &[(&str, &str, &[&str])] = &[
         "duration without unit",
         "timing:\n  late_slack: 300\n",
         &[
-            "test.yaml:2:15: timing.late_slack: `300` has no unit; write it with one of ns, us, ms, s, m, h or d, e.g. 300s",
+            "test.yaml:2:15: timing.late_slack: `300` has no unit; write it with one of ns, us, ms, s, m, h or d, e.g. 300ms or 300s",
         ],
     ),
     (
@@ -959,7 +966,9 @@ const BAD: &[(&str, &str, &[&str])] = &[
     (
         "auth without its tokens file",
         "auth:\n  header: x-token\n",
-        &["auth.bearer_tokens_file: missing; give the file of bearer tokens, one per line"],
+        &[
+            "test.yaml:2:3: auth.bearer_tokens_file: missing; give the file of bearer tokens, one per line",
+        ],
     ),
     (
         "auth with a tokens file that is not there",
