@@ -244,8 +244,10 @@ fn decompress_within(
     }
 }
 
-/// The budget charged for decoding a body, as a multiple of its size: a protobuf batch
-/// refers into the body, while JSON is decoded into owned structures first.
+/// The budget reserved for decoding a body, as a multiple of its size, before it has
+/// arrived: a protobuf batch refers into the body, while JSON is decoded into owned
+/// structures first. Once a JSON body is here, its decode is charged by what its
+/// objects become ([`json::decode_charge`]).
 pub(crate) fn decode_estimate(encoding: Encoding, len: usize) -> usize {
     match encoding {
         Encoding::Protobuf => len,
@@ -258,7 +260,11 @@ pub(crate) fn decode_estimate(encoding: Encoding, len: usize) -> usize {
 pub enum IngestError {
     /// A protobuf body the walker could not walk.
     #[error("undecodable protobuf body: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
+    /// More records than `limits.max_records_per_request` (the limit), in either
+    /// encoding.
+    #[error("more than limits.max_records_per_request ({0}) records in one request")]
+    TooManyRecords(usize),
     /// A JSON body that is not OTLP/JSON.
     #[error(transparent)]
     Json(#[from] JsonError),
@@ -290,6 +296,9 @@ pub enum IngestError {
     /// A content type other than protobuf or JSON.
     #[error("unsupported content type {0:?}; send application/x-protobuf or application/json")]
     UnsupportedContentType(String),
+    /// A request on the gRPC port that is not gRPC.
+    #[error("unsupported content type {0:?} on the OTLP/gRPC port; send application/grpc")]
+    NotGrpc(String),
     /// A content encoding sloxide does not know.
     #[error("unsupported content encoding {encoding:?}; send {accepted}")]
     UnsupportedEncoding {
@@ -336,15 +345,16 @@ impl IngestError {
     /// The `reason` label under which this refusal is counted.
     pub fn reason(&self) -> RefusalReason {
         match self {
-            Self::Decode(DecodeError::TooManyRecords(_)) => RefusalReason::TooLarge,
             Self::Decode(_) | Self::Json(_) | Self::Decompress { .. } | Self::Frame(_) => {
                 RefusalReason::Decode
             }
             Self::BodyRead(_) => RefusalReason::Aborted,
             Self::BodyTooLarge { .. }
+            | Self::TooManyRecords(_)
             | Self::DecompressedTooLarge { .. }
             | Self::OverBudget { .. } => RefusalReason::TooLarge,
             Self::UnsupportedContentType(_)
+            | Self::NotGrpc(_)
             | Self::UnsupportedEncoding { .. }
             | Self::CompressionOff { .. } => RefusalReason::Unsupported,
             Self::Overloaded => RefusalReason::Overloaded,
@@ -365,10 +375,19 @@ impl IngestError {
     }
 }
 
+impl From<DecodeError> for IngestError {
+    fn from(error: DecodeError) -> Self {
+        match error {
+            DecodeError::TooManyRecords(max) => Self::TooManyRecords(max),
+            error => Self::Decode(error),
+        }
+    }
+}
+
 /// A JSON request's `records` against `limits.max_records_per_request`.
 fn too_many(records: usize, max: usize) -> Result<(), IngestError> {
     if records > max {
-        return Err(IngestError::Decode(DecodeError::TooManyRecords(max)));
+        return Err(IngestError::TooManyRecords(max));
     }
     Ok(())
 }
@@ -827,8 +846,15 @@ impl Ingest {
         start: usize,
         reservation: &mut Reservation,
     ) -> Result<Accepted, IngestError> {
-        let len = inflated.map_or(raw.len() - start, <[u8]>::len);
-        reservation.charge(decode_estimate(encoding, len))?;
+        let decode = match (encoding, inflated) {
+            (Encoding::Protobuf, _) => {
+                decode_estimate(encoding, inflated.map_or(raw.len() - start, <[u8]>::len))
+            }
+            // JSON is charged for what its objects become, known only once it is here.
+            (Encoding::Json, Some(body)) => json::decode_charge(body),
+            (Encoding::Json, None) => json::decode_charge(&raw.join()[start..]),
+        };
+        reservation.charge(decode)?;
         match inflated {
             Some(body) => self.export(transport, signal, encoding, body),
             None => self.export_received(transport, signal, encoding, raw, start, reservation),

@@ -484,7 +484,15 @@ fn walk_resource<'a, E>(
         }
     }
     let events = first_event..out.events.len() as u32;
-    out.resources.push(ResourceRun { attrs: row, events });
+    if events.is_empty() {
+        // A resource without an accepted record adds nothing to any series, and is not
+        // kept: a body of empty resources (`0a 00`, two bytes each) would otherwise grow
+        // a row and a run per resource, over a hundred times its size, and no record
+        // limit counts resources.
+        out.pop_row(row);
+    } else {
+        out.resources.push(ResourceRun { attrs: row, events });
+    }
     Ok(())
 }
 
@@ -889,6 +897,63 @@ mod tests {
         assert_eq!(keys.find(long_a.as_bytes()), Some(8));
         assert_eq!(keys.find(long_b.as_bytes()), None, "64 bytes or more");
         assert_eq!(keys.find(b"regio"), None);
+    }
+
+    #[test]
+    fn resources_without_records_are_not_kept() {
+        use crate::otlp::logs::{LogBatch, walk_logs};
+        use crate::otlp::spans::{TraceBatch, walk_traces};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        use prost::Message;
+        // 100 000 empty resources (`0a 00`), and a trace request with one span between
+        // an empty resource and one whose scope has no span.
+        let empties = [0x0a, 0x00].repeat(100_000);
+        let keys = AttrKeys::new(["region", "http.route"]);
+        let mut batch = TraceBatch::default();
+        walk_traces(&empties, &keys, &mut batch).unwrap();
+        assert!(batch.resources.is_empty() && batch.values.is_empty());
+        let mut logs = LogBatch::default();
+        walk_logs(&empties, &keys, &mut logs).unwrap();
+        assert!(logs.resources.is_empty() && logs.values.is_empty());
+
+        let span = Span {
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans::default(),
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans: vec![span],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![ScopeSpans::default()],
+                    ..Default::default()
+                },
+            ],
+        };
+        let body = request.encode_to_vec();
+        walk_traces(&body, &keys, &mut batch).unwrap();
+        assert_eq!(batch.resources.len(), 1);
+        assert_eq!(batch.resources[0].events, 0..1);
+        assert_eq!(
+            batch.values.len(),
+            2 * batch.width,
+            "the resource's row and the span's"
+        );
+        let mut filled = TraceBatch::default();
+        json::fill_traces(&request, &keys, &mut filled);
+        assert_eq!(
+            filled.resources, batch.resources,
+            "the JSON path keeps the same"
+        );
+        assert_eq!(filled.values, batch.values);
     }
 
     #[test]

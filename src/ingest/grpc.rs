@@ -112,22 +112,31 @@ where
             _ => return Box::pin(async { Ok(Status::unimplemented("").into_http()) }),
         };
         // gRPC over HTTP/2: a request that is not `application/grpc` (or `+proto`, ...)
-        // is answered 415, as the protocol asks, and counted as unsupported.
+        // is answered 415, as the protocol asks, and counted as unsupported; but as on
+        // every path, a request without a valid token is refused as that first.
         let grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| is_grpc(v.as_bytes()));
         if !grpc {
-            let err = IngestError::UnsupportedContentType(
-                req.headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .map_or("<none>", |v| v.to_str().unwrap_or("<non-ASCII>"))
-                    .to_owned(),
-            );
+            let err = self
+                .ingest
+                .authenticate(req.headers())
+                .err()
+                .unwrap_or_else(|| {
+                    IngestError::NotGrpc(
+                        req.headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .map_or("<none>", |v| v.to_str().unwrap_or("<non-ASCII>"))
+                            .to_owned(),
+                    )
+                });
             self.ingest
                 .refused(Transport::Grpc, signal, &err, crate::net::Peer::of(&req));
             let mut response = err.grpc_status().into_http::<GrpcBody>();
-            *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            if matches!(err, IngestError::NotGrpc(_)) {
+                *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            }
             return Box::pin(async { Ok(response) });
         }
         let ingest = self.ingest.clone();

@@ -18,6 +18,89 @@ use crate::otlp::spans::TraceBatch;
 #[error("invalid OTLP/JSON: {0}")]
 pub struct JsonError(#[from] serde_json::Error);
 
+/// What one element of an array of an OTLP/JSON body becomes when decoded, by the
+/// array's key: a span or a log record is a few hundred bytes, however few bytes its
+/// text (`{}` is two).
+fn element_bytes(key: &[u8]) -> usize {
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
+    use std::mem::size_of;
+    match key {
+        b"spans" => size_of::<Span>(),
+        b"logRecords" | b"log_records" => size_of::<LogRecord>(),
+        b"resourceSpans" | b"resource_spans" => size_of::<ResourceSpans>(),
+        b"resourceLogs" | b"resource_logs" => size_of::<ResourceLogs>(),
+        b"scopeSpans" | b"scope_spans" => size_of::<ScopeSpans>(),
+        b"scopeLogs" | b"scope_logs" => size_of::<ScopeLogs>(),
+        b"events" => size_of::<span::Event>(),
+        b"links" => size_of::<span::Link>(),
+        // Attributes, array and key-value list values, and arrays serde skips.
+        _ => size_of::<KeyValue>(),
+    }
+}
+
+/// How deep [`decode_charge`] follows arrays and objects: serde_json refuses a body
+/// nested deeper than 128, before it builds much.
+const MAX_DEPTH: usize = 130;
+
+/// What decoding `body` into the structures is charged to the in-flight budget: twice
+/// its size (the strings it holds, copied), and for each element of each array what it
+/// becomes ([`element_bytes`]). A body of many small elements (`{},{},…`, three bytes
+/// each, every one of which becomes a whole span) is so charged for what it decodes
+/// into, not for its size; one string-aware pass over the bytes, no allocation.
+pub fn decode_charge(body: &[u8]) -> usize {
+    // Per open array or object: what one element of the array costs (0 for an object),
+    // and whether anything has come since it opened or since its last comma.
+    let mut open = [(0usize, false); MAX_DEPTH];
+    let mut depth = 0;
+    let (mut in_string, mut escaped) = (false, false);
+    let (mut string, mut key): (&[u8], &[u8]) = (&[], &[]);
+    let mut string_start = 0;
+    let mut elements = 0usize;
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                string = &body[string_start..i];
+            }
+            continue;
+        }
+        if b.is_ascii_whitespace() {
+            continue;
+        }
+        // Anything but a closing bracket or a comma starts (or continues) an element of
+        // the innermost array.
+        if depth > 0 && !matches!(b, b']' | b'}' | b',') && !open[depth - 1].1 {
+            open[depth - 1].1 = true;
+            elements = elements.saturating_add(open[depth - 1].0);
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b':' => key = string,
+            b',' if depth > 0 => open[depth - 1].1 = false,
+            b'[' | b'{' if depth == MAX_DEPTH => break,
+            b'[' => {
+                open[depth] = (element_bytes(key), false);
+                depth += 1;
+            }
+            b'{' => {
+                open[depth] = (0, true);
+                depth += 1;
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    body.len().saturating_mul(2).saturating_add(elements)
+}
+
 /// Parses an OTLP/JSON `ExportTraceServiceRequest`.
 pub fn decode_traces(body: &[u8]) -> Result<ExportTraceServiceRequest, JsonError> {
     Ok(serde_json::from_slice(body)?)
@@ -58,9 +141,7 @@ pub fn fill_traces<'a>(
                 out.events.push(view);
             }
         }
-        let events = first..out.events.len() as u32;
-        out.resources
-            .push(super::ResourceRun { attrs: row, events });
+        end_resource(row, first, out);
     }
 }
 
@@ -86,7 +167,17 @@ pub fn fill_logs<'a>(req: &'a ExportLogsServiceRequest, keys: &AttrKeys, out: &m
                 out.events.push(view);
             }
         }
-        let events = first..out.events.len() as u32;
+        end_resource(row, first, out);
+    }
+}
+
+/// Keeps the resource whose row starts at `row` when it has accepted records (from
+/// `first` on), as the walkers do.
+fn end_resource<E>(row: u32, first: u32, out: &mut Batch<'_, E>) {
+    let events = first..out.events.len() as u32;
+    if events.is_empty() {
+        out.pop_row(row);
+    } else {
         out.resources
             .push(super::ResourceRun { attrs: row, events });
     }
@@ -128,5 +219,37 @@ pub fn value_of(value: Option<&AnyValue>) -> Value<'_> {
             | any_value::Value::KvlistValue(_)
             | any_value::Value::BytesValue(_),
         ) => Value::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_are_charged_by_what_their_elements_become() {
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        let span = std::mem::size_of::<Span>();
+        let kv = std::mem::size_of::<KeyValue>();
+        let charge = |body: &[u8]| decode_charge(body) - 2 * body.len();
+        assert_eq!(charge(b""), 0);
+        assert_eq!(charge(br#"{"spans":[]}"#), 0);
+        assert_eq!(charge(br#"{"spans":[{}]}"#), span);
+        assert_eq!(charge(br#"{"spans":[{},{},{}]}"#), 3 * span);
+        assert_eq!(
+            charge(br#"{"spans": [ {} , {} ] }"#),
+            2 * span,
+            "whitespace"
+        );
+        // Nested arrays take their own keys; a string's brackets, braces, commas and
+        // escaped quotes are text.
+        let body = br#"{"spans":[{"name":"a,[{\"x\"}]","attributes":[{"key":"k"},{"key":"v"}]}]}"#;
+        assert_eq!(charge(body), span + 2 * kv);
+        // Unknown or unkeyed arrays: an attribute's worth per element.
+        assert_eq!(charge(br#"{"x":[1,2,[3]]}"#), 4 * kv);
+        assert!(span >= 200, "a span is a few hundred bytes: {span}");
+        // Deeper than serde_json reads: counted no further, and no panic.
+        let deep = "[".repeat(1000);
+        assert!(decode_charge(deep.as_bytes()) >= 2000);
     }
 }

@@ -59,6 +59,36 @@ async fn http(d: &Daemon, token: Option<&str>, body: Vec<u8>) -> reqwest::Respon
     request.send().await.unwrap()
 }
 
+/// A POST of JSON to the gRPC port, by an HTTP/2 client that does not speak gRPC: the
+/// answer's HTTP status, `grpc-status` and `grpc-message`.
+async fn not_grpc(d: &Daemon, token: Option<&str>) -> (u16, String, String) {
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    let (response, mut send) = client
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    send.send_data(Bytes::from_static(b"{}"), true).unwrap();
+    let response = response.await.unwrap();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+    };
+    (
+        response.status().as_u16(),
+        header("grpc-status"),
+        header("grpc-message"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_requests_with_a_token_in_force_are_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,6 +114,16 @@ async fn only_requests_with_a_token_in_force_are_counted() {
     assert_eq!(refused(&d, "grpc", "unauthenticated").await, Some(3.0));
     assert_eq!(refused(&d, "http", "unauthenticated").await, Some(3.0));
     assert_eq!(refused(&d, "http", "decode").await, Some(0.0));
+
+    // Not gRPC on the gRPC port: without a token, refused as unauthenticated first; with
+    // one, 415 and UNIMPLEMENTED, told to send gRPC.
+    let (status, code, _) = not_grpc(&d, None).await;
+    assert_eq!((status, code.as_str()), (200, "16"));
+    let (status, code, message) = not_grpc(&d, Some("Bearer first-token")).await;
+    assert_eq!((status, code.as_str()), (415, "12"), "{message}");
+    assert!(message.contains("send%20application/grpc"), "{message}");
+    assert_eq!(refused(&d, "grpc", "unauthenticated").await, Some(4.0));
+    assert_eq!(refused(&d, "grpc", "unsupported").await, Some(1.0));
 
     grpc(&d, Some("Bearer first-token"), body()).await.unwrap();
     let response = http(&d, Some("bearer first-token"), body()).await;

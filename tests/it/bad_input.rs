@@ -812,6 +812,73 @@ async fn huge_requests_do_not_pin_memory() {
     );
 }
 
+/// The daemon's peak resident memory so far (`VmHWM`), in bytes.
+fn peak_rss_bytes(d: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// Bodies that decode into far more than their size, and that no record limit counts:
+/// a protobuf body of empty resources (two bytes each) and a JSON body of empty spans
+/// (three bytes each, each a whole span once parsed). Each once took the daemon past a
+/// GiB from a few dozen kB of gzip. Now the first is walked without keeping anything
+/// (200, nothing counted) and the second is charged for what it would become and
+/// refused as too large before it is parsed; the daemon's peak memory barely moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_decode_far_past_their_size_do_not_take_memory() {
+    let d = Daemon::start(&config(""));
+    // The baseline: an ordinary request of each encoding, so that their buffers exist.
+    let ordinary = fixture::traces(&Shape::default());
+    let json = serde_json::to_vec(&ordinary).unwrap();
+    for (content_type, body) in [
+        ("application/x-protobuf", ordinary.encode_to_vec()),
+        ("application/json", json),
+    ] {
+        let (status, _, reply) =
+            post(&d, "/v1/traces", content_type, Some("gzip"), gzip(&body)).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    }
+    let before = peak_rss_bytes(&d);
+
+    let empty_resources = gzip(&[0x0a, 0x00].repeat(8 << 20));
+    let mut spans = b"{\"resourceSpans\":[{\"scopeSpans\":[{\"spans\":[{}".to_vec();
+    spans.extend(b",{}".repeat(4 << 20));
+    spans.extend(b"]}]}]}");
+    let empty_spans = gzip(&spans);
+    assert!(empty_resources.len() + empty_spans.len() < 1 << 20);
+    for _ in 0..2 {
+        let (status, _, reply) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            Some("gzip"),
+            empty_resources.clone(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        let (status, _, reply) = post(
+            &d,
+            "/v1/traces",
+            "application/json",
+            Some("gzip"),
+            empty_spans.clone(),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&reply);
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("in-flight budget"), "{text}");
+    }
+    let grown = peak_rss_bytes(&d).saturating_sub(before);
+    assert!(grown < 128 << 20, "the peak grew by {} MiB", grown >> 20);
+    assert_eq!(d.get("/healthz").await.0, 200);
+}
+
 /// `limits.max_records_per_request`: a request with one record too many is refused
 /// whole with 413 / RESOURCE_EXHAUSTED (`too_large`) on every transport and encoding,
 /// before its batch is built; exactly the limit is accepted.
@@ -868,11 +935,13 @@ async fn too_many_records_in_one_request_are_refused_before_the_batch_is_built()
             String::from_utf8_lossy(&body)
         );
         let (status, _, body) = post(&d, path, content_type, encoding, over).await;
-        assert_eq!(
-            status,
-            413,
-            "{path} {content_type}: {}",
-            String::from_utf8_lossy(&body)
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 413, "{path} {content_type}: {text}");
+        // Said as what it is, in either encoding: not an undecodable body.
+        assert!(
+            text.contains("more than limits.max_records_per_request (100) records")
+                && !text.contains("undecodable"),
+            "{path} {content_type}: {text}"
         );
     }
     // gRPC.
