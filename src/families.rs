@@ -219,7 +219,7 @@ pub const CONNECTIONS_OPEN: Metric = metric(
 pub const CONNECTIONS_LIMIT: Metric = metric(
     "sloxide_connections_limit",
     Gauge,
-    "The most connections a port keeps open at once (limits.max_connections after the descriptor budget; the metrics port's is fixed); at the cap the port stops accepting until one closes.",
+    "The most connections a port keeps open at once (limits.max_connections after the descriptor budget; the metrics port's is fixed); at the cap a new connection closes a silent or idle one, or waits until one closes.",
 );
 /// Connections accepted per port.
 pub const CONNECTIONS_ACCEPTED: Metric = metric(
