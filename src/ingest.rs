@@ -706,8 +706,16 @@ impl Ingest {
             .unwrap_or(Err(IngestError::Internal("its decompression failed")));
             match decompressed {
                 Ok(()) => inflated = Some(out),
-                Err(IngestError::DecompressedTooLarge { .. })
-                    if cap < limits.max_decompressed_bytes => {}
+                // Too large for here, or a zstd frame whose window is larger than this
+                // small cap allows (the full limit may allow it): a decode thread tries
+                // again with the full limit.
+                Err(
+                    IngestError::DecompressedTooLarge { .. }
+                    | IngestError::Decompress {
+                        compression: Compression::Zstd,
+                        ..
+                    },
+                ) if cap < limits.max_decompressed_bytes => {}
                 Err(err) => return Err(err),
             }
         }

@@ -195,6 +195,28 @@ async fn http_counts_every_accepted_encoding_exactly() {
     }
 }
 
+/// A small zstd body whose frame asks for a large window (`--long`, 64 MiB here), which
+/// the default `max_decompressed_bytes` allows: accepted, though the small bodies that
+/// are inflated where they arrive do so under a 1 MiB cap, and so an 8 MiB window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_zstd_body_with_a_long_window_is_accepted() {
+    let d = Daemon::start(&config(""));
+    let body = spans(100);
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.window_log(26).unwrap();
+    encoder.long_distance_matching(true).unwrap();
+    encoder.include_contentsize(false).unwrap();
+    encoder.write_all(&body).unwrap();
+    let frame = encoder.finish().unwrap();
+    assert!(frame.len() < 128 << 10);
+    let (status, _, reply) = post(&d, "/v1/traces", PROTOBUF, Some("zstd"), frame).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(
+        counted(&d, "sloxide_receiver_accepted_spans_total", "http").await,
+        100.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_counts_every_accepted_encoding_exactly() {
     let d = Daemon::start(&config(""));
