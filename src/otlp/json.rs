@@ -20,11 +20,13 @@ pub struct JsonError(#[from] serde_json::Error);
 
 /// What one element of an array of an OTLP/JSON body becomes when decoded, by the
 /// array's key: a span or a log record is a few hundred bytes, however few bytes its
-/// text (`{}` is two).
+/// text (`{}` is two). A key written with escapes (`"sp\\u0061ns"`), which serde reads
+/// as its unescaped self, is charged as the dearest.
 fn element_bytes(key: &[u8]) -> usize {
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, span};
     use std::mem::size_of;
+    let dearest = size_of::<Span>().max(size_of::<LogRecord>());
     match key {
         b"spans" => size_of::<Span>(),
         b"logRecords" | b"log_records" => size_of::<LogRecord>(),
@@ -34,29 +36,63 @@ fn element_bytes(key: &[u8]) -> usize {
         b"scopeLogs" | b"scope_logs" => size_of::<ScopeLogs>(),
         b"events" => size_of::<span::Event>(),
         b"links" => size_of::<span::Link>(),
+        key if key.contains(&b'\\') => dearest,
         // Attributes, array and key-value list values, and arrays serde skips.
         _ => size_of::<KeyValue>(),
     }
 }
 
+/// Whether an object under `key` (a member's key, or the key of the array it is an
+/// element of) is an `AnyValue` (or a key-value list's entry): those are read through
+/// serde's buffered form, every member of them held once more per `AnyValue` around
+/// them while they are read. An escaped key may be one of them.
+fn buffered(key: &[u8]) -> bool {
+    matches!(key, b"value" | b"body" | b"values") || key.contains(&b'\\')
+}
+
+/// What one member of a buffered object costs while it is read, at each level of
+/// buffering: serde's buffered key and value, and their share of its growing vector.
+const MEMBER_BYTES: usize = 128;
+
 /// How deep [`decode_charge`] follows arrays and objects: serde_json refuses a body
 /// nested deeper than 128, before it builds much.
 const MAX_DEPTH: usize = 130;
 
+/// One open array or object of [`decode_charge`]'s pass.
+#[derive(Clone, Copy)]
+struct Open<'a> {
+    array: bool,
+    /// An array's key; its elements are charged by it.
+    key: &'a [u8],
+    /// Whether anything has come since it opened or since its last comma.
+    filled: bool,
+    /// A buffered object ([`buffered`]).
+    buffered: bool,
+}
+
 /// What decoding `body` into the structures is charged to the in-flight budget: twice
-/// its size (the strings it holds, copied), and for each element of each array what it
-/// becomes ([`element_bytes`]). A body of many small elements (`{},{},…`, three bytes
-/// each, every one of which becomes a whole span) is so charged for what it decodes
-/// into, not for its size; one string-aware pass over the bytes, no allocation.
+/// its size (the strings it holds, copied); for each element of each array what it
+/// becomes ([`element_bytes`]); and inside `AnyValue`s, which serde reads through a
+/// buffered form that nested ones copy again at every level, each member
+/// ([`MEMBER_BYTES`]), string and element once more per level. So a body of many small
+/// elements (`{},{},…`, three bytes each, every one of which becomes a whole span), or
+/// of deeply nested values, is charged for what it decodes into, not for its size. One
+/// string-aware pass over the bytes, no allocation.
 pub fn decode_charge(body: &[u8]) -> usize {
-    // Per open array or object: what one element of the array costs (0 for an object),
-    // and whether anything has come since it opened or since its last comma.
-    let mut open = [(0usize, false); MAX_DEPTH];
+    let closed = Open {
+        array: false,
+        key: &[],
+        filled: true,
+        buffered: false,
+    };
+    let mut open = [closed; MAX_DEPTH];
     let mut depth = 0;
+    // Buffered objects open around here.
+    let mut layers = 0usize;
     let (mut in_string, mut escaped) = (false, false);
     let (mut string, mut key): (&[u8], &[u8]) = (&[], &[]);
     let mut string_start = 0;
-    let mut elements = 0usize;
+    let mut charge = body.len().saturating_mul(2);
     for (i, &b) in body.iter().enumerate() {
         if in_string {
             if escaped {
@@ -66,6 +102,7 @@ pub fn decode_charge(body: &[u8]) -> usize {
             } else if b == b'"' {
                 in_string = false;
                 string = &body[string_start..i];
+                charge = charge.saturating_add(string.len().saturating_mul(layers));
             }
             continue;
         }
@@ -74,31 +111,61 @@ pub fn decode_charge(body: &[u8]) -> usize {
         }
         // Anything but a closing bracket or a comma starts (or continues) an element of
         // the innermost array.
-        if depth > 0 && !matches!(b, b']' | b'}' | b',') && !open[depth - 1].1 {
-            open[depth - 1].1 = true;
-            elements = elements.saturating_add(open[depth - 1].0);
+        if depth > 0
+            && open[depth - 1].array
+            && !open[depth - 1].filled
+            && !matches!(b, b']' | b'}' | b',')
+        {
+            let array = &mut open[depth - 1];
+            array.filled = true;
+            let each = element_bytes(array.key).saturating_mul(layers.max(1));
+            charge = charge.saturating_add(each);
         }
         match b {
             b'"' => {
                 in_string = true;
                 string_start = i + 1;
             }
-            b':' => key = string,
-            b',' if depth > 0 => open[depth - 1].1 = false,
+            b':' => {
+                key = string;
+                charge = charge.saturating_add(MEMBER_BYTES.saturating_mul(layers));
+            }
+            b',' if depth > 0 && open[depth - 1].array => open[depth - 1].filled = false,
             b'[' | b'{' if depth == MAX_DEPTH => break,
             b'[' => {
-                open[depth] = (element_bytes(key), false);
+                open[depth] = Open {
+                    array: true,
+                    key,
+                    filled: false,
+                    buffered: false,
+                };
                 depth += 1;
             }
             b'{' => {
-                open[depth] = (0, true);
+                // The key it comes under: its array's, or the member's just read.
+                let under = match depth {
+                    0 => &[][..],
+                    d if open[d - 1].array => open[d - 1].key,
+                    _ => key,
+                };
+                let buffered = buffered(under);
+                layers += usize::from(buffered);
+                open[depth] = Open {
+                    array: false,
+                    key: &[],
+                    filled: true,
+                    buffered,
+                };
                 depth += 1;
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                layers -= usize::from(open[depth].buffered);
+            }
             _ => {}
         }
     }
-    body.len().saturating_mul(2).saturating_add(elements)
+    charge
 }
 
 /// Parses an OTLP/JSON `ExportTraceServiceRequest`.
@@ -248,6 +315,20 @@ mod tests {
         // Unknown or unkeyed arrays: an attribute's worth per element.
         assert_eq!(charge(br#"{"x":[1,2,[3]]}"#), 4 * kv);
         assert!(span >= 200, "a span is a few hundred bytes: {span}");
+        // An escaped key is read unescaped by serde: charged as the dearest element.
+        assert_eq!(charge(br#"{"sp\u0061ns":[{},{}]}"#), 2 * span);
+        // Inside an AnyValue, each member, string and element once more per level:
+        // "stringValue" (11) and "abc" (3) once, and one member.
+        assert_eq!(
+            charge(br#"{"value":{"stringValue":"abc"}}"#),
+            MEMBER_BYTES + 11 + 3
+        );
+        // One level down: "arrayValue" (10), "values" (6) and their members once, the
+        // element once, and "intValue" (8), "1" and their member twice.
+        assert_eq!(
+            charge(br#"{"value":{"arrayValue":{"values":[{"intValue":"1"}]}}}"#),
+            10 + 6 + 2 * MEMBER_BYTES + kv + 2 * (8 + 1 + MEMBER_BYTES)
+        );
         // Deeper than serde_json reads: counted no further, and no panic.
         let deep = "[".repeat(1000);
         assert!(decode_charge(deep.as_bytes()) >= 2000);
