@@ -156,6 +156,22 @@ pub fn decompress(
     limit: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), IngestError> {
+    decompress_charged(format, src, limit, out, &mut |_| Ok(()))
+}
+
+/// How much a decompression writes between two calls of its `grow`.
+const DECOMPRESS_STEP: u64 = 1 << 20;
+
+/// [`decompress`], telling `grow` of what it writes as it goes, at most
+/// [`DECOMPRESS_STEP`] at a time (a snappy block: its whole length, before it is
+/// allocated); an error from `grow` stops it there.
+fn decompress_charged(
+    format: Format,
+    src: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
+) -> Result<(), IngestError> {
     let start = out.len();
     let cap = limit as u64 + 1;
     let invalid = |source| IngestError::Decompress {
@@ -163,16 +179,15 @@ pub fn decompress(
         source,
     };
     let read = match format {
-        Format::Gzip => flate2::read::MultiGzDecoder::new(src)
-            .take(cap)
-            .read_to_end(out),
-        Format::Zlib => flate2::read::ZlibDecoder::new(src)
-            .take(cap)
-            .read_to_end(out),
-        Format::Zstd => zstd::stream::read::Decoder::with_buffer(src).and_then(|mut decoder| {
-            decoder.window_log_max(zstd_window_log_max(limit))?;
-            decoder.take(cap).read_to_end(out)
-        }),
+        Format::Gzip => read_in_steps(flate2::read::MultiGzDecoder::new(src), cap, out, grow)?,
+        Format::Zlib => read_in_steps(flate2::read::ZlibDecoder::new(src), cap, out, grow)?,
+        Format::Zstd => match zstd::stream::read::Decoder::with_buffer(src).and_then(|mut d| {
+            d.window_log_max(zstd_window_log_max(limit))?;
+            Ok(d)
+        }) {
+            Ok(decoder) => read_in_steps(decoder, cap, out, grow)?,
+            Err(e) => Err(e),
+        },
         Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
             let len = snap::raw::decompress_len(src).map_err(|e| invalid(e.into()))?;
             if len > limit {
@@ -190,6 +205,7 @@ pub fn decompress(
                     ),
                 )));
             }
+            grow(len)?;
             out.resize(start + len, 0);
             let written = snap::raw::Decoder::new()
                 .decompress(src, &mut out[start..])
@@ -197,15 +213,37 @@ pub fn decompress(
             out.truncate(start + written);
             return Ok(());
         }
-        Format::Snappy | Format::SnappyFramed => snap::read::FrameDecoder::new(src)
-            .take(cap)
-            .read_to_end(out),
+        Format::Snappy | Format::SnappyFramed => {
+            read_in_steps(snap::read::FrameDecoder::new(src), cap, out, grow)?
+        }
     };
     read.map_err(invalid)?;
     if out.len() - start > limit {
         return Err(IngestError::DecompressedTooLarge { limit });
     }
     Ok(())
+}
+
+/// Reads at most `cap` bytes of `reader` onto the end of `out`, [`DECOMPRESS_STEP`] at a
+/// time, telling `grow` of each step's bytes once it is read. The outer error is
+/// `grow`'s, the inner one the reader's.
+fn read_in_steps(
+    reader: impl Read,
+    cap: u64,
+    out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
+) -> Result<std::io::Result<()>, IngestError> {
+    let mut reader = reader.take(cap);
+    loop {
+        let n = match (&mut reader).take(DECOMPRESS_STEP).read_to_end(out) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        grow(n)?;
+        if (n as u64) < DECOMPRESS_STEP {
+            return Ok(Ok(()));
+        }
+    }
 }
 
 /// Uncompressed protobuf bodies up to this size are decoded on the async worker that
@@ -224,9 +262,11 @@ pub const INLINE_COMPRESSED_BYTES: usize = 128 << 10;
 pub const MAX_PREFIX: usize = 16;
 
 /// Decompresses `src` into `out` under `limit`, and within what `reservation` may still
-/// hold: a body that would take the in-flight budget past its ceiling is refused rather
+/// hold: the output is charged as it comes, a step at a time, so a body that would
+/// take the in-flight budget past its ceiling is refused as soon as it would, rather
 /// than decompressed further (overloaded while other requests hold part of the budget;
-/// too large when the request alone was past it). The bytes are charged.
+/// too large when the request alone was past it), and no more than one step of it is
+/// ever held uncharged. On error nothing stays charged: the output is not used.
 fn decompress_within(
     format: Format,
     src: &[u8],
@@ -234,14 +274,16 @@ fn decompress_within(
     reservation: &mut Reservation,
     out: &mut Vec<u8>,
 ) -> Result<(), IngestError> {
-    let room = reservation.room();
-    match decompress(format, src, limit.min(room), out) {
-        Err(IngestError::DecompressedTooLarge { .. }) if room < limit => {
-            Err(reservation.refused_past(room))
-        }
-        Err(err) => Err(err),
-        Ok(()) => reservation.charge(out.len()),
+    let mut charged = 0;
+    let result = decompress_charged(format, src, limit, out, &mut |n| {
+        reservation.charge(n)?;
+        charged += n;
+        Ok(())
+    });
+    if result.is_err() {
+        reservation.uncharge(charged);
     }
+    result
 }
 
 /// The budget reserved for decoding a body, as a multiple of its size, before it has
@@ -390,6 +432,33 @@ fn too_many(records: usize, max: usize) -> Result<(), IngestError> {
         return Err(IngestError::TooManyRecords(max));
     }
     Ok(())
+}
+
+/// See [`Ingest::unanswered`].
+#[derive(Debug)]
+pub struct Unanswered<'a> {
+    ingest: &'a Ingest,
+    transport: Transport,
+    signal: Signal,
+    peer: Option<std::net::SocketAddr>,
+    answered: bool,
+}
+
+impl Unanswered<'_> {
+    /// The request came to an end (accepted, or refused and counted so).
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let err = IngestError::BodyRead("the client left before its answer".into());
+            self.ingest
+                .refused(self.transport, self.signal, &err, self.peer);
+        }
+    }
 }
 
 /// What became of an accepted request.
@@ -735,6 +804,9 @@ impl Ingest {
                     &mut raw,
                     start,
                     &mut reservation,
+                    // Decoded where it arrived, in one go: its caller cannot leave
+                    // meanwhile.
+                    &|| true,
                 )
             })
             .unwrap_or(Err(IngestError::Internal("its decode failed")));
@@ -745,7 +817,10 @@ impl Ingest {
         };
         let _entered = self.enter().await;
         let ingest = self.clone();
-        let work = move || {
+        let work = move |caller_waits: &dyn Fn() -> bool| {
+            // The client still waits: its stream is open, and its deadline (gRPC) has
+            // not passed, after which it has given up and will send the request again.
+            let wanted = || caller_waits() && client_deadline.is_none_or(|at| Instant::now() < at);
             let mut reservation = reservation;
             let mut raw = raw;
             let inflated = match (inflated, compressed) {
@@ -772,6 +847,7 @@ impl Ingest {
                 &mut raw,
                 start,
                 &mut reservation,
+                &wanted,
             )
         };
         self.decoders.run(slot, work).await.map_err(|e| match e {
@@ -815,6 +891,25 @@ impl Ingest {
             .request_refused(transport, signal, err.reason(), err, peer);
     }
 
+    /// A guard for one request's handling: dropped before [`Unanswered::answered`] (its
+    /// client reset the stream or closed the connection while the request waited for
+    /// room, for a decode thread or for its body), it counts the request as refused,
+    /// `aborted`, as a body stream that failed is.
+    pub fn unanswered(
+        &self,
+        transport: Transport,
+        signal: Signal,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Unanswered<'_> {
+        Unanswered {
+            ingest: self,
+            transport,
+            signal,
+            peer,
+            answered: false,
+        }
+    }
+
     /// Decompresses a body laid out as `format` into `out` (emptied first), bounded by
     /// `max_decompressed_bytes` as [`decompress`] is.
     pub fn decompress(
@@ -837,7 +932,7 @@ impl Ingest {
         encoding: Encoding,
         body: &[u8],
     ) -> Result<Accepted, IngestError> {
-        self.export_body(transport, signal, encoding, View::Joined(body), 0)
+        self.export_body(transport, signal, encoding, View::Joined(body), 0, &|| true)
     }
 
     /// [`Ingest::export`] of `inflated`, the body decompressed, or when it was not
@@ -853,6 +948,7 @@ impl Ingest {
         raw: &mut Received,
         start: usize,
         reservation: &mut Reservation,
+        wanted: &dyn Fn() -> bool,
     ) -> Result<Accepted, IngestError> {
         let decode = match (encoding, inflated) {
             (Encoding::Protobuf, _) => {
@@ -864,8 +960,12 @@ impl Ingest {
         };
         reservation.charge(decode)?;
         match inflated {
-            Some(body) => self.export(transport, signal, encoding, body),
-            None => self.export_received(transport, signal, encoding, raw, start, reservation),
+            Some(body) => {
+                self.export_body(transport, signal, encoding, View::Joined(body), 0, wanted)
+            }
+            None => {
+                self.export_received(transport, signal, encoding, raw, start, reservation, wanted)
+            }
         }
     }
 
@@ -875,6 +975,7 @@ impl Ingest {
     /// `reservation` first; when that would be most of the body, the body is joined
     /// instead and its pieces let go, so it is held once, as a joined body always was.
     /// Anything else is joined.
+    #[allow(clippy::too_many_arguments)]
     fn export_received(
         &self,
         transport: Transport,
@@ -883,6 +984,7 @@ impl Ingest {
         body: &mut Received,
         start: usize,
         reservation: &mut Reservation,
+        wanted: &dyn Fn() -> bool,
     ) -> Result<Accepted, IngestError> {
         let copied = match (encoding, body.view()) {
             (Encoding::Protobuf, View::Pieces(pieces, _)) => {
@@ -896,11 +998,14 @@ impl Ingest {
                 body.join();
             }
         }
-        self.export_body(transport, signal, encoding, body.view(), start)
+        self.export_body(transport, signal, encoding, body.view(), start, wanted)
     }
 
     /// Decodes and records `body` from byte `skip`: a joined body of either encoding, or
-    /// a protobuf one in pieces.
+    /// a protobuf one in pieces. Just before recording, `wanted` says whether the client
+    /// still waits for the answer: a decode thread's caller may have gone meanwhile (its
+    /// client reset the stream, or its deadline passed), and a client that was not
+    /// answered sends the request again, so its records are not counted now.
     fn export_body(
         &self,
         transport: Transport,
@@ -908,7 +1013,9 @@ impl Ingest {
         encoding: Encoding,
         body: View<'_>,
         skip: usize,
+        wanted: &dyn Fn() -> bool,
     ) -> Result<Accepted, IngestError> {
+        let gone = || IngestError::BodyRead("the client left before its answer".into());
         let target = self.target();
         let Target {
             keys,
@@ -927,6 +1034,9 @@ impl Ingest {
                         walk_traces_pieces(pieces, skip, joined, trace_keys, batch)?
                     }
                 }
+                if !wanted() {
+                    return Err(gone());
+                }
                 recorder.record_traces(batch);
                 Ok(Accepted::of(batch))
             }),
@@ -941,6 +1051,7 @@ impl Ingest {
                         .sum();
                     too_many(records, max).map(|()| req)
                 })
+                .and_then(|req| if wanted() { Ok(req) } else { Err(gone()) })
                 .map(|req| {
                     with_trace_batch(|batch| {
                         json::fill_traces(&req, trace_keys, batch);
@@ -956,6 +1067,9 @@ impl Ingest {
                         walk_logs_pieces(pieces, skip, joined, keys, batch)?
                     }
                 }
+                if !wanted() {
+                    return Err(gone());
+                }
                 recorder.record_logs(batch);
                 Ok(Accepted::of(batch))
             }),
@@ -970,6 +1084,7 @@ impl Ingest {
                         .sum();
                     too_many(records, max).map(|()| req)
                 })
+                .and_then(|req| if wanted() { Ok(req) } else { Err(gone()) })
                 .map(|req| {
                     with_log_batch(|batch| {
                         json::fill_logs(&req, keys, batch);
@@ -1228,6 +1343,91 @@ mod tests {
         assert!(matches!(err, IngestError::Decompress { .. }), "{err}");
         assert_eq!(err.reason(), RefusalReason::Decode);
         assert_eq!(out.capacity(), 0, "nothing allocated for the claim");
+    }
+
+    /// A body decoded on a decode thread whose client has left meanwhile (its stream
+    /// reset, its deadline passed) is not recorded: the client was not answered and
+    /// sends it again. It is refused as aborted, on either encoding and signal.
+    #[test]
+    fn a_body_whose_client_left_is_not_recorded() {
+        use crate::fixture::{self, Shape};
+        use prost::Message;
+        let clock = Arc::new(crate::clock::ManualClock::new(
+            Shape::default().end_unix_nanos + 1_000_000_000,
+        ));
+        let config = crate::config::Config::embedded_default();
+        let pipeline = crate::pipeline::Pipeline::new(&config, clock).unwrap();
+        let ingest = &pipeline.ingest;
+        let traces = fixture::traces(&Shape::default());
+        let logs = fixture::logs(&Shape::default());
+        let bodies = [
+            (Signal::Traces, Encoding::Protobuf, traces.encode_to_vec()),
+            (
+                Signal::Traces,
+                Encoding::Json,
+                serde_json::to_vec(&traces).unwrap(),
+            ),
+            (Signal::Logs, Encoding::Protobuf, logs.encode_to_vec()),
+            (
+                Signal::Logs,
+                Encoding::Json,
+                serde_json::to_vec(&logs).unwrap(),
+            ),
+        ];
+        for (signal, encoding, body) in &bodies {
+            let view = View::Joined(body);
+            let err = ingest
+                .export_body(Transport::Http, *signal, *encoding, view, 0, &|| false)
+                .unwrap_err();
+            assert_eq!(
+                err.reason(),
+                RefusalReason::Aborted,
+                "{signal:?} {encoding:?}"
+            );
+        }
+        let aggregator = pipeline.aggregator();
+        assert!(aggregator.spans().is_empty() && aggregator.logs().is_empty());
+        for (signal, encoding, body) in &bodies {
+            let view = View::Joined(body);
+            let accepted = ingest
+                .export_body(Transport::Http, *signal, *encoding, view, 0, &|| true)
+                .unwrap();
+            assert_eq!(accepted.accepted, 1000, "{signal:?} {encoding:?}");
+        }
+    }
+
+    #[test]
+    fn decompression_is_charged_a_step_at_a_time_and_stops_when_refused() {
+        let zeros = vec![0u8; 8 << 20];
+        for format in FORMATS {
+            let bomb = compress(format, &zeros);
+            // Every step is told, and they add up to the output.
+            let (mut out, mut told) = (Vec::new(), Vec::new());
+            decompress_charged(format, &bomb, 64 << 20, &mut out, &mut |n| {
+                told.push(n);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(out.len(), zeros.len(), "{format:?}");
+            assert_eq!(told.iter().sum::<usize>(), zeros.len(), "{format:?}");
+            // Refused past 2 MiB: it stops within a step of that.
+            let (mut out, mut total) = (Vec::new(), 0);
+            let err = decompress_charged(format, &bomb, 64 << 20, &mut out, &mut |n| {
+                total += n;
+                if total > 2 << 20 {
+                    return Err(IngestError::Overloaded);
+                }
+                Ok(())
+            })
+            .unwrap_err();
+            assert!(matches!(err, IngestError::Overloaded), "{format:?}: {err}");
+            if format != Format::Snappy {
+                assert!(out.len() <= (3 << 20), "{format:?}: {} bytes", out.len());
+            } else {
+                // A snappy block is told its whole length before it is allocated.
+                assert!(out.is_empty(), "{} bytes", out.len());
+            }
+        }
     }
 
     #[test]

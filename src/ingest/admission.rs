@@ -339,6 +339,12 @@ impl Reservation {
         Ok(())
     }
 
+    /// Takes back a charge of `bytes` whose memory is gone (a decompression that was
+    /// given up): they stay reserved for the request, as room for what comes next.
+    pub fn uncharge(&mut self, bytes: usize) {
+        self.used = self.used.saturating_sub(bytes);
+    }
+
     /// The refusal of a request that needed more than `room` (what [`Reservation::room`]
     /// gave) beyond what it uses: too large when that was all the ceiling leaves it, with
     /// no other request holding anything; otherwise overloaded.

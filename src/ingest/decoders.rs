@@ -81,11 +81,12 @@ impl DecodePool {
     /// Runs `work` on the thread `slot` stands for and returns its result. The job
     /// holds the slot until it has run. When the caller is gone before the job starts
     /// (its client reset the stream, or closed the connection), the work is not done:
-    /// `work` is dropped, and what it holds (the request's reservation) with it.
+    /// `work` is dropped, and what it holds (the request's reservation) with it. While
+    /// it runs, the function `work` is given says whether the caller is still there.
     pub async fn run<T: Send + 'static>(
         &self,
         slot: Slot,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&dyn Fn() -> bool) -> T + Send + 'static,
     ) -> Result<T, RunError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
@@ -93,7 +94,8 @@ impl DecodePool {
             if tx.is_closed() {
                 return;
             }
-            let _ = tx.send(contain(work).map_err(|Panicked| RunError::Panicked));
+            let done = contain(|| work(&|| !tx.is_closed()));
+            let _ = tx.send(done.map_err(|Panicked| RunError::Panicked));
         });
         let sent = match self.jobs.lock() {
             Ok(jobs) => jobs.send(job).is_ok(),
@@ -196,7 +198,7 @@ mod tests {
         let pool = DecodePool::new(2);
         let soon = || Instant::now() + std::time::Duration::from_secs(5);
         let name = pool
-            .run(pool.slot(soon()).await.unwrap(), || {
+            .run(pool.slot(soon()).await.unwrap(), |_| {
                 std::thread::current().name().map(str::to_owned)
             })
             .await
@@ -204,13 +206,13 @@ mod tests {
         assert!(name.unwrap().starts_with("sloxide-decode-"));
         let slot = pool.slot(soon()).await.unwrap();
         assert_eq!(
-            pool.run(slot, || -> u32 { panic!("in a decode") }).await,
+            pool.run(slot, |_| -> u32 { panic!("in a decode") }).await,
             Err(RunError::Panicked)
         );
         // The thread that panicked is still there, and the slots came back.
         for _ in 0..4 {
             assert_eq!(
-                pool.run(pool.slot(soon()).await.unwrap(), || 7).await,
+                pool.run(pool.slot(soon()).await.unwrap(), |_| 7).await,
                 Ok(7)
             );
         }
@@ -226,6 +228,36 @@ mod tests {
         assert!(pool.slot(soon()).await.is_some());
     }
 
+    /// A job whose caller leaves while it runs is told so: it can then leave its
+    /// request unrecorded, as the client will send it again.
+    #[tokio::test]
+    async fn a_running_job_is_told_when_its_caller_leaves() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let pool = DecodePool::new(1);
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
+        let (started, saw_leave) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, l) = (started.clone(), saw_leave.clone());
+        let slot = pool.slot(soon()).await.unwrap();
+        let run = pool.run(slot, move |wanted| {
+            s.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while wanted() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            l.store(!wanted(), Ordering::SeqCst);
+        });
+        // The caller waits while the job runs, then leaves.
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), run).await;
+        assert!(waited.is_err() && started.load(Ordering::SeqCst));
+        // The slot comes back once the job has noticed and returned.
+        assert!(pool.slot(soon()).await.is_some());
+        assert!(saw_leave.load(Ordering::SeqCst));
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn decode_threads_run_at_a_lower_priority() {
@@ -235,7 +267,7 @@ mod tests {
             .await
             .unwrap();
         let nice = pool
-            .run(slot, || {
+            .run(slot, |_| {
                 let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
                 // Field 19 (niceness), counting from after the command name.
                 let after = &stat[stat.rfind(')').unwrap() + 2..];

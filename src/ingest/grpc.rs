@@ -160,10 +160,13 @@ where
     B::Error: std::fmt::Display,
 {
     let (parts, mut body) = req.into_parts();
-    match receive(&ingest, signal, &parts.headers, &mut body).await {
+    let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
+    let unanswered = ingest.unanswered(Transport::Grpc, signal, peer);
+    let received = receive(&ingest, signal, &parts.headers, &mut body).await;
+    unanswered.answered();
+    match received {
         Ok(accepted) => success(accepted.response(signal, Encoding::Protobuf)),
         Err(err) => {
-            let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
             ingest.refused(Transport::Grpc, signal, &err, peer);
             match err {
                 IngestError::UnsupportedEncoding { accepted, .. }

@@ -66,14 +66,17 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     // Answer errors in JSON only when the client clearly sent JSON.
     let encoding = content_type(&parts.headers);
     let reply_in = encoding.as_ref().copied().unwrap_or(Encoding::Protobuf);
-    match receive(&ingest, signal, &parts.headers, encoding, &mut body).await {
+    let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
+    let unanswered = ingest.unanswered(Transport::Http, signal, peer);
+    let received = receive(&ingest, signal, &parts.headers, encoding, &mut body).await;
+    unanswered.answered();
+    match received {
         Ok(accepted) => reply(
             StatusCode::OK,
             reply_in,
             accepted.response(signal, reply_in),
         ),
         Err(err) => {
-            let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
             ingest.refused(Transport::Http, signal, &err, peer);
             let mut response = failure(reply_in, &err);
             if let (IngestError::Unauthenticated, Some(challenge)) = (&err, ingest.challenge()) {

@@ -703,6 +703,55 @@ async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
     assert_eq!(d.get("/healthz").await.0, 200);
 }
 
+/// A request whose client leaves while it waits for room in the in-flight budget (its
+/// stream reset) is counted as refused, `aborted`, as one that leaves mid-body is; it
+/// used to be counted nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_leaves_while_it_waits_is_counted_as_aborted() {
+    let d = Daemon::start(&config(
+        "limits: {max_in_flight_bytes: 1MiB, admission_wait: 10s}\n",
+    ));
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = || {
+        http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    // The first stream sends only its headers: it holds what a stream without a
+    // length reserves (1 MiB), the whole budget, while it waits for its body.
+    let (_held, _holder) = client.send_request(request(), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second waits for room; then its client gives up on it.
+    let mut client = client.ready().await.unwrap();
+    let (waiting, mut stream) = client.send_request(request(), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.metric("sloxide_receiver_admission_waits_total", &[])
+            .await,
+        Some(1.0),
+        "the second request waits for room"
+    );
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(waiting);
+    let aborted = d
+        .wait_metric(
+            "sloxide_receiver_refused_requests_total",
+            &[
+                ("transport", "grpc"),
+                ("signal", "traces"),
+                ("reason", "aborted"),
+            ],
+            1.0,
+        )
+        .await;
+    assert_eq!(aborted, Some(1.0));
+}
+
 /// The daemon's resident memory, from `/proc/<pid>/status`, in bytes.
 pub fn rss_bytes(d: &Daemon) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
