@@ -434,6 +434,44 @@ fn too_many(records: usize, max: usize) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Who decides what became of a request whose client may leave while it is decoded:
+/// whoever records it takes it ([`Claim::record`]), or its handler's [`Unanswered`]
+/// guard, dropped first, gives it up. Exactly one of them wins, so a request is either
+/// recorded (and counted accepted) or counted as aborted, never both.
+#[derive(Debug, Clone, Default)]
+pub struct Claim(Arc<AtomicU8>);
+
+impl Claim {
+    const OPEN: u8 = 0;
+    const RECORDING: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// Takes the request for recording; false when its handler has given it up.
+    pub fn record(&self) -> bool {
+        match self.0.compare_exchange(
+            Self::OPEN,
+            Self::RECORDING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(now) => now == Self::RECORDING,
+        }
+    }
+
+    /// Gives the request up; false when it is being recorded (or was).
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
 /// See [`Ingest::unanswered`].
 #[derive(Debug)]
 pub struct Unanswered<'a> {
@@ -441,10 +479,16 @@ pub struct Unanswered<'a> {
     transport: Transport,
     signal: Signal,
     peer: Option<std::net::SocketAddr>,
+    claim: Claim,
     answered: bool,
 }
 
 impl Unanswered<'_> {
+    /// What whoever records the request takes it with.
+    pub fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
     /// The request came to an end (accepted, or refused and counted so).
     pub fn answered(mut self) {
         self.answered = true;
@@ -453,7 +497,8 @@ impl Unanswered<'_> {
 
 impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
-        if !self.answered {
+        // Not given up when it is being recorded: then it counts as accepted.
+        if !self.answered && self.claim.abandon() {
             let err = IngestError::BodyRead("the client left before its answer".into());
             self.ingest
                 .refused(self.transport, self.signal, &err, self.peer);
@@ -754,6 +799,7 @@ impl Ingest {
         start: usize,
         mut reservation: Reservation,
         client_deadline: Option<Instant>,
+        claim: &Claim,
     ) -> Result<Accepted, IngestError> {
         let limits = self.limits();
         let inline = match encoding {
@@ -804,9 +850,9 @@ impl Ingest {
                     &mut raw,
                     start,
                     &mut reservation,
-                    // Decoded where it arrived, in one go: its caller cannot leave
-                    // meanwhile.
-                    &|| true,
+                    // Decoded where it arrived, in one go: its handler cannot give it
+                    // up meanwhile.
+                    &|| claim.record(),
                 )
             })
             .unwrap_or(Err(IngestError::Internal("its decode failed")));
@@ -817,10 +863,17 @@ impl Ingest {
         };
         let _entered = self.enter().await;
         let ingest = self.clone();
+        let claim = claim.clone();
         let work = move |caller_waits: &dyn Fn() -> bool| {
             // The client still waits: its stream is open, and its deadline (gRPC) has
-            // not passed, after which it has given up and will send the request again.
-            let wanted = || caller_waits() && client_deadline.is_none_or(|at| Instant::now() < at);
+            // not passed, after which it has given up and will send the request again;
+            // then the request is taken for recording, so that its handler, if dropped
+            // from now on, does not also count it as aborted.
+            let wanted = || {
+                caller_waits()
+                    && client_deadline.is_none_or(|at| Instant::now() < at)
+                    && claim.record()
+            };
             let mut reservation = reservation;
             let mut raw = raw;
             let inflated = match (inflated, compressed) {
@@ -893,8 +946,9 @@ impl Ingest {
 
     /// A guard for one request's handling: dropped before [`Unanswered::answered`] (its
     /// client reset the stream or closed the connection while the request waited for
-    /// room, for a decode thread or for its body), it counts the request as refused,
-    /// `aborted`, as a body stream that failed is.
+    /// room, for a decode thread or for its body, or while it was decoded), it counts
+    /// the request as refused, `aborted`, as a body stream that failed is, unless it was
+    /// taken for recording first ([`Claim`]); once given up, it is not recorded.
     pub fn unanswered(
         &self,
         transport: Transport,
@@ -906,6 +960,7 @@ impl Ingest {
             transport,
             signal,
             peer,
+            claim: Claim::default(),
             answered: false,
         }
     }
@@ -1015,7 +1070,11 @@ impl Ingest {
         skip: usize,
         wanted: &dyn Fn() -> bool,
     ) -> Result<Accepted, IngestError> {
-        let gone = || IngestError::BodyRead("the client left before its answer".into());
+        let gone = || {
+            IngestError::BodyRead(
+                "the client left, or its deadline passed, before its answer".into(),
+            )
+        };
         let target = self.target();
         let Target {
             keys,
@@ -1343,6 +1402,44 @@ mod tests {
         assert!(matches!(err, IngestError::Decompress { .. }), "{err}");
         assert_eq!(err.reason(), RefusalReason::Decode);
         assert_eq!(out.capacity(), 0, "nothing allocated for the claim");
+    }
+
+    /// A request is either taken for recording or given up by its handler, never both:
+    /// its guard counts it as aborted only when it was not taken.
+    #[test]
+    fn a_request_is_recorded_or_counted_aborted_never_both() {
+        let claim = Claim::default();
+        assert!(claim.record() && claim.record(), "taken, and still taken");
+        assert!(!claim.abandon());
+        let claim = Claim::default();
+        assert!(claim.abandon());
+        assert!(!claim.record(), "given up: not recorded");
+
+        let clock = Arc::new(crate::clock::ManualClock::new(0));
+        let config = crate::config::Config::embedded_default();
+        let pipeline = crate::pipeline::Pipeline::new(&config, clock).unwrap();
+        let ingest = &pipeline.ingest;
+        let aborted = || {
+            pipeline
+                .telemetry
+                .refused_requests(Transport::Grpc, Signal::Traces, RefusalReason::Aborted)
+        };
+        // Dropped after it was taken: it counts as accepted, not aborted.
+        let guard = ingest.unanswered(Transport::Grpc, Signal::Traces, None);
+        assert!(guard.claim().record());
+        drop(guard);
+        assert_eq!(aborted(), 0);
+        // Dropped before: aborted, and whoever would record it finds it given up.
+        let guard = ingest.unanswered(Transport::Grpc, Signal::Traces, None);
+        let claim = guard.claim().clone();
+        drop(guard);
+        assert_eq!(aborted(), 1);
+        assert!(!claim.record());
+        // Answered: nothing more.
+        ingest
+            .unanswered(Transport::Grpc, Signal::Traces, None)
+            .answered();
+        assert_eq!(aborted(), 1);
     }
 
     /// A body decoded on a decode thread whose client has left meanwhile (its stream

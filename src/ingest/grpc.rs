@@ -162,7 +162,14 @@ where
     let (parts, mut body) = req.into_parts();
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Grpc, signal, peer);
-    let received = receive(&ingest, signal, &parts.headers, &mut body).await;
+    let received = receive(
+        &ingest,
+        signal,
+        &parts.headers,
+        &mut body,
+        unanswered.claim(),
+    )
+    .await;
     unanswered.answered();
     match received {
         Ok(accepted) => success(accepted.response(signal, Encoding::Protobuf)),
@@ -184,6 +191,7 @@ async fn receive<B>(
     signal: Signal,
     headers: &HeaderMap,
     body: &mut B,
+    claim: &super::Claim,
 ) -> Result<Accepted, IngestError>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -239,6 +247,7 @@ where
             PREFIX,
             reservation,
             client_deadline,
+            claim,
         )
         .await
 }

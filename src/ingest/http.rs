@@ -68,7 +68,8 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     let reply_in = encoding.as_ref().copied().unwrap_or(Encoding::Protobuf);
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Http, signal, peer);
-    let received = receive(&ingest, signal, &parts.headers, encoding, &mut body).await;
+    let claim = unanswered.claim();
+    let received = receive(&ingest, signal, &parts.headers, encoding, &mut body, claim).await;
     unanswered.answered();
     match received {
         Ok(accepted) => reply(
@@ -130,6 +131,7 @@ async fn receive(
     headers: &HeaderMap,
     encoding: Result<Encoding, IngestError>,
     body: &mut Body,
+    claim: &super::Claim,
 ) -> Result<Accepted, IngestError> {
     let limits = ingest.limits();
     let deadline = Instant::now() + limits.body_read_timeout;
@@ -183,6 +185,7 @@ async fn receive(
             0,
             reservation,
             None,
+            claim,
         )
         .await
 }
