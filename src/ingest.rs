@@ -1420,9 +1420,11 @@ mod tests {
         let pipeline = crate::pipeline::Pipeline::new(&config, clock).unwrap();
         let ingest = &pipeline.ingest;
         let aborted = || {
-            pipeline
-                .telemetry
-                .refused_requests(Transport::Grpc, Signal::Traces, RefusalReason::Aborted)
+            pipeline.telemetry.refused_requests(
+                Transport::Grpc,
+                Signal::Traces,
+                RefusalReason::Aborted,
+            )
         };
         // Dropped after it was taken: it counts as accepted, not aborted.
         let guard = ingest.unanswered(Transport::Grpc, Signal::Traces, None);
