@@ -347,14 +347,17 @@ impl Reservation {
 
     /// The refusal of a request that needed more than `room` (what [`Reservation::room`]
     /// gave) beyond what it uses: too large when that was all the ceiling leaves it, with
-    /// no other request holding anything; otherwise overloaded.
+    /// no other request holding anything; otherwise overloaded. (Since decompression is
+    /// charged as it goes, only the tests ask: [`Reservation::charge`] refuses the same.)
+    #[cfg(test)]
     pub fn refused_past(&self, room: usize) -> IngestError {
         self.budget
             .refusal(self.used.saturating_add(room).saturating_add(1))
     }
 
     /// What the request may still add before its charges are refused: the rest of its
-    /// reservation and the room under the ceiling.
+    /// reservation and the room under the ceiling. (Only the tests ask.)
+    #[cfg(test)]
     pub fn room(&self) -> usize {
         let free = self
             .budget

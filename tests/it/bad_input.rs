@@ -74,6 +74,17 @@ fn zstd_bomb() -> Vec<u8> {
     zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap()
 }
 
+/// [`refused`] once it reads `want`, or what it reads after about 5 s.
+async fn wait_refused(d: &Daemon, transport: &str, reason: &str, want: f64) -> Option<f64> {
+    let labels = [
+        ("transport", transport),
+        ("signal", "traces"),
+        ("reason", reason),
+    ];
+    d.wait_metric("sloxide_receiver_refused_requests_total", &labels, want)
+        .await
+}
+
 /// `sloxide_receiver_refused_requests_total` for traces on `transport` for `reason`.
 pub async fn refused(d: &Daemon, transport: &str, reason: &str) -> Option<f64> {
     let labels = [
@@ -638,17 +649,7 @@ async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
     .await
     .unwrap();
     drop(tcp);
-    let aborted = d
-        .wait_metric(
-            "sloxide_receiver_refused_requests_total",
-            &[
-                ("transport", "http"),
-                ("signal", "traces"),
-                ("reason", "aborted"),
-            ],
-            1.0,
-        )
-        .await;
+    let aborted = wait_refused(&d, "http", "aborted", 1.0).await;
     assert_eq!(aborted, Some(1.0));
     assert_eq!(refused("http", "decode").await, Some(0.0));
 
@@ -671,17 +672,7 @@ async fn a_client_that_leaves_mid_body_is_counted_as_aborted() {
         .unwrap();
     send.ready().await.unwrap();
     let _ = send.send_request(request).await;
-    let aborted = d
-        .wait_metric(
-            "sloxide_receiver_refused_requests_total",
-            &[
-                ("transport", "grpc"),
-                ("signal", "traces"),
-                ("reason", "aborted"),
-            ],
-            1.0,
-        )
-        .await;
+    let aborted = wait_refused(&d, "grpc", "aborted", 1.0).await;
     let page = d.scrape().await;
     let grpc_refusals: Vec<&str> = page
         .lines()
@@ -737,29 +728,24 @@ async fn a_request_whose_client_leaves_while_it_waits_is_counted_as_aborted() {
     );
     stream.send_reset(h2::Reason::CANCEL);
     drop(waiting);
-    let aborted = d
-        .wait_metric(
-            "sloxide_receiver_refused_requests_total",
-            &[
-                ("transport", "grpc"),
-                ("signal", "traces"),
-                ("reason", "aborted"),
-            ],
-            1.0,
-        )
-        .await;
+    let aborted = wait_refused(&d, "grpc", "aborted", 1.0).await;
     assert_eq!(aborted, Some(1.0));
 }
 
 /// The daemon's resident memory, from `/proc/<pid>/status`, in bytes.
 pub fn rss_bytes(d: &Daemon) -> u64 {
+    status_bytes(d, "VmRSS")
+}
+
+/// A size in kB from the daemon's `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+fn status_bytes(d: &Daemon, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
+        .expect(field);
     kb * 1024
 }
 
@@ -862,14 +848,7 @@ async fn huge_requests_do_not_pin_memory() {
 
 /// The daemon's peak resident memory so far (`VmHWM`), in bytes.
 fn peak_rss_bytes(d: &Daemon) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM");
-    kb * 1024
+    status_bytes(d, "VmHWM")
 }
 
 /// Bodies that decode into far more than their size, and that no record limit counts:
@@ -1247,17 +1226,7 @@ async fn an_http2_body_reset_before_its_declared_length_is_aborted_not_counted()
     send.send_data(Bytes::from(cut), false).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     send.send_reset(h2::Reason::NO_ERROR);
-    let aborted = d
-        .wait_metric(
-            "sloxide_receiver_refused_requests_total",
-            &[
-                ("transport", "http"),
-                ("signal", "traces"),
-                ("reason", "aborted"),
-            ],
-            1.0,
-        )
-        .await;
+    let aborted = wait_refused(&d, "http", "aborted", 1.0).await;
     assert_eq!(aborted, Some(1.0));
     assert_eq!(accepted().await.unwrap_or(0.0), before);
 }
