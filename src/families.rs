@@ -203,6 +203,12 @@ pub const RECEIVER_ADMISSION_WAITS: Metric = metric(
     Counter,
     "OTLP requests that found limits.max_in_flight_bytes full and waited for room (up to limits.admission_wait); those still without room then are counted as refused, reason overloaded.",
 );
+/// Body reads whose room was taken back for waiting requests.
+pub const RECEIVER_RECLAIMED: Metric = metric(
+    "sloxide_receiver_reclaimed_requests_total",
+    Counter,
+    "OTLP requests whose body was arriving too slowly to be in within limits.body_read_timeout (or not at all) while others waited for room: their room was taken back, and they were refused as overloaded.",
+);
 /// The in-flight budget.
 pub const RECEIVER_IN_FLIGHT_LIMIT_BYTES: Metric = metric(
     "sloxide_receiver_in_flight_limit_bytes",
@@ -348,7 +354,7 @@ mod tests {
     #[test]
     fn every_family_name_is_a_string_literal_exactly_once() {
         let names = declared();
-        assert_eq!(names.len(), 45, "{names:?}");
+        assert_eq!(names.len(), 46, "{names:?}");
         let mut files = Vec::new();
         sources(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),

@@ -360,6 +360,12 @@ pub enum IngestError {
     /// The in-flight budget stayed full for the whole wait, or shutting down.
     #[error("server overloaded or shutting down; retry later")]
     Overloaded,
+    /// The request's body was behind (nothing yet, or too slow to be in before
+    /// `limits.body_read_timeout`) while other requests waited for the room it held.
+    #[error(
+        "server overloaded: the request body was arriving too slowly to be in within limits.body_read_timeout, and other requests waited for the room it held; retry later"
+    )]
+    Reclaimed,
     /// The request alone needs more than any one request may hold of the in-flight
     /// budget: it could never be taken, however long it waited.
     #[error(
@@ -399,7 +405,7 @@ impl IngestError {
             | Self::NotGrpc(_)
             | Self::UnsupportedEncoding { .. }
             | Self::CompressionOff { .. } => RefusalReason::Unsupported,
-            Self::Overloaded => RefusalReason::Overloaded,
+            Self::Overloaded | Self::Reclaimed => RefusalReason::Overloaded,
             Self::Timeout(_) => RefusalReason::Timeout,
             Self::Unauthenticated => RefusalReason::Unauthenticated,
             Self::Internal(_) => RefusalReason::Internal,
@@ -728,11 +734,14 @@ impl Ingest {
     /// Reads `body` into `out`, charging its bytes to `reservation` as they arrive:
     /// refused when it passes `limit` bytes (checked as it arrives, so an oversize body
     /// is never held whole), when it has not ended by `deadline` (timeout), when the
-    /// transport fails it (aborted), or when it would take the budget past its ceiling
-    /// (overloaded; too large when it alone would). The body is kept in the pieces it
+    /// transport fails it (aborted), when it would take the budget past its ceiling
+    /// (overloaded; too large when it alone would), or when it falls behind while other
+    /// requests wait for room (overloaded: [`admission`]'s reclaiming). `expected` is
+    /// the body's declared length, or a guess. The body is kept in the pieces it
     /// arrived in ([`Received`]). Once `prefix` bytes (at most [`MAX_PREFIX`]) are in,
     /// `on_prefix` reads them and says how much the request is expected to hold in all
-    /// (body and decode); the reservation is set to that ([`Reservation::expect`]).
+    /// (body and decode), and how long the body is; the reservation is set to the first
+    /// ([`Reservation::expect`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn read_body<B>(
         &self,
@@ -741,8 +750,9 @@ impl Ingest {
         limit: usize,
         reservation: &mut Reservation,
         deadline: Instant,
+        expected: usize,
         prefix: usize,
-        on_prefix: impl Fn(&[u8]) -> Result<usize, IngestError>,
+        on_prefix: impl Fn(&[u8]) -> Result<(usize, usize), IngestError>,
     ) -> Result<(), IngestError>
     where
         B: http_body::Body<Data = Bytes> + Unpin,
@@ -753,12 +763,19 @@ impl Ingest {
             "on_prefix sees at most MAX_PREFIX bytes"
         );
         let mut prefix_seen = prefix == 0;
+        let reading = reservation.body_read(expected, deadline);
+        let reclaimed = reading.reclaimed();
+        tokio::pin!(reclaimed);
         loop {
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => return Err(IngestError::Timeout(self.limits().body_read_timeout)),
-                Ok(None) => return Ok(()),
-                Ok(Some(Err(e))) => return Err(IngestError::BodyRead(e.to_string())),
-                Ok(Some(Ok(frame))) => frame,
+            let frame = tokio::select! {
+                biased;
+                frame = tokio::time::timeout_at(deadline, body.frame()) => match frame {
+                    Err(_) => return Err(IngestError::Timeout(self.limits().body_read_timeout)),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(e))) => return Err(IngestError::BodyRead(e.to_string())),
+                    Ok(Some(Ok(frame))) => frame,
+                },
+                () = &mut reclaimed => return Err(IngestError::Reclaimed),
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -769,12 +786,15 @@ impl Ingest {
                 });
             }
             reservation.charge(data.len())?;
+            reading.arrived(data.len());
             out.push(data);
             if !prefix_seen && out.len() >= prefix {
                 prefix_seen = true;
                 let mut head = [0; MAX_PREFIX];
                 let n = out.head(&mut head[..prefix.min(MAX_PREFIX)]);
-                reservation.expect(on_prefix(&head[..n])?)?;
+                let (hold, body_len) = on_prefix(&head[..n])?;
+                reservation.expect(hold)?;
+                reading.expect(body_len);
             }
         }
     }

@@ -351,6 +351,11 @@ impl Telemetry {
         self.budget.get().map_or(0, |b| b.waits())
     }
 
+    /// Requests whose room in the in-flight budget was taken back for waiting ones.
+    pub fn reclaimed(&self) -> u64 {
+        self.budget.get().map_or(0, |b| b.reclaimed())
+    }
+
     /// Bytes held by requests in flight, and the budget; zeros before one is watched.
     pub fn in_flight(&self) -> (usize, usize) {
         self.budget

@@ -82,7 +82,7 @@ type Write = fn(&Frame<'_>, &Metric, &mut Encoder<'_>);
 
 /// Every family `/metrics` serves, in exposition order, with the function that writes
 /// its samples.
-const FAMILIES: [(&Metric, When, Write); 45] = [
+const FAMILIES: [(&Metric, When, Write); 46] = [
     (&families::SPANS, When::Always, spans),
     (&families::SPAN_DURATION, When::Always, span_durations),
     (
@@ -194,6 +194,7 @@ const FAMILIES: [(&Metric, When, Write); 45] = [
         When::Always,
         admission_waits,
     ),
+    (&families::RECEIVER_RECLAIMED, When::Always, reclaimed),
     (
         &families::CHECKPOINT_LAST_SUCCESS,
         When::Always,
@@ -730,6 +731,10 @@ fn in_flight_limit_bytes(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
 
 fn admission_waits(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
     enc.sample_u64(m, &[], f.telemetry.admission_waits());
+}
+
+fn reclaimed(f: &Frame<'_>, m: &Metric, enc: &mut Encoder<'_>) {
+    enc.sample_u64(m, &[], f.telemetry.reclaimed());
 }
 
 /// One sample per port of `value`.

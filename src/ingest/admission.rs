@@ -20,13 +20,22 @@
 //! ceiling of one and a half times the budget; a charge past the ceiling refuses the
 //! request (503) rather than wait, because requests that wait for more while holding
 //! some could hold the whole budget and wait for each other.
+//!
+//! A reservation is taken before its body arrives, so a client could hold room it
+//! never fills: send headers that declare a large body, then nothing (or a byte now and
+//! then). While reservations wait for room, the budget takes room back from such
+//! requests: a body read that has run for [`RECLAIM_GRACE`] and, at its pace so far,
+//! would not be in before its `limits.body_read_timeout` is told to give its room up
+//! ([`BodyRead::reclaimed`]), and its request is refused as overloaded (retryable). A
+//! body that arrives at any pace that finishes in time keeps its room; without anyone
+//! waiting, nothing is taken back.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use super::IngestError;
@@ -43,6 +52,14 @@ pub const UNKNOWN_LENGTH: usize = (1 << 20) - BASE_RESERVATION;
 /// What every request reserves on top of its body: its share of buffers and
 /// bookkeeping.
 pub const BASE_RESERVATION: usize = 4 << 10;
+
+/// How long a body read keeps its room, while others wait for room, before its pace is
+/// judged: long enough for a body sent at once to arrive, short enough that a request
+/// waiting `limits.admission_wait` (1 s by default) gets the room.
+pub const RECLAIM_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the budget looks for room to take back while reservations wait.
+const RECLAIM_EVERY: Duration = Duration::from_millis(100);
 
 /// The bytes that requests in flight may hold before new reservations wait.
 #[derive(Debug)]
@@ -64,6 +81,51 @@ struct Shared {
     queue: Mutex<VecDeque<Waiter>>,
     /// How many are in `queue`, so that a release skips its lock when none waits.
     queued: AtomicUsize,
+    /// The bodies being read under a reservation, for [`Shared::reclaim_behind`].
+    reads: Mutex<Reads>,
+    /// Whether a task runs [`Shared::reclaim_behind`] while reservations wait.
+    reclaiming: AtomicBool,
+    /// Body reads told to give their room up, since the start.
+    reclaimed: AtomicU64,
+}
+
+/// The body reads in progress: a slab, so that one joins and leaves in constant time.
+#[derive(Debug, Default)]
+struct Reads {
+    slots: Vec<Option<Arc<Reading>>>,
+    free: Vec<usize>,
+}
+
+/// One body being read, as the budget sees it when it looks for room to take back.
+#[derive(Debug)]
+struct Reading {
+    started: Instant,
+    /// When the body must be in (`limits.body_read_timeout` after the headers).
+    deadline: Instant,
+    /// The body's declared length, or a guess while it has none.
+    expected: AtomicUsize,
+    received: AtomicUsize,
+    reclaimed: AtomicBool,
+    wake: Notify,
+}
+
+impl Reading {
+    /// Whether the read has run for [`RECLAIM_GRACE`] and is behind: nothing has
+    /// arrived, or at the pace so far the rest would arrive after its deadline.
+    fn behind(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.started);
+        if elapsed < RECLAIM_GRACE {
+            return false;
+        }
+        let received = self.received.load(Ordering::Relaxed);
+        if received == 0 {
+            return true;
+        }
+        let expected = self.expected.load(Ordering::Relaxed).max(received);
+        let allowed = self.deadline.saturating_duration_since(self.started);
+        // elapsed / received > allowed / expected, without dividing.
+        elapsed.as_nanos() * expected as u128 > allowed.as_nanos() * received as u128
+    }
 }
 
 /// A reservation waiting for room: its bytes are added for it, and it is told.
@@ -149,8 +211,46 @@ impl Shared {
         }
     }
 
+    fn reads(&self) -> MutexGuard<'_, Reads> {
+        self.reads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells every body read that is behind ([`Reading::behind`]) to give its room up.
+    fn reclaim_behind(&self) {
+        let now = Instant::now();
+        for reading in self.reads().slots.iter().flatten() {
+            if !reading.reclaimed.load(Ordering::Relaxed) && reading.behind(now) {
+                reading.reclaimed.store(true, Ordering::Relaxed);
+                // A permit is kept when the reader is not waiting on it yet.
+                reading.wake.notify_one();
+                self.reclaimed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Looks for room to take back every [`RECLAIM_EVERY`] while reservations wait; one
+    /// such task at a time, started by the first reservation that waits.
+    async fn reclaim_while_waiting(self: Arc<Self>) {
+        loop {
+            self.reclaim_behind();
+            tokio::time::sleep(RECLAIM_EVERY).await;
+            if self.queued.load(Ordering::SeqCst) == 0 {
+                // SeqCst with a waiter's `queued` then `reclaiming`: either it sees this
+                // task gone and starts another, or this task sees it and goes on.
+                self.reclaiming.store(false, Ordering::SeqCst);
+                if self.queued.load(Ordering::SeqCst) == 0
+                    || self.reclaiming.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Adds `bytes` within the budget, waiting for room until `deadline`.
-    async fn reserve(&self, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
+    async fn reserve(self: &Arc<Self>, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
         let bytes = bytes.min(self.total);
         // Room now, and nobody waiting for it first.
         if self.queued.load(Ordering::SeqCst) == 0 && self.try_add(bytes, self.total) {
@@ -164,6 +264,9 @@ impl Shared {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             queue.push_back(Waiter { bytes, admitted });
             self.queued.store(queue.len(), Ordering::SeqCst);
+        }
+        if !self.reclaiming.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().reclaim_while_waiting());
         }
         let mut wait = Wait {
             shared: self,
@@ -231,6 +334,9 @@ impl Budget {
                 waits: AtomicU64::new(0),
                 queue: Mutex::new(VecDeque::new()),
                 queued: AtomicUsize::new(0),
+                reads: Mutex::new(Reads::default()),
+                reclaiming: AtomicBool::new(false),
+                reclaimed: AtomicU64::new(0),
             }),
         }
     }
@@ -253,6 +359,11 @@ impl Budget {
     /// Reservations that have found the budget full and waited, since the start.
     pub fn waits(&self) -> u64 {
         self.shared.waits.load(Ordering::Relaxed)
+    }
+
+    /// Body reads told to give their room up for waiting reservations, since the start.
+    pub fn reclaimed(&self) -> u64 {
+        self.shared.reclaimed.load(Ordering::Relaxed)
     }
 
     /// The most bytes held at once since the last call (what the allocator may be
@@ -295,6 +406,38 @@ impl Reservation {
     /// The bytes held.
     pub fn bytes(&self) -> usize {
         self.reserved
+    }
+
+    /// Registers the read of the request's body, expected to be `expected` bytes long
+    /// (a guess while it has no declared length) and due by `deadline`, so that the
+    /// budget can take the room back if it falls behind while others wait. The
+    /// registration ends when the returned [`BodyRead`] is dropped.
+    pub fn body_read(&self, expected: usize, deadline: Instant) -> BodyRead {
+        let reading = Arc::new(Reading {
+            started: Instant::now(),
+            deadline,
+            expected: AtomicUsize::new(expected),
+            received: AtomicUsize::new(0),
+            reclaimed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let mut reads = self.budget.reads();
+        let slot = match reads.free.pop() {
+            Some(slot) => {
+                reads.slots[slot] = Some(reading.clone());
+                slot
+            }
+            None => {
+                reads.slots.push(Some(reading.clone()));
+                reads.slots.len() - 1
+            }
+        };
+        drop(reads);
+        BodyRead {
+            budget: self.budget.clone(),
+            slot,
+            reading,
+        }
     }
 
     /// Sets the reservation to the base and `bytes` in all, once the request knows what
@@ -370,6 +513,41 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.release(self.reserved);
+    }
+}
+
+/// A body being read, registered with the budget ([`Reservation::body_read`]).
+#[derive(Debug)]
+pub struct BodyRead {
+    budget: Arc<Shared>,
+    slot: usize,
+    reading: Arc<Reading>,
+}
+
+impl BodyRead {
+    /// Counts `bytes` more of the body as arrived.
+    #[inline]
+    pub fn arrived(&self, bytes: usize) {
+        self.reading.received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Sets the body's expected length (a gRPC message's, once its prefix is in).
+    pub fn expect(&self, bytes: usize) {
+        self.reading.expected.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Completes when the budget has taken the room back: the read is behind and others
+    /// wait. The request should then give its reservation up.
+    pub async fn reclaimed(&self) {
+        self.reading.wake.notified().await;
+    }
+}
+
+impl Drop for BodyRead {
+    fn drop(&mut self) {
+        let mut reads = self.budget.reads();
+        reads.slots[self.slot] = None;
+        reads.free.push(self.slot);
     }
 }
 
@@ -632,6 +810,64 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(next.bytes(), BASE_RESERVATION);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_behind_gives_its_room_to_a_waiting_request() {
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let a = budget.admit(12 * KIB, soon()).await.unwrap();
+        // Headers, then nothing: the body never comes.
+        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        let squatter = tokio::spawn(async move {
+            read.reclaimed().await;
+            drop(read);
+            drop(a);
+        });
+        let started = Instant::now();
+        let b = budget
+            .admit(8 * KIB, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("admitted once the room is taken back");
+        assert!(started.elapsed() >= RECLAIM_GRACE - Duration::from_millis(20));
+        assert!(started.elapsed() < RECLAIM_GRACE + Duration::from_secs(1));
+        squatter.await.unwrap();
+        assert_eq!(budget.reclaimed(), 1);
+        assert_eq!(budget.in_use_bytes(), b.bytes());
+        drop(b);
+        assert!(budget.shared.reads().slots.iter().all(Option::is_none));
+    }
+
+    #[tokio::test]
+    async fn a_body_on_pace_keeps_its_room_and_nothing_is_taken_back_while_none_waits() {
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let a = budget.admit(12 * KIB, soon()).await.unwrap();
+        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        // Half of it at once: at that pace it is in long before its deadline.
+        read.arrived(6 * KIB);
+        let refused = budget
+            .admit(8 * KIB, Instant::now() + Duration::from_millis(800))
+            .await;
+        assert!(matches!(refused, Err(IngestError::Overloaded)));
+        assert_eq!(budget.reclaimed(), 0);
+        drop(read);
+        // A body with nothing in, past the grace, with nobody waiting: it keeps its room.
+        let stalled = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        let kept = tokio::time::timeout(RECLAIM_GRACE * 2, stalled.reclaimed()).await;
+        assert!(kept.is_err());
+        assert_eq!(budget.reclaimed(), 0);
+        // A read is behind when its pace would miss its deadline: a tenth in after a
+        // third of its time is; half in is not.
+        let slow = Reading {
+            started: Instant::now() - Duration::from_secs(1),
+            deadline: Instant::now() + Duration::from_secs(2),
+            expected: AtomicUsize::new(10_000),
+            received: AtomicUsize::new(1_000),
+            reclaimed: AtomicBool::new(false),
+            wake: Notify::new(),
+        };
+        assert!(slow.behind(Instant::now()));
+        slow.received.store(5_000, Ordering::Relaxed);
+        assert!(!slow.behind(Instant::now()));
     }
 
     #[test]

@@ -218,10 +218,11 @@ where
             limits.max_decompressed_bytes,
         )?;
         let message = PREFIX + declared;
-        Ok(match seen[0] {
+        let hold = match seen[0] {
             0 => message.saturating_add(super::decode_estimate(Encoding::Protobuf, declared)),
             _ => message,
-        })
+        };
+        Ok((hold, message))
     };
     ingest
         .read_body(
@@ -230,6 +231,7 @@ where
             limits.max_request_bytes.saturating_add(PREFIX),
             &mut reservation,
             deadline,
+            super::admission::UNKNOWN_LENGTH,
             PREFIX,
             on_prefix,
         )

@@ -86,7 +86,7 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
                     .insert(header::WWW_AUTHENTICATE, challenge);
             }
             let http1 = parts.version < http::Version::HTTP_2;
-            if http1 && matches!(err, IngestError::Timeout(_)) {
+            if http1 && matches!(err, IngestError::Timeout(_) | IngestError::Reclaimed) {
                 // Reading on would wait for the same slow client again.
                 response
                     .headers_mut()
@@ -159,10 +159,18 @@ async fn receive(
     };
     let mut reservation = ingest.admit(expected, None).await?;
     let mut raw = super::buffers::Received::new(ingest.buffers().get());
+    let body_len = declared.map_or(super::admission::UNKNOWN_LENGTH, |len| len as usize);
     ingest
-        .read_body(body, &mut raw, limit, &mut reservation, deadline, 0, |_| {
-            Ok(0)
-        })
+        .read_body(
+            body,
+            &mut raw,
+            limit,
+            &mut reservation,
+            deadline,
+            body_len,
+            0,
+            |_| Ok((0, 0)),
+        )
         .await?;
     // HTTP/2 ends a body early without an error when the client resets its stream
     // with NO_ERROR: a body shorter than it said is cut, not complete. (One without a

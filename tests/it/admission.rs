@@ -152,6 +152,118 @@ async fn stalled_bodies_and_streams_do_not_starve_other_clients() {
     );
 }
 
+/// While others wait for room, clients that hold room and send nothing give it up:
+/// two HTTP/1.1 requests that declare a 1 MB body and send none of it, and four gRPC
+/// streams that send only their headers, together hold all but about 180 KB of an 8 MiB
+/// budget. Exports of 1000 spans (each needs about 0.8 MB) over both transports are
+/// served within their wait; the squatters are refused as overloaded (HTTP/1: and their
+/// connections closed), and counted as reclaimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
+    let d = Daemon::start(&config("limits:\n  max_in_flight_bytes: 8MiB\n"));
+    let mut squatting = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+        tcp.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        squatting.push(tcp);
+    }
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut client = client.clone();
+        let addr = d.grpc;
+        streams.push(tokio::spawn(async move {
+            let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            client = client.ready().await.unwrap();
+            let (response, body) = client.send_request(request, false).unwrap();
+            let response = response.await;
+            drop(body);
+            response.map(|r| {
+                r.headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap().to_owned())
+            })
+        }));
+    }
+    // All six are admitted: the budget holds them.
+    let held = 2.0 * (2_000_000.0 + 4096.0) + 4.0 * 1048576.0;
+    assert_eq!(
+        d.wait_metric("sloxide_receiver_in_flight_bytes", &[], held)
+            .await,
+        Some(held)
+    );
+
+    let body = spans(1000);
+    assert!(body.len() > 200_000, "{} bytes", body.len());
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let t = Instant::now();
+        grpc_call(&d, TRACE_EXPORT, body.clone(), None)
+            .await
+            .expect("a gRPC export while others hold the room");
+        let (status, _, _) = post(
+            &d,
+            "/v1/traces",
+            "application/x-protobuf",
+            None,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest export pair {slowest:?}"
+    );
+
+    for mut tcp in squatting {
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+            .await
+            .expect("the squatting request is answered and closed")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+        assert!(
+            reply.to_ascii_lowercase().contains("connection: close"),
+            "{reply}"
+        );
+    }
+    // UNAVAILABLE (14), which clients retry.
+    for stream in streams {
+        let status = tokio::time::timeout(Duration::from_secs(10), stream)
+            .await
+            .expect("the squatting stream is answered")
+            .unwrap()
+            .expect("a response, not a reset");
+        assert_eq!(status.as_deref(), Some("14"));
+    }
+    assert_eq!(
+        d.metric("sloxide_receiver_reclaimed_requests_total", &[])
+            .await,
+        Some(6.0)
+    );
+    assert_eq!(refused(&d, "http", "overloaded").await, Some(2.0));
+    assert_eq!(refused(&d, "grpc", "overloaded").await, Some(4.0));
+    assert_eq!(accepted(&d, "grpc").await, 3000.0);
+    assert_eq!(accepted(&d, "http").await, 3000.0);
+    assert_eq!(
+        d.metric("sloxide_receiver_in_flight_bytes", &[]).await,
+        Some(0.0)
+    );
+}
+
 /// 120 concurrent exports of 2000 spans each, from clients that never retry (the
 /// JavaScript gRPC exporter does not retry UNAVAILABLE): over gRPC on 120 connections
 /// and on one, and over HTTP. Nothing is refused, and every span is counted. Then, on
