@@ -363,7 +363,7 @@ pub enum IngestError {
     /// The request's body was behind (nothing yet, or too slow to be in before
     /// `limits.body_read_timeout`) while other requests waited for the room it held.
     #[error(
-        "server overloaded: the request body was arriving too slowly to be in within limits.body_read_timeout, and other requests waited for the room it held; retry later"
+        "server overloaded: the request body had not arrived, or was arriving too slowly to be in within limits.body_read_timeout, while other requests waited for the room it held; retry later"
     )]
     Reclaimed,
     /// The request alone needs more than any one request may hold of the in-flight
@@ -737,7 +737,8 @@ impl Ingest {
     /// transport fails it (aborted), when it would take the budget past its ceiling
     /// (overloaded; too large when it alone would), or when it falls behind while other
     /// requests wait for room (overloaded: [`admission`]'s reclaiming). `expected` is
-    /// the body's declared length, or a guess. The body is kept in the pieces it
+    /// the body's declared length, or a guess; `conn` counts the bytes received on the
+    /// request's connection ([`crate::net::ConnReceived`]), when known. The body is kept in the pieces it
     /// arrived in ([`Received`]). Once `prefix` bytes (at most [`MAX_PREFIX`]) are in,
     /// `on_prefix` reads them and says how much the request is expected to hold in all
     /// (body and decode), and how long the body is; the reservation is set to the first
@@ -751,6 +752,7 @@ impl Ingest {
         reservation: &mut Reservation,
         deadline: Instant,
         expected: usize,
+        conn: Option<Arc<std::sync::atomic::AtomicU64>>,
         prefix: usize,
         on_prefix: impl Fn(&[u8]) -> Result<(usize, usize), IngestError>,
     ) -> Result<(), IngestError>
@@ -763,7 +765,7 @@ impl Ingest {
             "on_prefix sees at most MAX_PREFIX bytes"
         );
         let mut prefix_seen = prefix == 0;
-        let reading = reservation.body_read(expected, deadline);
+        let reading = reservation.body_read(expected, deadline, conn);
         let reclaimed = reading.reclaimed();
         tokio::pin!(reclaimed);
         loop {

@@ -560,6 +560,13 @@ impl Peer {
     }
 }
 
+/// The bytes received so far on a request's connection, all its requests together: an
+/// extension of every request the listeners hand on. On HTTP/2 a request can receive
+/// nothing for a while because its client is sending the bodies of other requests on
+/// the same connection; the in-flight budget reads this to tell that from a stall.
+#[derive(Debug, Clone)]
+pub struct ConnReceived(pub Arc<std::sync::atomic::AtomicU64>);
+
 impl<S, B, R> hyper::service::Service<http::Request<Incoming>> for Adapter<S, B>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>
@@ -582,6 +589,8 @@ where
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(peer);
         }
+        req.extensions_mut()
+            .insert(ConnReceived(self.state.received()));
         let request = (self.request)(req);
         let service = self.service.clone();
         let state = self.state.clone();

@@ -27,8 +27,10 @@
 //! requests: a body read that has run for [`RECLAIM_GRACE`] and, at its pace so far,
 //! would not be in before its `limits.body_read_timeout` is told to give its room up
 //! ([`BodyRead::reclaimed`]), and its request is refused as overloaded (retryable). A
-//! body that arrives at any pace that finishes in time keeps its room; without anyone
-//! waiting, nothing is taken back.
+//! body that arrives at a pace that brings its declared length (or the guess, without
+//! one) in time keeps its room, and so do the reads of an HTTP/2 connection that brings
+//! in, for all of them, what they need ([`behind`]); without anyone waiting, nothing is
+//! taken back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -85,7 +87,7 @@ struct Shared {
     reads: Mutex<Reads>,
     /// Whether a task runs [`Shared::reclaim_behind`] while reservations wait.
     reclaiming: AtomicBool,
-    /// Body reads told to give their room up, since the start.
+    /// Body reads that gave their room up, since the start.
     reclaimed: AtomicU64,
 }
 
@@ -105,27 +107,93 @@ struct Reading {
     /// The body's declared length, or a guess while it has none.
     expected: AtomicUsize,
     received: AtomicUsize,
+    /// The bytes received on the request's connection, all its requests together, and
+    /// their count when this read began.
+    conn: Option<(Arc<AtomicU64>, u64)>,
     reclaimed: AtomicBool,
     wake: Notify,
 }
 
 impl Reading {
-    /// Whether the read has run for [`RECLAIM_GRACE`] and is behind: nothing has
-    /// arrived, or at the pace so far the rest would arrive after its deadline.
-    fn behind(&self, now: Instant) -> bool {
+    /// How many bytes the read is short of its pace, if it has run for
+    /// [`RECLAIM_GRACE`] and is behind: nothing has arrived, or at the pace so far the
+    /// rest would arrive after its deadline. The pace asks for the body in proportion
+    /// to the time its deadline allows: after a tenth of that time, a tenth of it.
+    fn shortfall(&self, now: Instant) -> Option<u64> {
         let elapsed = now.saturating_duration_since(self.started);
         if elapsed < RECLAIM_GRACE {
-            return false;
+            return None;
         }
         let received = self.received.load(Ordering::Relaxed);
-        if received == 0 {
-            return true;
-        }
         let expected = self.expected.load(Ordering::Relaxed).max(received);
         let allowed = self.deadline.saturating_duration_since(self.started);
-        // elapsed / received > allowed / expected, without dividing.
-        elapsed.as_nanos() * expected as u128 > allowed.as_nanos() * received as u128
+        let due = (elapsed.as_nanos() * expected as u128)
+            .div_ceil(allowed.as_nanos().max(1))
+            .min(expected as u128) as u64;
+        let received = received as u64;
+        (received == 0 || received < due).then(|| due.saturating_sub(received).max(1))
     }
+
+    /// Whether the read has run for [`RECLAIM_GRACE`] and is behind on its own.
+    #[cfg(test)]
+    fn behind(&self, now: Instant) -> bool {
+        self.shortfall(now).is_some()
+    }
+}
+
+/// The reads to take room back from, `now`: those behind on their own
+/// ([`Reading::shortfall`]), unless their connection is busy with others. On HTTP/2 a
+/// request can receive nothing for a while because its client sends the bodies of its
+/// other requests on the connection first: the reads behind on one connection are
+/// excused when what the connection received since the first of them began, beyond
+/// what they received themselves, covers all their shortfalls. So a connection must
+/// bring in, for its requests together, what each alone would have to: a client that
+/// sends one body and opens many requests it does not send is not excused for them.
+fn behind<'r>(
+    reads: impl Iterator<Item = &'r Arc<Reading>>,
+    now: Instant,
+) -> Vec<&'r Arc<Reading>> {
+    let mut alone = Vec::new();
+    // (connection, its count now, the read, the read's shortfall)
+    let mut shared: Vec<(*const AtomicU64, u64, &'r Arc<Reading>, u64)> = Vec::new();
+    for reading in reads {
+        if reading.reclaimed.load(Ordering::Relaxed) {
+            continue;
+        }
+        let Some(short) = reading.shortfall(now) else {
+            continue;
+        };
+        match &reading.conn {
+            Some((conn, _)) => {
+                shared.push((
+                    Arc::as_ptr(conn),
+                    conn.load(Ordering::Relaxed),
+                    reading,
+                    short,
+                ));
+            }
+            None => alone.push(reading),
+        }
+    }
+    shared.sort_by_key(|&(conn, ..)| conn);
+    for group in shared.chunk_by(|a, b| a.0 == b.0) {
+        let now_count = group.iter().map(|&(_, count, ..)| count).max().unwrap_or(0);
+        let since = group
+            .iter()
+            .map(|(_, _, r, _)| r.conn.as_ref().map_or(0, |c| c.1))
+            .min()
+            .unwrap_or(0);
+        let own: u64 = group
+            .iter()
+            .map(|(_, _, r, _)| r.received.load(Ordering::Relaxed) as u64)
+            .sum();
+        let others = now_count.saturating_sub(since).saturating_sub(own);
+        let short: u64 = group.iter().map(|&(.., short)| short).sum();
+        if others < short {
+            alone.extend(group.iter().map(|&(_, _, r, _)| r));
+        }
+    }
+    alone
 }
 
 /// A reservation waiting for room: its bytes are added for it, and it is told.
@@ -217,16 +285,13 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Tells every body read that is behind ([`Reading::behind`]) to give its room up.
+    /// Tells every body read that is behind ([`behind`]) to give its room up.
     fn reclaim_behind(&self) {
-        let now = Instant::now();
-        for reading in self.reads().slots.iter().flatten() {
-            if !reading.reclaimed.load(Ordering::Relaxed) && reading.behind(now) {
-                reading.reclaimed.store(true, Ordering::Relaxed);
-                // A permit is kept when the reader is not waiting on it yet.
-                reading.wake.notify_one();
-                self.reclaimed.fetch_add(1, Ordering::Relaxed);
-            }
+        let reads = self.reads();
+        for reading in behind(reads.slots.iter().flatten(), Instant::now()) {
+            reading.reclaimed.store(true, Ordering::Relaxed);
+            // A permit is kept when the reader is not waiting on it yet.
+            reading.wake.notify_one();
         }
     }
 
@@ -234,7 +299,11 @@ impl Shared {
     /// such task at a time, started by the first reservation that waits.
     async fn reclaim_while_waiting(self: Arc<Self>) {
         loop {
-            self.reclaim_behind();
+            // Nobody may wait any more: the one that started this task may have been
+            // admitted at once after all.
+            if self.queued.load(Ordering::SeqCst) > 0 {
+                self.reclaim_behind();
+            }
             tokio::time::sleep(RECLAIM_EVERY).await;
             if self.queued.load(Ordering::SeqCst) == 0 {
                 // SeqCst with a waiter's `queued` then `reclaiming`: either it sees this
@@ -265,9 +334,6 @@ impl Shared {
             queue.push_back(Waiter { bytes, admitted });
             self.queued.store(queue.len(), Ordering::SeqCst);
         }
-        if !self.reclaiming.swap(true, Ordering::SeqCst) {
-            tokio::spawn(self.clone().reclaim_while_waiting());
-        }
         let mut wait = Wait {
             shared: self,
             bytes,
@@ -280,6 +346,10 @@ impl Shared {
         if wait.wait.try_recv().is_ok() {
             wait.taken = true;
             return Ok(());
+        }
+        // It waits: room is to be taken back from body reads that are behind.
+        if !self.reclaiming.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().reclaim_while_waiting());
         }
         self.waits.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout_at(deadline, &mut wait.wait).await {
@@ -361,7 +431,7 @@ impl Budget {
         self.shared.waits.load(Ordering::Relaxed)
     }
 
-    /// Body reads told to give their room up for waiting reservations, since the start.
+    /// Body reads that gave their room up for waiting reservations, since the start.
     pub fn reclaimed(&self) -> u64 {
         self.shared.reclaimed.load(Ordering::Relaxed)
     }
@@ -410,14 +480,24 @@ impl Reservation {
 
     /// Registers the read of the request's body, expected to be `expected` bytes long
     /// (a guess while it has no declared length) and due by `deadline`, so that the
-    /// budget can take the room back if it falls behind while others wait. The
+    /// budget can take the room back if it falls behind while others wait. `conn`
+    /// counts the bytes received on the request's connection, when known. The
     /// registration ends when the returned [`BodyRead`] is dropped.
-    pub fn body_read(&self, expected: usize, deadline: Instant) -> BodyRead {
+    pub fn body_read(
+        &self,
+        expected: usize,
+        deadline: Instant,
+        conn: Option<Arc<AtomicU64>>,
+    ) -> BodyRead {
         let reading = Arc::new(Reading {
             started: Instant::now(),
             deadline,
             expected: AtomicUsize::new(expected),
             received: AtomicUsize::new(0),
+            conn: conn.map(|c| {
+                let now = c.load(Ordering::Relaxed);
+                (c, now)
+            }),
             reclaimed: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -537,9 +617,11 @@ impl BodyRead {
     }
 
     /// Completes when the budget has taken the room back: the read is behind and others
-    /// wait. The request should then give its reservation up.
+    /// wait. The request must then give its reservation up: it is counted as reclaimed
+    /// ([`Budget::reclaimed`]) here, so a read told to that finishes first is not.
     pub async fn reclaimed(&self) {
         self.reading.wake.notified().await;
+        self.budget.reclaimed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -817,7 +899,7 @@ mod tests {
         let budget = Arc::new(Budget::new(16 * KIB));
         let a = budget.admit(12 * KIB, soon()).await.unwrap();
         // Headers, then nothing: the body never comes.
-        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30), None);
         let squatter = tokio::spawn(async move {
             read.reclaimed().await;
             drop(read);
@@ -841,7 +923,7 @@ mod tests {
     async fn a_body_on_pace_keeps_its_room_and_nothing_is_taken_back_while_none_waits() {
         let budget = Arc::new(Budget::new(16 * KIB));
         let a = budget.admit(12 * KIB, soon()).await.unwrap();
-        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        let read = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30), None);
         // Half of it at once: at that pace it is in long before its deadline.
         read.arrived(6 * KIB);
         let refused = budget
@@ -851,7 +933,7 @@ mod tests {
         assert_eq!(budget.reclaimed(), 0);
         drop(read);
         // A body with nothing in, past the grace, with nobody waiting: it keeps its room.
-        let stalled = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30));
+        let stalled = a.body_read(12 * KIB, Instant::now() + Duration::from_secs(30), None);
         let kept = tokio::time::timeout(RECLAIM_GRACE * 2, stalled.reclaimed()).await;
         assert!(kept.is_err());
         assert_eq!(budget.reclaimed(), 0);
@@ -862,12 +944,81 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(2),
             expected: AtomicUsize::new(10_000),
             received: AtomicUsize::new(1_000),
+            conn: None,
             reclaimed: AtomicBool::new(false),
             wake: Notify::new(),
         };
         assert!(slow.behind(Instant::now()));
         slow.received.store(5_000, Ordering::Relaxed);
         assert!(!slow.behind(Instant::now()));
+    }
+
+    /// A read begun `ago` before now, due 30 s after it began, with `received` of
+    /// `expected` bytes in, on connection `conn` (whose count was 0 when it began).
+    fn reading(
+        ago: Duration,
+        expected: usize,
+        received: usize,
+        conn: Option<&Arc<AtomicU64>>,
+    ) -> Arc<Reading> {
+        let started = Instant::now() - ago;
+        Arc::new(Reading {
+            started,
+            deadline: started + Duration::from_secs(30),
+            expected: AtomicUsize::new(expected),
+            received: AtomicUsize::new(received),
+            conn: conn.map(|c| (c.clone(), 0)),
+            reclaimed: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    #[test]
+    fn reads_on_a_connection_busy_with_others_are_not_behind_but_its_squatters_are() {
+        let now = Instant::now();
+        let count = |reads: &[Arc<Reading>]| behind(reads.iter(), now).len();
+        // Nothing in after a second: behind, on its own or on an idle connection.
+        let idle = Arc::new(AtomicU64::new(0));
+        assert_eq!(
+            count(&[reading(Duration::from_secs(1), 300_000, 0, None)]),
+            1
+        );
+        let waiting = reading(Duration::from_secs(1), 300_000, 0, Some(&idle));
+        assert_eq!(count(std::slice::from_ref(&waiting)), 1);
+        // Within the grace, or on pace: not behind.
+        assert_eq!(
+            count(&[reading(Duration::from_millis(100), 300_000, 0, None)]),
+            0
+        );
+        assert_eq!(
+            count(&[reading(Duration::from_secs(3), 300_000, 40_000, None)]),
+            0
+        );
+        // The same read, while its connection brought in 1 MB for another request (the
+        // client sends that body first): excused.
+        idle.store(1_000_000, Ordering::Relaxed);
+        let busy = reading(Duration::from_secs(1), 300_000, 300_000, Some(&idle));
+        assert_eq!(count(&[waiting.clone(), busy]), 0);
+        // Ten requests of 1 MiB that send nothing, beside one body sent at 500 KB in
+        // 3 s: the connection brought in less than the ten need together.
+        let conn = Arc::new(AtomicU64::new(500_000));
+        let mut reads: Vec<_> = (0..10)
+            .map(|_| reading(Duration::from_secs(3), 1 << 20, 0, Some(&conn)))
+            .collect();
+        reads.push(reading(
+            Duration::from_secs(3),
+            600_000,
+            500_000,
+            Some(&conn),
+        ));
+        assert_eq!(count(&reads), 10);
+        // Two of them alone would be excused by it.
+        reads.truncate(2);
+        assert_eq!(count(&reads), 0);
+        // A read told already is not told again.
+        waiting.reclaimed.store(true, Ordering::Relaxed);
+        idle.store(0, Ordering::Relaxed);
+        assert_eq!(count(&[waiting]), 0);
     }
 
     #[test]

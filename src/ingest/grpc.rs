@@ -162,11 +162,16 @@ where
     let (parts, mut body) = req.into_parts();
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Grpc, signal, peer);
+    let conn = parts
+        .extensions
+        .get::<crate::net::ConnReceived>()
+        .map(|c| c.0.clone());
     let received = receive(
         &ingest,
         signal,
         &parts.headers,
         &mut body,
+        conn,
         unanswered.claim(),
     )
     .await;
@@ -191,6 +196,7 @@ async fn receive<B>(
     signal: Signal,
     headers: &HeaderMap,
     body: &mut B,
+    conn: Option<Arc<std::sync::atomic::AtomicU64>>,
     claim: &super::Claim,
 ) -> Result<Accepted, IngestError>
 where
@@ -232,6 +238,7 @@ where
             &mut reservation,
             deadline,
             super::admission::UNKNOWN_LENGTH,
+            conn,
             PREFIX,
             on_prefix,
         )

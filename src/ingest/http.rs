@@ -69,7 +69,20 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Http, signal, peer);
     let claim = unanswered.claim();
-    let received = receive(&ingest, signal, &parts.headers, encoding, &mut body, claim).await;
+    let conn = parts
+        .extensions
+        .get::<crate::net::ConnReceived>()
+        .map(|c| c.0.clone());
+    let received = receive(
+        &ingest,
+        signal,
+        &parts.headers,
+        encoding,
+        &mut body,
+        conn,
+        claim,
+    )
+    .await;
     unanswered.answered();
     match received {
         Ok(accepted) => reply(
@@ -131,6 +144,7 @@ async fn receive(
     headers: &HeaderMap,
     encoding: Result<Encoding, IngestError>,
     body: &mut Body,
+    conn: Option<Arc<std::sync::atomic::AtomicU64>>,
     claim: &super::Claim,
 ) -> Result<Accepted, IngestError> {
     let limits = ingest.limits();
@@ -168,6 +182,7 @@ async fn receive(
             &mut reservation,
             deadline,
             body_len,
+            conn,
             0,
             |_| Ok((0, 0)),
         )

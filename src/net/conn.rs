@@ -32,6 +32,9 @@ pub struct ConnState {
     evict: tokio::sync::Notify,
     /// Picked for eviction and not yet gone (so not picked twice).
     evicting: AtomicBool,
+    /// Bytes received on the connection so far (after TLS), for the in-flight budget
+    /// to tell a stalled request from one whose connection is busy with others.
+    received: Arc<AtomicU64>,
 }
 
 /// What a check of a connection found.
@@ -58,7 +61,13 @@ impl ConnState {
             h2: AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
             evicting: AtomicBool::new(false),
+            received: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The count of bytes received on the connection, shared.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
     }
 
     /// Since when the connection has been idle, if it holds nothing a client waits on
@@ -324,6 +333,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let n = buf.filled().len() - before;
+            self.state.received.fetch_add(n as u64, Ordering::Relaxed);
             self.state.bytes_read();
         }
         poll

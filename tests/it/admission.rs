@@ -202,6 +202,9 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
             .await,
         Some(held)
     );
+    // Past the grace they all are behind, so the first request that waits finds all six
+    // at once (later ones, each served at once, would wait for nothing).
+    tokio::time::sleep(Duration::from_millis(800)).await;
 
     let body = spans(1000);
     assert!(body.len() > 200_000, "{} bytes", body.len());
@@ -262,6 +265,90 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
         d.metric("sloxide_receiver_in_flight_bytes", &[]).await,
         Some(0.0)
     );
+}
+
+/// An HTTP/2 client that sends the bodies of its streams one after another, at about
+/// 400 KB/s, while another request waits for room: the streams not begun yet receive
+/// nothing for a second or more, but their connection is busy with the others, so they
+/// keep their room and all three are answered OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
+    let d = Daemon::start(&config(
+        "limits:\n  max_in_flight_bytes: 4MiB\n  admission_wait: 5s\n",
+    ));
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let body = spans(1000);
+    let mut message = vec![0u8];
+    message.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    message.extend_from_slice(&body);
+    let mut sends = Vec::new();
+    let mut responses = Vec::new();
+    for _ in 0..3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        sends.push(send);
+        responses.push(response);
+    }
+    // Each stream holds 1 MiB until its prefix arrives: 3 MiB of the 4. A request that
+    // needs the whole budget then waits for room, up to 5 s.
+    assert_eq!(
+        d.wait_metric("sloxide_receiver_in_flight_bytes", &[], 3.0 * 1048576.0)
+            .await,
+        Some(3.0 * 1048576.0)
+    );
+    let mut waiting = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    waiting
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 3000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        d.wait_metric("sloxide_receiver_admission_waits_total", &[], 1.0)
+            .await,
+        Some(1.0)
+    );
+    // The bodies, one after another, 16 KiB every 40 ms.
+    for send in &mut sends {
+        for chunk in message.chunks(16 << 10) {
+            send.reserve_capacity(chunk.len());
+            send.send_data(Bytes::copy_from_slice(chunk), false)
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        send.send_data(Bytes::new(), true).unwrap();
+    }
+    for response in responses {
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered")
+            .expect("a response, not a reset");
+        // A refusal comes in the headers (trailers only); an answer, in the trailers.
+        let mut status = response.headers().get("grpc-status").cloned();
+        if status.is_none() {
+            let mut body = response.into_body();
+            while let Some(data) = body.data().await {
+                data.unwrap();
+            }
+            let trailers = body.trailers().await.unwrap().unwrap_or_default();
+            status = trailers.get("grpc-status").cloned();
+        }
+        assert_eq!(status.as_ref().map(|v| v.to_str().unwrap()), Some("0"));
+    }
+    assert_eq!(
+        d.metric("sloxide_receiver_reclaimed_requests_total", &[])
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(accepted(&d, "grpc").await, 3000.0);
+    drop(waiting);
 }
 
 /// 120 concurrent exports of 2000 spans each, from clients that never retry (the
