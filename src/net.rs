@@ -567,6 +567,14 @@ impl Peer {
 #[derive(Debug, Clone)]
 pub struct ConnReceived(pub Arc<std::sync::atomic::AtomicU64>);
 
+impl ConnReceived {
+    /// The count of the connection a request (its `extensions`) came on, when a
+    /// listener put it there.
+    pub fn of(extensions: &http::Extensions) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        extensions.get::<ConnReceived>().map(|c| c.0.clone())
+    }
+}
+
 impl<S, B, R> hyper::service::Service<http::Request<Incoming>> for Adapter<S, B>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>

@@ -162,10 +162,7 @@ where
     let (parts, mut body) = req.into_parts();
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Grpc, signal, peer);
-    let conn = parts
-        .extensions
-        .get::<crate::net::ConnReceived>()
-        .map(|c| c.0.clone());
+    let conn = crate::net::ConnReceived::of(&parts.extensions);
     let received = receive(
         &ingest,
         signal,

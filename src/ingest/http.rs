@@ -69,10 +69,7 @@ async fn export(ingest: Arc<Ingest>, signal: Signal, req: Request) -> Response {
     let peer = parts.extensions.get::<crate::net::Peer>().map(|p| p.0);
     let unanswered = ingest.unanswered(Transport::Http, signal, peer);
     let claim = unanswered.claim();
-    let conn = parts
-        .extensions
-        .get::<crate::net::ConnReceived>()
-        .map(|c| c.0.clone());
+    let conn = crate::net::ConnReceived::of(&parts.extensions);
     let received = receive(
         &ingest,
         signal,

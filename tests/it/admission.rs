@@ -35,6 +35,35 @@ async fn accepted(d: &Daemon, transport: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Reads an HTTP/1 request's answer to the end: it has `status` and closes its
+/// connection.
+async fn answered_and_closed(mut tcp: tokio::net::TcpStream, status: &str) {
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the request is answered and its connection closed")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+}
+
+/// The grpc-status a stream task (which returns the response's, if any) got, within
+/// `secs` seconds.
+async fn stream_status(
+    stream: tokio::task::JoinHandle<Result<Option<String>, h2::Error>>,
+    secs: u64,
+) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(secs), stream)
+        .await
+        .expect("the stream is answered")
+        .unwrap()
+        .expect("a response, not a reset")
+}
+
 /// 64 HTTP/1.1 requests that stall mid-body, and one HTTP/2 connection whose streams all
 /// stall mid-message, while other clients export on both transports: every other
 /// export is answered, and quickly. At `body_read_timeout` the stalled ones get 408 /
@@ -118,27 +147,12 @@ async fn stalled_bodies_and_streams_do_not_starve_other_clients() {
     );
 
     // The stalled HTTP/1 requests are answered 408 and their connections closed.
-    for mut tcp in stalled {
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
-            .await
-            .expect("the stalled request is answered and closed")
-            .unwrap();
-        let reply = String::from_utf8_lossy(&reply);
-        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-        assert!(
-            reply.to_ascii_lowercase().contains("connection: close"),
-            "{reply}"
-        );
+    for tcp in stalled {
+        answered_and_closed(tcp, "408").await;
     }
     // Every stalled stream is answered DEADLINE_EXCEEDED (4).
     for stream in streams {
-        let status = tokio::time::timeout(Duration::from_secs(30), stream)
-            .await
-            .expect("the stalled stream is answered")
-            .unwrap()
-            .expect("a response, not a reset");
-        assert_eq!(status.as_deref(), Some("4"));
+        assert_eq!(stream_status(stream, 30).await.as_deref(), Some("4"));
     }
     assert_eq!(refused(&d, "http", "timeout").await, Some(64.0));
     assert_eq!(refused(&d, "grpc", "timeout").await, Some(64.0));
@@ -230,27 +244,12 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
         "slowest export pair {slowest:?}"
     );
 
-    for mut tcp in squatting {
-        let mut reply = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
-            .await
-            .expect("the squatting request is answered and closed")
-            .unwrap();
-        let reply = String::from_utf8_lossy(&reply);
-        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
-        assert!(
-            reply.to_ascii_lowercase().contains("connection: close"),
-            "{reply}"
-        );
+    for tcp in squatting {
+        answered_and_closed(tcp, "503").await;
     }
     // UNAVAILABLE (14), which clients retry.
     for stream in streams {
-        let status = tokio::time::timeout(Duration::from_secs(10), stream)
-            .await
-            .expect("the squatting stream is answered")
-            .unwrap()
-            .expect("a response, not a reset");
-        assert_eq!(status.as_deref(), Some("14"));
+        assert_eq!(stream_status(stream, 10).await.as_deref(), Some("14"));
     }
     assert_eq!(
         d.metric("sloxide_receiver_reclaimed_requests_total", &[])
