@@ -560,10 +560,12 @@ impl Peer {
     }
 }
 
-/// The bytes received so far on a request's connection, all its requests together: an
-/// extension of every request the listeners hand on. On HTTP/2 a request can receive
-/// nothing for a while because its client is sending the bodies of other requests on
-/// the same connection; the in-flight budget reads this to tell that from a stall.
+/// The body bytes read so far by a connection's requests, all of them together: an
+/// extension of every request the listeners hand on, counted by the in-flight budget's
+/// body reads. On HTTP/2 a request can receive nothing for a while because its client
+/// is sending the bodies of other requests on the same connection; the budget reads
+/// this to tell that from a stall. Body bytes only: frames, pings and headers do not
+/// count.
 #[derive(Debug, Clone)]
 pub struct ConnReceived(pub Arc<std::sync::atomic::AtomicU64>);
 

@@ -58,7 +58,7 @@ pub const BASE_RESERVATION: usize = 4 << 10;
 /// How long a body read keeps its room, while others wait for room, before its pace is
 /// judged: long enough for a body sent at once to arrive, short enough that a request
 /// waiting `limits.admission_wait` (1 s by default) gets the room.
-pub const RECLAIM_GRACE: Duration = Duration::from_millis(500);
+const RECLAIM_GRACE: Duration = Duration::from_millis(500);
 
 /// How often the budget looks for room to take back while reservations wait.
 const RECLAIM_EVERY: Duration = Duration::from_millis(100);
@@ -107,8 +107,8 @@ struct Reading {
     /// The body's declared length, or a guess while it has none.
     expected: AtomicUsize,
     received: AtomicUsize,
-    /// The bytes received on the request's connection, all its requests together, and
-    /// their count when this read began.
+    /// The body bytes read by the requests of this one's connection, all together
+    /// (this one's added as they arrive), and their count when this read began.
     conn: Option<(Arc<AtomicU64>, u64)>,
     reclaimed: AtomicBool,
     wake: Notify,
@@ -131,7 +131,7 @@ impl Reading {
             .div_ceil(allowed.as_nanos().max(1))
             .min(expected as u128) as u64;
         let received = received as u64;
-        (received == 0 || received < due).then(|| due.saturating_sub(received).max(1))
+        (received < due).then(|| due - received)
     }
 
     /// Whether the read has run for [`RECLAIM_GRACE`] and is behind on its own.
@@ -145,10 +145,11 @@ impl Reading {
 /// ([`Reading::shortfall`]), unless their connection is busy with others. On HTTP/2 a
 /// request can receive nothing for a while because its client sends the bodies of its
 /// other requests on the connection first: the reads behind on one connection are
-/// excused when what the connection received since the first of them began, beyond
-/// what they received themselves, covers all their shortfalls. So a connection must
-/// bring in, for its requests together, what each alone would have to: a client that
+/// excused when the body bytes its requests read since the first of them began, beyond
+/// what they read themselves, cover all their shortfalls. So a connection must bring
+/// in, for its requests together, about what each alone would have to: a client that
 /// sends one body and opens many requests it does not send is not excused for them.
+/// (On HTTP/1 a connection has one request at a time, which is judged alone.)
 fn behind<'r>(
     reads: impl Iterator<Item = &'r Arc<Reading>>,
     now: Instant,
@@ -481,7 +482,8 @@ impl Reservation {
     /// Registers the read of the request's body, expected to be `expected` bytes long
     /// (a guess while it has no declared length) and due by `deadline`, so that the
     /// budget can take the room back if it falls behind while others wait. `conn`
-    /// counts the bytes received on the request's connection, when known. The
+    /// counts the body bytes read by the requests of its connection, when known (this
+    /// read adds its own). The
     /// registration ends when the returned [`BodyRead`] is dropped.
     pub fn body_read(
         &self,
@@ -605,10 +607,13 @@ pub struct BodyRead {
 }
 
 impl BodyRead {
-    /// Counts `bytes` more of the body as arrived.
+    /// Counts `bytes` more of the body as arrived, for the read and its connection.
     #[inline]
     pub fn arrived(&self, bytes: usize) {
         self.reading.received.fetch_add(bytes, Ordering::Relaxed);
+        if let Some((conn, _)) = &self.reading.conn {
+            conn.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
 
     /// Sets the body's expected length (a gRPC message's, once its prefix is in).

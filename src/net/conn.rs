@@ -32,8 +32,9 @@ pub struct ConnState {
     evict: tokio::sync::Notify,
     /// Picked for eviction and not yet gone (so not picked twice).
     evicting: AtomicBool,
-    /// Bytes received on the connection so far (after TLS), for the in-flight budget
-    /// to tell a stalled request from one whose connection is busy with others.
+    /// Body bytes the connection's requests have read so far, counted by the in-flight
+    /// budget's body reads, to tell a stalled request from one whose connection is busy
+    /// with the bodies of others.
     received: Arc<AtomicU64>,
 }
 
@@ -65,7 +66,7 @@ impl ConnState {
         })
     }
 
-    /// The count of bytes received on the connection, shared.
+    /// The count of body bytes the connection's requests have read, shared.
     pub fn received(&self) -> Arc<AtomicU64> {
         self.received.clone()
     }
@@ -333,8 +334,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let n = buf.filled().len() - before;
-            self.state.received.fetch_add(n as u64, Ordering::Relaxed);
             self.state.bytes_read();
         }
         poll

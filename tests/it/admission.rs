@@ -269,12 +269,20 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
 /// An HTTP/2 client that sends the bodies of its streams one after another, at about
 /// 400 KB/s, while another request waits for room: the streams not begun yet receive
 /// nothing for a second or more, but their connection is busy with the others, so they
-/// keep their room and all three are answered OK.
+/// keep their room and all three are answered OK. Meanwhile an HTTP/1 request that
+/// sends nothing, on its own connection, is refused: room is being taken back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
     let d = Daemon::start(&config(
         "limits:\n  max_in_flight_bytes: 4MiB\n  admission_wait: 5s\n",
     ));
+    let mut squatter = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    squatter
+        .write_all(
+            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n",
+        )
+        .await
+        .unwrap();
     let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
@@ -295,13 +303,28 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
         sends.push(send);
         responses.push(response);
     }
-    // Each stream holds 1 MiB until its prefix arrives: 3 MiB of the 4. A request that
-    // needs the whole budget then waits for room, up to 5 s.
+    // Each stream holds 1 MiB until its prefix arrives: 3 MiB of the 4, beside the
+    // squatter's 200 KB.
+    let held = 3.0 * 1048576.0 + 200_000.0 + 4096.0;
     assert_eq!(
-        d.wait_metric("sloxide_receiver_in_flight_bytes", &[], 3.0 * 1048576.0)
+        d.wait_metric("sloxide_receiver_in_flight_bytes", &[], held)
             .await,
-        Some(3.0 * 1048576.0)
+        Some(held)
     );
+    // The bodies, one after another, 16 KiB every 40 ms, from now on.
+    let sender = tokio::spawn(async move {
+        for send in &mut sends {
+            for chunk in message.chunks(16 << 10) {
+                send.reserve_capacity(chunk.len());
+                send.send_data(Bytes::copy_from_slice(chunk), false)
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            send.send_data(Bytes::new(), true).unwrap();
+        }
+        sends
+    });
+    // A request that needs the whole budget waits for room, up to 5 s.
     let mut waiting = tokio::net::TcpStream::connect(d.http).await.unwrap();
     waiting
         .write_all(
@@ -314,16 +337,8 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
             .await,
         Some(1.0)
     );
-    // The bodies, one after another, 16 KiB every 40 ms.
-    for send in &mut sends {
-        for chunk in message.chunks(16 << 10) {
-            send.reserve_capacity(chunk.len());
-            send.send_data(Bytes::copy_from_slice(chunk), false)
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-        send.send_data(Bytes::new(), true).unwrap();
-    }
+    answered_and_closed(squatter, "503").await;
+    let _sends = sender.await.unwrap();
     for response in responses {
         let response = tokio::time::timeout(Duration::from_secs(10), response)
             .await
@@ -344,7 +359,7 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
     assert_eq!(
         d.metric("sloxide_receiver_reclaimed_requests_total", &[])
             .await,
-        Some(0.0)
+        Some(1.0)
     );
     assert_eq!(accepted(&d, "grpc").await, 3000.0);
     drop(waiting);
