@@ -739,10 +739,10 @@ impl Ingest {
     /// requests wait for room (overloaded: [`admission`]'s reclaiming). `expected` is
     /// the body's declared length, or a guess; `conn` counts the body bytes read by the
     /// requests of its connection ([`crate::net::ConnReceived`]), when known. The body
-    /// is kept in the pieces it arrived in ([`Received`]). Once `prefix` bytes (at most [`MAX_PREFIX`]) are in,
-    /// `on_prefix` reads them and says how much the request is expected to hold in all
-    /// (body and decode), and how long the body is; the reservation is set to the first
-    /// ([`Reservation::expect`]).
+    /// is kept in the pieces it arrived in ([`Received`]). Once `prefix` bytes (at most
+    /// [`MAX_PREFIX`]) are in, `on_prefix` reads them and says how much the request is
+    /// expected to hold in all (body and decode), and how long the body is; the
+    /// reservation is set to the first ([`Reservation::expect`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn read_body<B>(
         &self,

@@ -133,12 +133,6 @@ impl Reading {
         let received = received as u64;
         (received < due).then(|| due - received)
     }
-
-    /// Whether the read has run for [`RECLAIM_GRACE`] and is behind on its own.
-    #[cfg(test)]
-    fn behind(&self, now: Instant) -> bool {
-        self.shortfall(now).is_some()
-    }
 }
 
 /// The reads to take room back from, `now`: those behind on their own
@@ -155,8 +149,8 @@ fn behind<'r>(
     now: Instant,
 ) -> Vec<&'r Arc<Reading>> {
     let mut alone = Vec::new();
-    // (connection, its count now, the read, the read's shortfall)
-    let mut shared: Vec<(*const AtomicU64, u64, &'r Arc<Reading>, u64)> = Vec::new();
+    // (connection, its count now, its count when the read began, the read, its shortfall)
+    let mut shared: Vec<(*const AtomicU64, u64, u64, &'r Arc<Reading>, u64)> = Vec::new();
     for reading in reads {
         if reading.reclaimed.load(Ordering::Relaxed) {
             continue;
@@ -165,10 +159,11 @@ fn behind<'r>(
             continue;
         };
         match &reading.conn {
-            Some((conn, _)) => {
+            Some((conn, began)) => {
                 shared.push((
                     Arc::as_ptr(conn),
                     conn.load(Ordering::Relaxed),
+                    *began,
                     reading,
                     short,
                 ));
@@ -178,20 +173,16 @@ fn behind<'r>(
     }
     shared.sort_by_key(|&(conn, ..)| conn);
     for group in shared.chunk_by(|a, b| a.0 == b.0) {
-        let now_count = group.iter().map(|&(_, count, ..)| count).max().unwrap_or(0);
-        let since = group
-            .iter()
-            .map(|(_, _, r, _)| r.conn.as_ref().map_or(0, |c| c.1))
-            .min()
-            .unwrap_or(0);
+        let now_count = group.iter().map(|g| g.1).max().unwrap_or(0);
+        let since = group.iter().map(|g| g.2).min().unwrap_or(0);
         let own: u64 = group
             .iter()
-            .map(|(_, _, r, _)| r.received.load(Ordering::Relaxed) as u64)
+            .map(|g| g.3.received.load(Ordering::Relaxed) as u64)
             .sum();
         let others = now_count.saturating_sub(since).saturating_sub(own);
-        let short: u64 = group.iter().map(|&(.., short)| short).sum();
+        let short: u64 = group.iter().map(|g| g.4).sum();
         if others < short {
-            alone.extend(group.iter().map(|&(_, _, r, _)| r));
+            alone.extend(group.iter().map(|g| g.3));
         }
     }
     alone
@@ -953,9 +944,9 @@ mod tests {
             reclaimed: AtomicBool::new(false),
             wake: Notify::new(),
         };
-        assert!(slow.behind(Instant::now()));
+        assert!(slow.shortfall(Instant::now()).is_some());
         slow.received.store(5_000, Ordering::Relaxed);
-        assert!(!slow.behind(Instant::now()));
+        assert!(slow.shortfall(Instant::now()).is_none());
     }
 
     /// A read begun `ago` before now, due 30 s after it began, with `received` of

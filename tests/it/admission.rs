@@ -1,6 +1,6 @@
 //! Admission under attack and under bursts, with the real binary on loopback: stalled
-//! senders hold only what they sent and are dropped at `limits.body_read_timeout`;
-//! bursts of concurrent exports are absorbed, not refused; large decodes stay off the
+//! senders hold only what they sent and are dropped at `limits.body_read_timeout`, or
+//! give their room up sooner to requests that wait for it; bursts of concurrent exports are absorbed, not refused; large decodes stay off the
 //! workers that answer `/healthz`.
 
 use std::time::{Duration, Instant};
@@ -33,6 +33,57 @@ async fn accepted(d: &Daemon, transport: &str) -> f64 {
     )
     .await
     .unwrap_or(0.0)
+}
+
+/// Opens an HTTP/1.1 connection and sends a protobuf trace export's head declaring a
+/// `len`-byte body, then `sent` of it, and nothing more.
+async fn http1_export_head(d: &Daemon, len: usize, sent: &[u8]) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(sent).await.unwrap();
+    tcp
+}
+
+/// Opens one HTTP/2 connection to the gRPC port with `n` trace export streams, each
+/// of which sends `sent` (nothing when empty) and no more. Each task returns its
+/// response's grpc-status header, if any (a refusal's).
+async fn grpc_streams_that_stall(
+    d: &Daemon,
+    n: usize,
+    sent: &[u8],
+) -> Vec<tokio::task::JoinHandle<Result<Option<String>, h2::Error>>> {
+    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    (0..n)
+        .map(|_| {
+            let mut client = client.clone();
+            let addr = d.grpc;
+            let sent = Bytes::copy_from_slice(sent);
+            tokio::spawn(async move {
+                let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .unwrap();
+                client = client.ready().await.unwrap();
+                let (response, mut body) = client.send_request(request, false).unwrap();
+                if !sent.is_empty() {
+                    body.send_data(sent, false).unwrap();
+                }
+                let response = response.await;
+                drop(body);
+                response.map(|r| {
+                    r.headers()
+                        .get("grpc-status")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                })
+            })
+        })
+        .collect()
 }
 
 /// Reads an HTTP/1 request's answer to the end: it has `status` and closes its
@@ -75,45 +126,15 @@ async fn stalled_bodies_and_streams_do_not_starve_other_clients() {
 
     let mut stalled = Vec::new();
     for _ in 0..64 {
-        let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
-        tcp.write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n0123456789",
-        )
-        .await
-        .unwrap();
-        stalled.push(tcp);
+        stalled.push(http1_export_head(&d, 100_000, b"0123456789").await);
     }
 
     // One HTTP/2 connection opens 64 streams. Each declares a 100 000-byte message and
     // sends 10 bytes of it.
-    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut streams = Vec::new();
-    for _ in 0..64 {
-        let mut client = client.clone();
-        let addr = d.grpc;
-        streams.push(tokio::spawn(async move {
-            let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            client = client.ready().await.unwrap();
-            let (response, mut body) = client.send_request(request, false).unwrap();
-            let mut prefix = vec![0u8];
-            prefix.extend_from_slice(&100_000u32.to_be_bytes());
-            prefix.extend_from_slice(b"0123456789");
-            body.send_data(Bytes::from(prefix), false).unwrap();
-            let response = response.await;
-            drop(body);
-            response.map(|r| {
-                r.headers()
-                    .get("grpc-status")
-                    .map(|v| v.to_str().unwrap().to_owned())
-            })
-        }));
-    }
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&100_000u32.to_be_bytes());
+    prefix.extend_from_slice(b"0123456789");
+    let streams = grpc_streams_that_stall(&d, 64, &prefix).await;
 
     // Meanwhile, others export over both transports, one after another.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -177,38 +198,9 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
     let d = Daemon::start(&config("limits:\n  max_in_flight_bytes: 8MiB\n"));
     let mut squatting = Vec::new();
     for _ in 0..2 {
-        let mut tcp = tokio::net::TcpStream::connect(d.http).await.unwrap();
-        tcp.write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 1000000\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        squatting.push(tcp);
+        squatting.push(http1_export_head(&d, 1_000_000, b"").await);
     }
-    let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut streams = Vec::new();
-    for _ in 0..4 {
-        let mut client = client.clone();
-        let addr = d.grpc;
-        streams.push(tokio::spawn(async move {
-            let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            client = client.ready().await.unwrap();
-            let (response, body) = client.send_request(request, false).unwrap();
-            let response = response.await;
-            drop(body);
-            response.map(|r| {
-                r.headers()
-                    .get("grpc-status")
-                    .map(|v| v.to_str().unwrap().to_owned())
-            })
-        }));
-    }
+    let streams = grpc_streams_that_stall(&d, 4, b"").await;
     // All six are admitted: the budget holds them.
     let held = 2.0 * (2_000_000.0 + 4096.0) + 4.0 * 1048576.0;
     assert_eq!(
@@ -276,13 +268,7 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
     let d = Daemon::start(&config(
         "limits:\n  max_in_flight_bytes: 4MiB\n  admission_wait: 5s\n",
     ));
-    let mut squatter = tokio::net::TcpStream::connect(d.http).await.unwrap();
-    squatter
-        .write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 100000\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let squatter = http1_export_head(&d, 100_000, b"").await;
     let tcp = tokio::net::TcpStream::connect(d.grpc).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
@@ -325,13 +311,7 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
         sends
     });
     // A request that needs the whole budget waits for room, up to 5 s.
-    let mut waiting = tokio::net::TcpStream::connect(d.http).await.unwrap();
-    waiting
-        .write_all(
-            b"POST /v1/traces HTTP/1.1\r\nhost: sloxide\r\ncontent-type: application/x-protobuf\r\ncontent-length: 3000000\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let waiting = http1_export_head(&d, 3_000_000, b"").await;
     assert_eq!(
         d.wait_metric("sloxide_receiver_admission_waits_total", &[], 1.0)
             .await,
