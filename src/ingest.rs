@@ -246,6 +246,39 @@ fn read_in_steps(
     }
 }
 
+/// What a compressed body is taken to inflate to, as a multiple of its size, when its
+/// format does not state its size: OTLP requests of mixed traffic compress about 6 to 1
+/// with gzip and with zstd (docs/benchmarks.md); one service's repeated spans, more.
+const INFLATE_GUESS_RATIO: usize = 8;
+
+/// What `src`, laid out as `format`, is expected to inflate to, at most `limit`: the
+/// size the body states where its format writes one (a gzip member's `ISIZE`, a zstd
+/// frame's content size, a snappy block's length), else [`INFLATE_GUESS_RATIO`] times
+/// its size. Only an expectation, for making room before inflating
+/// ([`Reservation::grow`]): the inflation is charged as it goes all the same, so a body
+/// that states too little, or too much, is bounded as any other.
+fn inflated_estimate(format: Format, src: &[u8], limit: usize) -> usize {
+    // The smallest gzip member: a 10-byte header, an empty block, an 8-byte trailer.
+    const GZIP_MIN: usize = 20;
+    let stated = match format {
+        // The last member's size modulo 2^32: the body's, when it is one member.
+        Format::Gzip if src.len() >= GZIP_MIN => src
+            .last_chunk::<4>()
+            .map(|isize| u32::from_le_bytes(*isize) as usize),
+        Format::Zstd => zstd::zstd_safe::get_frame_content_size(src)
+            .ok()
+            .flatten()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
+            snap::raw::decompress_len(src).ok()
+        }
+        _ => None,
+    };
+    stated
+        .unwrap_or_else(|| src.len().saturating_mul(INFLATE_GUESS_RATIO))
+        .min(limit)
+}
+
 /// Uncompressed protobuf bodies up to this size are decoded on the async worker that
 /// read them (a 1000-span request, about 380 KB, takes about 100 µs); larger ones, and
 /// every compressed body, go to the decode threads ([`decoders`]), so no request can
@@ -828,6 +861,20 @@ impl Ingest {
             Encoding::Protobuf => INLINE_PROTOBUF_BYTES,
             Encoding::Json => INLINE_JSON_BYTES,
         };
+        let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
+        // Room for what a compressed body becomes (inflated, and its decode) is made
+        // before it is inflated, waiting for it if need be, so that bodies that arrive
+        // together wait their turn rather than all pass the ceiling as they inflate.
+        if let Some(format) = compressed {
+            let expected =
+                inflated_estimate(format, &raw.join()[start..], limits.max_decompressed_bytes);
+            reservation
+                .grow(
+                    expected.saturating_add(decode_estimate(encoding, expected)),
+                    wait,
+                )
+                .await?;
+        }
         // A small compressed body (what a Collector sends by default) is inflated here
         // when it stays small; one that grows past that goes to a decode thread whole.
         let mut inflated = None;
@@ -879,7 +926,6 @@ impl Ingest {
             })
             .unwrap_or(Err(IngestError::Internal("its decode failed")));
         }
-        let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         let Some(slot) = self.decoders.slot(wait).await else {
             return Err(IngestError::Overloaded);
         };
@@ -1549,6 +1595,39 @@ mod tests {
                 assert!(out.is_empty(), "{} bytes", out.len());
             }
         }
+    }
+
+    #[test]
+    fn inflated_sizes_are_read_where_the_format_states_them_and_guessed_elsewhere() {
+        let body: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        let limit = 64 << 20;
+        for format in FORMATS {
+            let packed = compress(format, &body);
+            let expected = inflated_estimate(format, &packed, limit);
+            match format {
+                // gzip's ISIZE, zstd's content size (written by a one-shot compression),
+                // a snappy block's length.
+                Format::Gzip | Format::Zstd | Format::Snappy => {
+                    assert_eq!(expected, body.len(), "{format:?}");
+                }
+                Format::Zlib | Format::SnappyFramed => {
+                    assert_eq!(expected, packed.len() * INFLATE_GUESS_RATIO, "{format:?}");
+                }
+            }
+            // Never past the limit.
+            assert_eq!(inflated_estimate(format, &packed, 1000), 1000, "{format:?}");
+        }
+        // A zstd stream that does not state its size is guessed at.
+        let streamed = zstd::stream::encode_all(&body[..], 1).unwrap();
+        assert_eq!(
+            inflated_estimate(Format::Zstd, &streamed, limit),
+            streamed.len() * INFLATE_GUESS_RATIO
+        );
+        // Bytes too short or corrupt for their format are guessed at too.
+        assert_eq!(inflated_estimate(Format::Gzip, b"\x1f\x8b", limit), 16);
+        assert_eq!(inflated_estimate(Format::Zstd, b"nonsense", limit), 64);
     }
 
     #[test]

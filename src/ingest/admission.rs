@@ -19,7 +19,10 @@
 //! decompressed body, the decode of one) is charged without waiting, up to a hard
 //! ceiling of one and a half times the budget; a charge past the ceiling refuses the
 //! request (503) rather than wait, because requests that wait for more while holding
-//! some could hold the whole budget and wait for each other.
+//! some could hold the whole budget and wait for each other. The one wait for more:
+//! a compressed body, before it is inflated, waits for room for what it is expected to
+//! become ([`Reservation::grow`]), ahead of new requests, and only while the requests
+//! waiting so could not hold each other up for good.
 //!
 //! A reservation is taken before its body arrives, so a client could hold room it
 //! never fills: send headers that declare a large body, then nothing (or a byte now and
@@ -192,7 +195,21 @@ fn behind<'r>(
 #[derive(Debug)]
 struct Waiter {
     bytes: usize,
+    /// For a request that already holds room and waits for more before it inflates its
+    /// body ([`Reservation::grow`]): what it holds. Such waiters queue ahead of new
+    /// requests, and may be admitted up to the ceiling.
+    holding: Option<usize>,
     admitted: oneshot::Sender<()>,
+}
+
+impl Waiter {
+    /// The most the budget may hold once this waiter is admitted.
+    fn limit(&self, shared: &Shared) -> usize {
+        match self.holding {
+            Some(_) => shared.ceiling,
+            None => shared.total,
+        }
+    }
 }
 
 impl Shared {
@@ -244,7 +261,7 @@ impl Shared {
                 queue.pop_front();
                 continue;
             }
-            if !self.try_add(oldest.bytes, self.total) {
+            if !self.try_add(oldest.bytes, oldest.limit(self)) {
                 // No room for the oldest: it waits, and those behind it with it.
                 break;
             }
@@ -323,9 +340,81 @@ impl Shared {
                 .queue
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            queue.push_back(Waiter { bytes, admitted });
+            queue.push_back(Waiter {
+                bytes,
+                holding: None,
+                admitted,
+            });
             self.queued.store(queue.len(), Ordering::SeqCst);
         }
+        self.wait_for(bytes, wait, deadline).await
+    }
+
+    /// Adds `bytes` for a request that holds `holding` already, up to the ceiling,
+    /// waiting for room until `deadline` ahead of new requests: `Ok(true)` once added.
+    /// `Ok(false)` adds nothing: the request alone would pass the ceiling, or the
+    /// requests already waiting to grow could, with it, hold so much that the oldest of
+    /// them could never be admitted (see [`Reservation::grow`]).
+    async fn grow(
+        self: &Arc<Self>,
+        bytes: usize,
+        holding: usize,
+        deadline: Instant,
+    ) -> Result<bool, IngestError> {
+        if holding.saturating_add(bytes) > self.ceiling {
+            return Ok(false);
+        }
+        // Room now, and nobody waiting: the usual case, without the queue's lock.
+        if self.queued.load(Ordering::SeqCst) == 0 && self.try_add(bytes, self.ceiling) {
+            return Ok(true);
+        }
+        let (admitted, wait) = oneshot::channel();
+        {
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Growing requests queue ahead of new ones, oldest first.
+            let growing = queue.iter().take_while(|w| w.holding.is_some()).count();
+            if growing == 0 && self.try_add(bytes, self.ceiling) {
+                return Ok(true);
+            }
+            // Whatever else is held comes back in time (it is read, or decoded with
+            // its room in hand), but what growing requests hold comes back only once
+            // they are admitted, oldest first. So they wait only while all they hold,
+            // and the most any one of them asks for, fit under the ceiling together:
+            // then the oldest is admitted once the rest has come back, and each after
+            // it in turn. Otherwise this one does not wait.
+            let (held, most) = queue
+                .iter()
+                .take(growing)
+                .filter(|w| !w.admitted.is_closed())
+                .fold((holding, bytes), |(held, most), w| {
+                    (held + w.holding.unwrap_or(0), most.max(w.bytes))
+                });
+            if held.saturating_add(most) > self.ceiling {
+                return Ok(false);
+            }
+            queue.insert(
+                growing,
+                Waiter {
+                    bytes,
+                    holding: Some(holding),
+                    admitted,
+                },
+            );
+            self.queued.store(queue.len(), Ordering::SeqCst);
+        }
+        self.wait_for(bytes, wait, deadline).await.map(|()| true)
+    }
+
+    /// Waits, queued, until `bytes` are added for this waiter or `deadline` passes.
+    async fn wait_for(
+        self: &Arc<Self>,
+        bytes: usize,
+        wait: oneshot::Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), IngestError> {
         let mut wait = Wait {
             shared: self,
             bytes,
@@ -534,6 +623,33 @@ impl Reservation {
                 return Err(self.budget.refusal(want));
             }
             self.reserved = want;
+        }
+        Ok(())
+    }
+
+    /// Makes room for the request to hold `bytes` more than it uses now (a compressed
+    /// body about to be inflated and decoded: what it is expected to become), waiting
+    /// for it until `deadline`, ahead of new requests, and up to the hard ceiling; then
+    /// refused (overloaded). Without this, such a body would be charged as it inflates,
+    /// without waiting, and requests that arrived together and inflated together could
+    /// all pass the ceiling and all be refused, where uncompressed bodies of the same
+    /// size would wait their turn.
+    ///
+    /// The requests waiting to grow hold room while they wait, and only what others
+    /// hold comes back for sure. So a request waits only while the growing requests'
+    /// holdings and the most any of them asks for fit under the ceiling together;
+    /// otherwise, and when it alone would pass the ceiling, nothing is added and its
+    /// charges are made as it inflates, as before (they may be refused then).
+    pub async fn grow(&mut self, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
+        let more = self
+            .used
+            .saturating_add(bytes)
+            .saturating_sub(self.reserved);
+        if more == 0 {
+            return Ok(());
+        }
+        if self.budget.grow(more, self.reserved, deadline).await? {
+            self.reserved += more;
         }
         Ok(())
     }
@@ -789,6 +905,87 @@ mod tests {
         assert_eq!(small.await.unwrap().unwrap().bytes(), BASE_RESERVATION);
         assert_eq!(budget.in_use_bytes(), 0);
         assert_eq!(budget.waits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_grows_waits_ahead_of_new_ones_and_up_to_the_ceiling() {
+        // 32 KiB, a ceiling of 48.
+        let budget = Arc::new(Budget::new(32 * KIB));
+        let mut a = budget.admit(20 * KIB, soon()).await.unwrap();
+        let mut b = budget.admit(4 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 32 * KIB);
+        // Room for 12 KiB more than it uses: 4 more than it holds, added at once, past
+        // the budget.
+        b.grow(12 * KIB, soon()).await.unwrap();
+        assert_eq!((b.bytes(), budget.in_use_bytes()), (12 * KIB, 36 * KIB));
+        // Within what it holds and does not use yet: nothing to add.
+        b.charge(2 * KIB).unwrap();
+        b.grow(10 * KIB, soon()).await.unwrap();
+        assert_eq!(b.bytes(), 12 * KIB);
+        // No room: a new request waits, and `a`, asking to grow after it, waits ahead
+        // of it.
+        let later = Instant::now() + Duration::from_secs(5);
+        let budget2 = budget.clone();
+        let new = tokio::spawn(async move { budget2.admit(0, later).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let grown = tokio::spawn(async move { a.grow(40 * KIB, later).await.map(|()| a) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!grown.is_finished() && !new.is_finished());
+        // `b` is done: `a` grows past the budget (40 of 32 KiB), and the new one still
+        // waits for room under the budget.
+        drop(b);
+        let a = grown.await.unwrap().unwrap();
+        assert_eq!((a.bytes(), budget.in_use_bytes()), (40 * KIB, 40 * KIB));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!new.is_finished());
+        drop(a);
+        assert_eq!(new.await.unwrap().unwrap().bytes(), BASE_RESERVATION);
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_does_not_wait_to_grow_when_it_could_hold_up_the_others_for_good() {
+        let budget = Arc::new(Budget::new(32 * KIB));
+        let mut x = budget.admit(12 * KIB, soon()).await.unwrap();
+        let mut y = budget.admit(8 * KIB, soon()).await.unwrap();
+        let mut w = budget.admit(0, soon()).await.unwrap();
+        x.grow(30 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 46 * KIB);
+        // `y` waits: what it holds (12) and asks for (14 more) fit under the ceiling (48).
+        let later = Instant::now() + Duration::from_secs(5);
+        let grown = tokio::spawn(async move { y.grow(26 * KIB, later).await.map(|()| y) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!grown.is_finished());
+        // `w` asking for 40 KiB more: with `y` waiting, the two would hold 16 and one
+        // asks for 40, past 48, so that neither might ever be admitted. It does not
+        // wait, and nothing is added (its charges will be made as it goes).
+        w.grow(44 * KIB, soon()).await.unwrap();
+        assert_eq!(w.bytes(), BASE_RESERVATION);
+        // Alone past the ceiling: nothing added either.
+        w.grow(49 * KIB, soon()).await.unwrap();
+        assert_eq!(w.bytes(), BASE_RESERVATION);
+        drop(x);
+        let y = grown.await.unwrap().unwrap();
+        assert_eq!(y.bytes(), 26 * KIB);
+        drop((y, w));
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_grow_in_time_is_refused_and_holds_no_more() {
+        let budget = Budget::new(32 * KIB);
+        let mut a = budget.admit(12 * KIB, soon()).await.unwrap();
+        let mut b = budget.admit(12 * KIB, soon()).await.unwrap();
+        a.grow(32 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 48 * KIB);
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert!(matches!(
+            b.grow(24 * KIB, deadline).await,
+            Err(IngestError::Overloaded)
+        ));
+        assert_eq!((b.bytes(), budget.in_use_bytes()), (16 * KIB, 48 * KIB));
+        drop((a, b));
+        assert_eq!(budget.in_use_bytes(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

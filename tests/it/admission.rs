@@ -612,3 +612,81 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
         after >> 20
     );
 }
+
+/// Compressed exports that arrive together, each inflating to far more than it took to
+/// send (6 MB from about 320 KB), against a budget whose ceiling holds the inflated
+/// form and decode of only one or two at once: they wait their turn, as uncompressed
+/// ones do, rather than inflate together past the ceiling and be refused. Before room
+/// was made for them ahead of inflating, about 7 of 16 such gzip bodies over HTTP, and
+/// 28 of 64 over gRPC, were refused as overloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_compressed_exports_wait_their_turn() {
+    let d = Daemon::start(&config(
+        "limits:\n  max_in_flight_bytes: 16MiB\n  admission_wait: 60s\n",
+    ));
+    let raw = spans(16_000);
+    let gzip = crate::e2e::gzip(&raw);
+    // A single-shot zstd frame states its content size, as a gzip member does.
+    let zstd = zstd::bulk::compress(&raw, 3).unwrap();
+    assert!(raw.len() > 6_000_000 && gzip.len() < 400_000 && zstd.len() < 400_000);
+
+    let grpc: Vec<_> = (0..24)
+        .map(|_| {
+            let raw = raw.clone();
+            let d = &d;
+            async move {
+                grpc_call(
+                    d,
+                    TRACE_EXPORT,
+                    raw,
+                    Some(tonic::codec::CompressionEncoding::Gzip),
+                )
+                .await
+                .map(drop)
+                .map_err(|s| format!("gRPC: {s:?}"))
+            }
+        })
+        .collect();
+    let http: Vec<_> = [("gzip", &gzip); 16]
+        .into_iter()
+        .chain([("zstd", &zstd); 16])
+        .map(|(encoding, body)| {
+            let d = &d;
+            async move {
+                match post(
+                    d,
+                    "/v1/traces",
+                    "application/x-protobuf",
+                    Some(encoding),
+                    body.clone(),
+                )
+                .await
+                {
+                    (200, ..) => Ok(()),
+                    (status, _, body) => Err(format!(
+                        "HTTP {encoding}: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    )),
+                }
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let (grpc, http) = tokio::join!(futures_join_all(grpc), futures_join_all(http));
+    eprintln!("64 compressed exports in {:?}", started.elapsed());
+    let failed: Vec<_> = grpc
+        .into_iter()
+        .chain(http)
+        .filter_map(Result::err)
+        .collect();
+    assert!(failed.is_empty(), "{} refused: {failed:?}", failed.len());
+    assert_eq!(accepted(&d, "grpc").await, 24.0 * 16_000.0);
+    assert_eq!(accepted(&d, "http").await, 32.0 * 16_000.0);
+    for transport in ["grpc", "http"] {
+        assert_eq!(refused(&d, transport, "overloaded").await, Some(0.0));
+    }
+    assert_eq!(
+        d.metric("sloxide_receiver_in_flight_bytes", &[]).await,
+        Some(0.0)
+    );
+}
