@@ -251,31 +251,50 @@ fn read_in_steps(
 /// with gzip and with zstd (docs/benchmarks.md); one service's repeated spans, more.
 const INFLATE_GUESS_RATIO: usize = 8;
 
-/// What `src`, laid out as `format`, is expected to inflate to, at most `limit`: the
-/// size the body states where its format writes one (a gzip member's `ISIZE`, a zstd
-/// frame's content size, a snappy block's length), else [`INFLATE_GUESS_RATIO`] times
-/// its size. Only an expectation, for making room before inflating
-/// ([`Reservation::grow`]): the inflation is charged as it goes all the same, so a body
-/// that states too little, or too much, is bounded as any other.
-fn inflated_estimate(format: Format, src: &[u8], limit: usize) -> usize {
+/// The most a deflate stream (gzip, zlib) can inflate to, as a multiple of its size:
+/// a stated size beyond it is not believed.
+const DEFLATE_MAX_RATIO: usize = 1032;
+
+/// How many of a compressed body's first bytes [`inflated_estimate`] reads: a zstd
+/// frame header (at most 18 bytes) or a snappy block's length and stream identifier.
+const STATED_SIZE_HEAD: usize = 18;
+
+/// What a compressed body laid out as `format`, `len` bytes long, which opens with
+/// `head` (its first [`STATED_SIZE_HEAD`] bytes, or all of it) and ends with `tail`,
+/// is expected to inflate to, at most `limit`: the size the body states where its
+/// format writes one (a gzip member's `ISIZE`, a zstd frame's content size, a snappy
+/// block's length) and it is one the format could reach from `len` bytes, else
+/// [`INFLATE_GUESS_RATIO`] times `len`. Only an expectation, for making room before
+/// inflating ([`Reservation::grow`]): the inflation is charged as it goes all the same,
+/// so a body that states too little, or too much, is bounded as any other.
+fn inflated_estimate(
+    format: Format,
+    head: &[u8],
+    tail: [u8; 4],
+    len: usize,
+    limit: usize,
+) -> usize {
     // The smallest gzip member: a 10-byte header, an empty block, an 8-byte trailer.
     const GZIP_MIN: usize = 20;
     let stated = match format {
         // The last member's size modulo 2^32: the body's, when it is one member.
-        Format::Gzip if src.len() >= GZIP_MIN => src
-            .last_chunk::<4>()
-            .map(|isize| u32::from_le_bytes(*isize) as usize),
-        Format::Zstd => zstd::zstd_safe::get_frame_content_size(src)
+        Format::Gzip if len >= GZIP_MIN => Some(u32::from_le_bytes(tail) as usize)
+            .filter(|&n| n <= len.saturating_mul(DEFLATE_MAX_RATIO)),
+        // zstd can reach far further than deflate (a 128 KiB block of one byte in 4
+        // bytes), so its stated size is bounded by the limit alone.
+        Format::Zstd => zstd::zstd_safe::get_frame_content_size(head)
             .ok()
             .flatten()
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
-            snap::raw::decompress_len(src).ok()
+        Format::Snappy if !head.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
+            snap::raw::decompress_len(head)
+                .ok()
+                .filter(|&n| n <= len.saturating_mul(SNAPPY_MAX_RATIO))
         }
         _ => None,
     };
     stated
-        .unwrap_or_else(|| src.len().saturating_mul(INFLATE_GUESS_RATIO))
+        .unwrap_or_else(|| len.saturating_mul(INFLATE_GUESS_RATIO))
         .min(limit)
 }
 
@@ -863,17 +882,30 @@ impl Ingest {
         };
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         // Room for what a compressed body becomes (inflated, and its decode) is made
-        // before it is inflated, waiting for it if need be, so that bodies that arrive
-        // together wait their turn rather than all pass the ceiling as they inflate.
+        // before it is inflated, waiting for it if need be, so that large bodies that
+        // arrive together take turns rather than all pass the ceiling as they inflate.
+        // A body expected to stay small enough to inflate here is charged as it goes:
+        // only as many of those inflate at once as there are workers.
         if let Some(format) = compressed {
-            let expected =
-                inflated_estimate(format, &raw.join()[start..], limits.max_decompressed_bytes);
-            reservation
-                .grow(
-                    expected.saturating_add(decode_estimate(encoding, expected)),
-                    wait,
-                )
-                .await?;
+            let mut head = [0; MAX_PREFIX + STATED_SIZE_HEAD];
+            let n = raw.head(&mut head[..start.min(MAX_PREFIX) + STATED_SIZE_HEAD]);
+            let mut tail = [0; 4];
+            raw.tail(&mut tail);
+            let expected = inflated_estimate(
+                format,
+                head.get(start..n).unwrap_or_default(),
+                tail,
+                raw.len() - start,
+                limits.max_decompressed_bytes,
+            );
+            if expected > INLINE_PROTOBUF_BYTES {
+                reservation
+                    .grow(
+                        expected.saturating_add(decode_estimate(encoding, expected)),
+                        wait,
+                    )
+                    .await?;
+            }
         }
         // A small compressed body (what a Collector sends by default) is inflated here
         // when it stays small; one that grows past that goes to a decode thread whole.
@@ -889,7 +921,11 @@ impl Ingest {
             })
             .unwrap_or(Err(IngestError::Internal("its decompression failed")));
             match decompressed {
-                Ok(()) => inflated = Some(out),
+                Ok(()) => {
+                    // Room made for a larger estimate goes back.
+                    reservation.trim(decode_estimate(encoding, out.len()));
+                    inflated = Some(out);
+                }
                 // Too large for here, or a zstd frame whose window is larger than this
                 // small cap allows (the full limit may allow it): a decode thread tries
                 // again with the full limit.
@@ -956,6 +992,7 @@ impl Ingest {
                         &mut reservation,
                         &mut out,
                     )?;
+                    reservation.trim(decode_estimate(encoding, out.len()));
                     Some(out)
                 }
             };
@@ -1597,6 +1634,15 @@ mod tests {
         }
     }
 
+    /// [`inflated_estimate`] of a whole body.
+    fn estimate(format: Format, body: &[u8], limit: usize) -> usize {
+        let mut tail = [0; 4];
+        let n = body.len().min(4);
+        tail[4 - n..].copy_from_slice(&body[body.len() - n..]);
+        let head = &body[..body.len().min(STATED_SIZE_HEAD)];
+        inflated_estimate(format, head, tail, body.len(), limit)
+    }
+
     #[test]
     fn inflated_sizes_are_read_where_the_format_states_them_and_guessed_elsewhere() {
         let body: Vec<u8> = (0..3_000_000u32)
@@ -1605,29 +1651,44 @@ mod tests {
         let limit = 64 << 20;
         for format in FORMATS {
             let packed = compress(format, &body);
-            let expected = inflated_estimate(format, &packed, limit);
             match format {
                 // gzip's ISIZE, zstd's content size (written by a one-shot compression),
                 // a snappy block's length.
                 Format::Gzip | Format::Zstd | Format::Snappy => {
-                    assert_eq!(expected, body.len(), "{format:?}");
+                    assert_eq!(estimate(format, &packed, limit), body.len(), "{format:?}");
                 }
-                Format::Zlib | Format::SnappyFramed => {
-                    assert_eq!(expected, packed.len() * INFLATE_GUESS_RATIO, "{format:?}");
-                }
+                Format::Zlib | Format::SnappyFramed => assert_eq!(
+                    estimate(format, &packed, limit),
+                    packed.len() * INFLATE_GUESS_RATIO,
+                    "{format:?}"
+                ),
             }
             // Never past the limit.
-            assert_eq!(inflated_estimate(format, &packed, 1000), 1000, "{format:?}");
+            assert_eq!(estimate(format, &packed, 1000), 1000, "{format:?}");
         }
         // A zstd stream that does not state its size is guessed at.
         let streamed = zstd::stream::encode_all(&body[..], 1).unwrap();
         assert_eq!(
-            inflated_estimate(Format::Zstd, &streamed, limit),
+            estimate(Format::Zstd, &streamed, limit),
             streamed.len() * INFLATE_GUESS_RATIO
         );
+        // Sizes the format could not reach from so few bytes are not believed.
+        let mut gzip = compress(Format::Gzip, b"tiny");
+        let at = gzip.len() - 4;
+        gzip[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            estimate(Format::Gzip, &gzip, limit),
+            gzip.len() * INFLATE_GUESS_RATIO
+        );
+        let mut snappy = compress(Format::Snappy, b"tiny");
+        snappy.splice(..1, [0x80, 0x80, 0x80, 0x20]);
+        assert_eq!(
+            estimate(Format::Snappy, &snappy, limit),
+            snappy.len() * INFLATE_GUESS_RATIO
+        );
         // Bytes too short or corrupt for their format are guessed at too.
-        assert_eq!(inflated_estimate(Format::Gzip, b"\x1f\x8b", limit), 16);
-        assert_eq!(inflated_estimate(Format::Zstd, b"nonsense", limit), 64);
+        assert_eq!(estimate(Format::Gzip, b"\x1f\x8b", limit), 16);
+        assert_eq!(estimate(Format::Zstd, b"nonsense", limit), 64);
     }
 
     #[test]

@@ -352,9 +352,9 @@ impl Shared {
 
     /// Adds `bytes` for a request that holds `holding` already, up to the ceiling,
     /// waiting for room until `deadline` ahead of new requests: `Ok(true)` once added.
-    /// `Ok(false)` adds nothing: the request alone would pass the ceiling, or the
-    /// requests already waiting to grow could, with it, hold so much that the oldest of
-    /// them could never be admitted (see [`Reservation::grow`]).
+    /// `Ok(false)` adds nothing: the request alone would pass the ceiling, or, with the
+    /// requests already waiting to grow, one of them might never be admitted (see
+    /// [`Reservation::grow`]).
     async fn grow(
         self: &Arc<Self>,
         bytes: usize,
@@ -379,21 +379,24 @@ impl Shared {
             if growing == 0 && self.try_add(bytes, self.ceiling) {
                 return Ok(true);
             }
-            // Whatever else is held comes back in time (it is read, or decoded with
-            // its room in hand), but what growing requests hold comes back only once
-            // they are admitted, oldest first. So they wait only while all they hold,
-            // and the most any one of them asks for, fit under the ceiling together:
-            // then the oldest is admitted once the rest has come back, and each after
-            // it in turn. Otherwise this one does not wait.
-            let (held, most) = queue
+            // What other requests hold comes back in time: their bodies are read (or
+            // taken back when behind, or timed out), their decodes run with their room
+            // in hand. What growing requests hold comes back only once each is
+            // admitted, in order. So the oldest is admitted once it fits beside what it
+            // and those behind it hold, then the next one likewise. This one waits only
+            // while that holds for each of them, itself last.
+            let growers = queue
                 .iter()
                 .take(growing)
                 .filter(|w| !w.admitted.is_closed())
-                .fold((holding, bytes), |(held, most), w| {
-                    (held + w.holding.unwrap_or(0), most.max(w.bytes))
-                });
-            if held.saturating_add(most) > self.ceiling {
-                return Ok(false);
+                .map(|w| (w.holding.unwrap_or(0), w.bytes))
+                .chain([(holding, bytes)]);
+            let mut behind: usize = growers.clone().map(|(held, _)| held).sum();
+            for (held, wants) in growers {
+                if behind.saturating_add(wants) > self.ceiling {
+                    return Ok(false);
+                }
+                behind -= held;
             }
             queue.insert(
                 growing,
@@ -629,17 +632,18 @@ impl Reservation {
 
     /// Makes room for the request to hold `bytes` more than it uses now (a compressed
     /// body about to be inflated and decoded: what it is expected to become), waiting
-    /// for it until `deadline`, ahead of new requests, and up to the hard ceiling; then
+    /// for it until `deadline`, ahead of new requests, up to the hard ceiling; then
     /// refused (overloaded). Without this, such a body would be charged as it inflates,
-    /// without waiting, and requests that arrived together and inflated together could
-    /// all pass the ceiling and all be refused, where uncompressed bodies of the same
-    /// size would wait their turn.
+    /// without waiting, and large bodies that arrived together and inflated together
+    /// could all pass the ceiling and all be refused, where uncompressed bodies of the
+    /// same size would wait their turn. It may use the room between the budget and the
+    /// ceiling: when the budget is full of compressed bodies that have arrived, that is
+    /// the only room they can grow into.
     ///
-    /// The requests waiting to grow hold room while they wait, and only what others
-    /// hold comes back for sure. So a request waits only while the growing requests'
-    /// holdings and the most any of them asks for fit under the ceiling together;
-    /// otherwise, and when it alone would pass the ceiling, nothing is added and its
-    /// charges are made as it inflates, as before (they may be refused then).
+    /// Requests waiting to grow hold room while they wait. So a request waits only
+    /// while every one of them, in turn, fits under the ceiling beside what it and
+    /// those after it hold; otherwise, and when it alone would pass the ceiling, nothing
+    /// is added and it is charged as it inflates, as before (and may be refused then).
     pub async fn grow(&mut self, bytes: usize, deadline: Instant) -> Result<(), IngestError> {
         let more = self
             .used
@@ -652,6 +656,18 @@ impl Reservation {
             self.reserved += more;
         }
         Ok(())
+    }
+
+    /// Gives back what the request holds beyond its base, what it uses, and `bytes`
+    /// more: room made for an estimate that turned out larger than what came.
+    pub fn trim(&mut self, bytes: usize) {
+        let keep = BASE_RESERVATION
+            .saturating_add(self.used)
+            .saturating_add(bytes);
+        if keep < self.reserved {
+            self.budget.release(self.reserved - keep);
+            self.reserved = keep;
+        }
     }
 
     /// Accounts for `bytes` more held by the request: out of its reservation while it
@@ -909,34 +925,39 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_grows_waits_ahead_of_new_ones_and_up_to_the_ceiling() {
-        // 32 KiB, a ceiling of 48.
-        let budget = Arc::new(Budget::new(32 * KIB));
+        // 64 KiB, a ceiling of 96.
+        let budget = Arc::new(Budget::new(64 * KIB));
         let mut a = budget.admit(20 * KIB, soon()).await.unwrap();
-        let mut b = budget.admit(4 * KIB, soon()).await.unwrap();
-        assert_eq!(budget.in_use_bytes(), 32 * KIB);
-        // Room for 12 KiB more than it uses: 4 more than it holds, added at once, past
-        // the budget.
+        let mut b = budget.admit(0, soon()).await.unwrap();
+        // Room for 12 KiB more than it uses: 8 more than it holds, added at once.
         b.grow(12 * KIB, soon()).await.unwrap();
         assert_eq!((b.bytes(), budget.in_use_bytes()), (12 * KIB, 36 * KIB));
         // Within what it holds and does not use yet: nothing to add.
         b.charge(2 * KIB).unwrap();
         b.grow(10 * KIB, soon()).await.unwrap();
         assert_eq!(b.bytes(), 12 * KIB);
-        // No room: a new request waits, and `a`, asking to grow after it, waits ahead
-        // of it.
+        let c = budget.admit(24 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 64 * KIB);
+        // The budget is full: a new request waits, and `a`, asking after it to grow by
+        // more than the ceiling leaves, waits ahead of it.
         let later = Instant::now() + Duration::from_secs(5);
         let budget2 = budget.clone();
         let new = tokio::spawn(async move { budget2.admit(0, later).await });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let grown = tokio::spawn(async move { a.grow(40 * KIB, later).await.map(|()| a) });
+        let grown = tokio::spawn(async move { a.grow(70 * KIB, later).await.map(|()| a) });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!grown.is_finished() && !new.is_finished());
-        // `b` is done: `a` grows past the budget (40 of 32 KiB), and the new one still
-        // waits for room under the budget.
+        // `b` is done: room for the new one (4 KiB) but not for `a` (46 more), so
+        // neither goes.
         drop(b);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!grown.is_finished() && !new.is_finished());
+        // Then `c`: `a` grows past the budget (70 of 64 KiB), and the new one waits
+        // until the budget has room.
+        drop(c);
         let a = grown.await.unwrap().unwrap();
-        assert_eq!((a.bytes(), budget.in_use_bytes()), (40 * KIB, 40 * KIB));
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!((a.bytes(), budget.in_use_bytes()), (70 * KIB, 70 * KIB));
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!new.is_finished());
         drop(a);
         assert_eq!(new.await.unwrap().unwrap().bytes(), BASE_RESERVATION);
@@ -944,47 +965,69 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_does_not_wait_to_grow_when_it_could_hold_up_the_others_for_good() {
+    async fn a_request_does_not_wait_to_grow_when_it_would_hold_up_an_older_one_for_good() {
+        // 32 KiB, a ceiling of 48.
         let budget = Arc::new(Budget::new(32 * KIB));
-        let mut x = budget.admit(12 * KIB, soon()).await.unwrap();
+        let x = budget.admit(8 * KIB, soon()).await.unwrap();
         let mut y = budget.admit(8 * KIB, soon()).await.unwrap();
-        let mut w = budget.admit(0, soon()).await.unwrap();
-        x.grow(30 * KIB, soon()).await.unwrap();
-        assert_eq!(budget.in_use_bytes(), 46 * KIB);
-        // `y` waits: what it holds (12) and asks for (14 more) fit under the ceiling (48).
+        let mut w = budget.admit(4 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 32 * KIB);
+        // `y` waits: what it holds (12) and wants (30 more) fit under the ceiling.
         let later = Instant::now() + Duration::from_secs(5);
-        let grown = tokio::spawn(async move { y.grow(26 * KIB, later).await.map(|()| y) });
+        let grown = tokio::spawn(async move { y.grow(42 * KIB, later).await.map(|()| y) });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!grown.is_finished());
-        // `w` asking for 40 KiB more: with `y` waiting, the two would hold 16 and one
-        // asks for 40, past 48, so that neither might ever be admitted. It does not
-        // wait, and nothing is added (its charges will be made as it goes).
-        w.grow(44 * KIB, soon()).await.unwrap();
-        assert_eq!(w.bytes(), BASE_RESERVATION);
+        // `w` wanting 4 KiB more: waiting behind `y`, it would hold its 8 until `y` is
+        // admitted, and `y` (30 more beside 12 and 8) could not be. It does not wait,
+        // and nothing is added (it will be charged as it goes).
+        w.grow(12 * KIB, soon()).await.unwrap();
+        assert_eq!(w.bytes(), 8 * KIB);
         // Alone past the ceiling: nothing added either.
         w.grow(49 * KIB, soon()).await.unwrap();
-        assert_eq!(w.bytes(), BASE_RESERVATION);
+        assert_eq!(w.bytes(), 8 * KIB);
+        // Once what the others hold comes back, `y` grows.
         drop(x);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!grown.is_finished());
+        drop(w);
         let y = grown.await.unwrap().unwrap();
-        assert_eq!(y.bytes(), 26 * KIB);
-        drop((y, w));
+        assert_eq!(y.bytes(), 42 * KIB);
+        drop(y);
         assert_eq!(budget.in_use_bytes(), 0);
     }
 
     #[tokio::test]
     async fn a_request_that_cannot_grow_in_time_is_refused_and_holds_no_more() {
-        let budget = Budget::new(32 * KIB);
+        let budget = Budget::new(64 * KIB);
         let mut a = budget.admit(12 * KIB, soon()).await.unwrap();
         let mut b = budget.admit(12 * KIB, soon()).await.unwrap();
-        a.grow(32 * KIB, soon()).await.unwrap();
-        assert_eq!(budget.in_use_bytes(), 48 * KIB);
+        a.grow(64 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 80 * KIB);
         let deadline = Instant::now() + Duration::from_millis(30);
         assert!(matches!(
-            b.grow(24 * KIB, deadline).await,
+            b.grow(40 * KIB, deadline).await,
             Err(IngestError::Overloaded)
         ));
-        assert_eq!((b.bytes(), budget.in_use_bytes()), (16 * KIB, 48 * KIB));
+        assert_eq!((b.bytes(), budget.in_use_bytes()), (16 * KIB, 80 * KIB));
         drop((a, b));
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn room_made_for_more_than_came_is_given_back() {
+        let budget = Budget::new(64 * KIB);
+        let mut a = budget.admit(0, soon()).await.unwrap();
+        a.charge(KIB).unwrap();
+        a.grow(10 * KIB, soon()).await.unwrap();
+        assert_eq!(a.bytes(), 11 * KIB);
+        // 3 KiB came of the 10 expected; 2 more are wanted (its decode).
+        a.charge(3 * KIB).unwrap();
+        a.trim(2 * KIB);
+        assert_eq!((a.bytes(), budget.in_use_bytes()), (10 * KIB, 10 * KIB));
+        // Never more than it holds.
+        a.trim(100 * KIB);
+        assert_eq!(a.bytes(), 10 * KIB);
+        drop(a);
         assert_eq!(budget.in_use_bytes(), 0);
     }
 

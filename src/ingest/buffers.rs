@@ -180,6 +180,28 @@ impl Received {
         n
     }
 
+    /// Copies the last bytes of the body into the end of `out`; returns how many there
+    /// were.
+    pub fn tail(&self, out: &mut [u8]) -> usize {
+        if self.joined {
+            let n = out.len().min(self.buf.len());
+            let at = out.len() - n;
+            out[at..].copy_from_slice(&self.buf[self.buf.len() - n..]);
+            return n;
+        }
+        let mut n = 0;
+        for piece in self.pieces.iter().rev() {
+            let k = piece.len().min(out.len() - n);
+            let at = out.len() - n - k;
+            out[at..at + k].copy_from_slice(&piece[piece.len() - k..]);
+            n += k;
+            if n == out.len() {
+                break;
+            }
+        }
+        n
+    }
+
     /// The body in one slice: the pieces are copied into the pooled buffer the first
     /// time.
     pub fn join(&mut self) -> &[u8] {
@@ -240,6 +262,10 @@ mod tests {
         let mut head = [0; 4];
         assert_eq!(body.head(&mut head), 4);
         assert_eq!(head, [1; 4]);
+        // The last bytes, across the pieces.
+        let mut tail = [0; 6];
+        assert_eq!(body.tail(&mut tail), 6);
+        assert_eq!(&tail, b"\x02\x02tail");
         match body.view() {
             View::Pieces(pieces, _) => assert_eq!(pieces.len(), 3, "empty pieces are dropped"),
             View::Joined(_) => panic!("joined before it had to be"),
@@ -250,6 +276,15 @@ mod tests {
         assert!(matches!(body.view(), View::Joined(b) if b == &joined[..]));
         let mut head = [0; 8];
         assert_eq!(body.head(&mut head), 8);
+        let mut tail = [0; 6];
+        assert_eq!(body.tail(&mut tail), 6);
+        assert_eq!(&tail, b"\x02\x02tail");
+        // A body shorter than asked for fills the end of `out`.
+        let mut short = Received::new(pool.get());
+        short.push(Bytes::from_static(b"ab"));
+        let mut tail = [0; 4];
+        assert_eq!(short.tail(&mut tail), 2);
+        assert_eq!(&tail[2..], b"ab");
     }
 
     #[test]

@@ -615,12 +615,13 @@ async fn large_json_bodies_do_not_stall_the_health_check() {
 
 /// Compressed exports that arrive together, each inflating to far more than it took to
 /// send (6 MB from about 320 KB), against a budget whose ceiling holds the inflated
-/// form and decode of only one or two at once: they wait their turn, as uncompressed
-/// ones do, rather than inflate together past the ceiling and be refused. Before room
-/// was made for them ahead of inflating, about 7 of 16 such gzip bodies over HTTP, and
-/// 28 of 64 over gRPC, were refused as overloaded.
+/// form and decode of only one or two at once: they take turns, as uncompressed ones
+/// do, rather than inflate together past the ceiling and be refused. Before room was
+/// made for them ahead of inflating, 17 to 19 of these 32 were refused as overloaded
+/// (3 runs). The wait is long, so that the test asks only for turns, not for how fast
+/// a loaded machine inflates them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_of_compressed_exports_wait_their_turn() {
+async fn bursts_of_compressed_exports_take_turns() {
     let d = Daemon::start(&config(
         "limits:\n  max_in_flight_bytes: 16MiB\n  admission_wait: 60s\n",
     ));
@@ -630,26 +631,22 @@ async fn bursts_of_compressed_exports_wait_their_turn() {
     let zstd = zstd::bulk::compress(&raw, 3).unwrap();
     assert!(raw.len() > 6_000_000 && gzip.len() < 400_000 && zstd.len() < 400_000);
 
-    let grpc: Vec<_> = (0..24)
+    // Bodies compressed beforehand, so that each arrives right after its headers.
+    let grpc: Vec<_> = (0..16)
         .map(|_| {
-            let raw = raw.clone();
-            let d = &d;
+            let (d, gzip) = (&d, &gzip);
             async move {
-                grpc_call(
-                    d,
-                    TRACE_EXPORT,
-                    raw,
-                    Some(tonic::codec::CompressionEncoding::Gzip),
-                )
-                .await
-                .map(drop)
-                .map_err(|s| format!("gRPC: {s:?}"))
+                let (status, _) = crate::compression::raw_call(d, TRACE_EXPORT, "gzip", gzip).await;
+                match status.code() {
+                    tonic::Code::Ok => Ok(()),
+                    _ => Err(format!("gRPC: {status:?}")),
+                }
             }
         })
         .collect();
-    let http: Vec<_> = [("gzip", &gzip); 16]
+    let http: Vec<_> = [("gzip", &gzip); 8]
         .into_iter()
-        .chain([("zstd", &zstd); 16])
+        .chain([("zstd", &zstd); 8])
         .map(|(encoding, body)| {
             let d = &d;
             async move {
@@ -673,15 +670,15 @@ async fn bursts_of_compressed_exports_wait_their_turn() {
         .collect();
     let started = Instant::now();
     let (grpc, http) = tokio::join!(futures_join_all(grpc), futures_join_all(http));
-    eprintln!("64 compressed exports in {:?}", started.elapsed());
+    eprintln!("32 compressed exports in {:?}", started.elapsed());
     let failed: Vec<_> = grpc
         .into_iter()
         .chain(http)
         .filter_map(Result::err)
         .collect();
     assert!(failed.is_empty(), "{} refused: {failed:?}", failed.len());
-    assert_eq!(accepted(&d, "grpc").await, 24.0 * 16_000.0);
-    assert_eq!(accepted(&d, "http").await, 32.0 * 16_000.0);
+    assert_eq!(accepted(&d, "grpc").await, 16.0 * 16_000.0);
+    assert_eq!(accepted(&d, "http").await, 16.0 * 16_000.0);
     for transport in ["grpc", "http"] {
         assert_eq!(refused(&d, transport, "overloaded").await, Some(0.0));
     }

@@ -103,7 +103,7 @@ async fn refused(d: &Daemon, transport: &str, reason: &str) -> f64 {
 /// A unary call whose one message is sent as given, with the compressed flag set and
 /// `grpc-encoding: encoding`: how a peer sends a compression tonic has no codec for.
 /// Returns the status (from the headers or the trailers) and the reply message.
-async fn raw_call(
+pub(crate) async fn raw_call(
     d: &Daemon,
     path: &'static str,
     encoding: &'static str,
