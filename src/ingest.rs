@@ -848,7 +848,7 @@ impl Ingest {
                 let n = out.head(&mut head[..prefix.min(MAX_PREFIX)]);
                 let (hold, body_len) = on_prefix(&head[..n])?;
                 reservation.expect(hold)?;
-                reading.expect(body_len);
+                reading.expect(body_len, reservation.bytes());
             }
         }
     }

@@ -29,7 +29,8 @@
 //! then). While reservations wait for room, the budget takes room back from such
 //! requests: a body read that has run for [`RECLAIM_GRACE`] and, at its pace so far,
 //! would not be in before its `limits.body_read_timeout` is told to give its room up
-//! ([`BodyRead::reclaimed`]), and its request is refused as overloaded (retryable). A
+//! ([`BodyRead::reclaimed`]), and its request is refused as overloaded (retryable);
+//! the furthest behind first, and only as many as the waiting reservations need. A
 //! body that arrives at a pace that brings its declared length (or the guess, without
 //! one) in time keeps its room, and so do the reads of an HTTP/2 connection that brings
 //! in, for all of them, what they need ([`behind`]); without anyone waiting, nothing is
@@ -109,6 +110,8 @@ struct Reading {
     deadline: Instant,
     /// The body's declared length, or a guess while it has none.
     expected: AtomicUsize,
+    /// What its request holds of the budget: what taking the room back gives.
+    holds: AtomicUsize,
     received: AtomicUsize,
     /// The body bytes read by the requests of this one's connection, all together
     /// (this one's added as they arrive), and their count when this read began.
@@ -150,7 +153,7 @@ impl Reading {
 fn behind<'r>(
     reads: impl Iterator<Item = &'r Arc<Reading>>,
     now: Instant,
-) -> Vec<&'r Arc<Reading>> {
+) -> Vec<(&'r Arc<Reading>, u64)> {
     let mut alone = Vec::new();
     // (connection, its count now, its count when the read began, the read, its shortfall)
     let mut shared: Vec<(*const AtomicU64, u64, u64, &'r Arc<Reading>, u64)> = Vec::new();
@@ -171,7 +174,7 @@ fn behind<'r>(
                     short,
                 ));
             }
-            None => alone.push(reading),
+            None => alone.push((reading, short)),
         }
     }
     shared.sort_by_key(|&(conn, ..)| conn);
@@ -185,7 +188,7 @@ fn behind<'r>(
         let others = now_count.saturating_sub(since).saturating_sub(own);
         let short: u64 = group.iter().map(|g| g.4).sum();
         if others < short {
-            alone.extend(group.iter().map(|g| g.3));
+            alone.extend(group.iter().map(|g| (g.3, g.4)));
         }
     }
     alone
@@ -294,10 +297,42 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Tells every body read that is behind ([`behind`]) to give its room up.
+    /// Tells body reads that are behind ([`behind`]) to give their room up, the
+    /// furthest behind first, until what they give makes room for every reservation
+    /// waiting now: a waiter does not cost every slow upload its room, only as many as
+    /// it needs.
     fn reclaim_behind(&self) {
+        let waiting: usize = {
+            let queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue
+                .iter()
+                .filter(|w| !w.admitted.is_closed())
+                .map(|w| w.bytes)
+                .sum()
+        };
+        let free = self
+            .total
+            .saturating_sub(self.in_use.load(Ordering::SeqCst));
         let reads = self.reads();
-        for reading in behind(reads.slots.iter().flatten(), Instant::now()) {
+        // Reads told before that have not given their room up yet will.
+        let coming: usize = reads
+            .slots
+            .iter()
+            .flatten()
+            .filter(|r| r.reclaimed.load(Ordering::Relaxed))
+            .map(|r| r.holds.load(Ordering::Relaxed))
+            .sum();
+        let mut needed = waiting.saturating_sub(free).saturating_sub(coming);
+        let mut late = behind(reads.slots.iter().flatten(), Instant::now());
+        late.sort_by_key(|&(_, short)| std::cmp::Reverse(short));
+        for (reading, _) in late {
+            if needed == 0 {
+                break;
+            }
+            needed = needed.saturating_sub(reading.holds.load(Ordering::Relaxed));
             reading.reclaimed.store(true, Ordering::Relaxed);
             // A permit is kept when the reader is not waiting on it yet.
             reading.wake.notify_one();
@@ -578,6 +613,7 @@ impl Reservation {
             started: Instant::now(),
             deadline,
             expected: AtomicUsize::new(expected),
+            holds: AtomicUsize::new(self.reserved),
             received: AtomicUsize::new(0),
             conn: conn.map(|c| {
                 let now = c.load(Ordering::Relaxed);
@@ -739,9 +775,11 @@ impl BodyRead {
         }
     }
 
-    /// Sets the body's expected length (a gRPC message's, once its prefix is in).
-    pub fn expect(&self, bytes: usize) {
+    /// Sets the body's expected length (a gRPC message's, once its prefix is in), and
+    /// what its request now holds of the budget.
+    pub fn expect(&self, bytes: usize, holds: usize) {
         self.reading.expected.store(bytes, Ordering::Relaxed);
+        self.reading.holds.store(holds, Ordering::Relaxed);
     }
 
     /// Completes when the budget has taken the room back: the read is behind and others
@@ -1156,6 +1194,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiter_takes_back_only_the_room_it_needs() {
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Two requests that send nothing, each holding 8 KiB; the first, begun
+        // earlier, is further behind.
+        let a = budget.admit(4 * KIB, soon()).await.unwrap();
+        let a_read = a.body_read(4 * KIB, deadline, None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = budget.admit(4 * KIB, soon()).await.unwrap();
+        let b_read = b.body_read(4 * KIB, deadline, None);
+        let first = tokio::spawn(async move {
+            a_read.reclaimed().await;
+            drop((a_read, a));
+        });
+        // A waiter that needs 6 KiB: the first one's room is enough.
+        let c = budget
+            .admit(2 * KIB, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("admitted once the room is taken back");
+        first.await.unwrap();
+        // The second keeps its room: nothing more was needed.
+        let kept = tokio::time::timeout(RECLAIM_EVERY * 5, b_read.reclaimed()).await;
+        assert!(kept.is_err(), "the second read gave its room up too");
+        assert_eq!(budget.reclaimed(), 1);
+        assert_eq!(budget.in_use_bytes(), b.bytes() + c.bytes());
+        drop((b_read, b, c));
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
     async fn a_body_on_pace_keeps_its_room_and_nothing_is_taken_back_while_none_waits() {
         let budget = Arc::new(Budget::new(16 * KIB));
         let a = budget.admit(12 * KIB, soon()).await.unwrap();
@@ -1179,6 +1247,7 @@ mod tests {
             started: Instant::now() - Duration::from_secs(1),
             deadline: Instant::now() + Duration::from_secs(2),
             expected: AtomicUsize::new(10_000),
+            holds: AtomicUsize::new(10_000),
             received: AtomicUsize::new(1_000),
             conn: None,
             reclaimed: AtomicBool::new(false),
@@ -1202,6 +1271,7 @@ mod tests {
             started,
             deadline: started + Duration::from_secs(30),
             expected: AtomicUsize::new(expected),
+            holds: AtomicUsize::new(expected),
             received: AtomicUsize::new(received),
             conn: conn.map(|c| (c.clone(), 0)),
             reclaimed: AtomicBool::new(false),

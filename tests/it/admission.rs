@@ -187,12 +187,13 @@ async fn stalled_bodies_and_streams_do_not_starve_other_clients() {
     );
 }
 
-/// While others wait for room, clients that hold room and send nothing give it up:
-/// two HTTP/1.1 requests that declare a 1 MB body and send none of it, and four gRPC
-/// streams that send only their headers, together hold all but about 180 KB of an 8 MiB
-/// budget. Exports of 1000 spans (each needs about 0.8 MB) over both transports are
-/// served within their wait; the squatters are refused as overloaded (HTTP/1: and their
-/// connections closed), and counted as reclaimed.
+/// While others wait for room, clients that hold room and send nothing give it up, as
+/// many as the waiting requests need: two HTTP/1.1 requests that declare a 1 MB body
+/// and send none of it, and four gRPC streams that send only their headers, together
+/// hold all but about 180 KB of an 8 MiB budget. Exports of 1000 spans (each needs
+/// about 0.8 MB) over both transports are served within their wait; the squatters whose
+/// room they took are refused as overloaded (HTTP/1: and their connections closed),
+/// and counted as reclaimed; the others keep their room, which nobody else needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
     let d = Daemon::start(&config("limits:\n  max_in_flight_bytes: 8MiB\n"));
@@ -236,24 +237,50 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
         "slowest export pair {slowest:?}"
     );
 
-    for tcp in squatting {
-        answered_and_closed(tcp, "503").await;
-    }
-    // UNAVAILABLE (14), which clients retry.
-    for stream in streams {
-        assert_eq!(stream_status(stream, 10).await.as_deref(), Some("14"));
-    }
-    assert_eq!(
-        d.metric("sloxide_receiver_reclaimed_requests_total", &[])
-            .await,
-        Some(6.0)
+    // Some squatters gave their room up, not all: the exports needed at most about
+    // 2 MB at a time.
+    let reclaimed = d
+        .metric("sloxide_receiver_reclaimed_requests_total", &[])
+        .await
+        .unwrap();
+    assert!(
+        (1.0..6.0).contains(&reclaimed),
+        "{reclaimed} of 6 reclaimed"
     );
-    assert_eq!(refused(&d, "http", "overloaded").await, Some(2.0));
-    assert_eq!(refused(&d, "grpc", "overloaded").await, Some(4.0));
+    let refused_http = refused(&d, "http", "overloaded").await.unwrap_or(0.0);
+    let refused_grpc = refused(&d, "grpc", "overloaded").await.unwrap_or(0.0);
+    assert_eq!(refused_http + refused_grpc, reclaimed);
+    // Those were answered at once: HTTP/1 with 503 and the connection closed, gRPC
+    // with UNAVAILABLE (14), which clients retry. The others still wait for their body.
+    let mut kept = Vec::new();
+    for tcp in squatting {
+        let mut byte = [0; 1];
+        match tokio::time::timeout(Duration::from_millis(500), tcp.peek(&mut byte)).await {
+            Ok(_) => answered_and_closed(tcp, "503").await,
+            Err(_) => kept.push(tcp),
+        }
+    }
+    let mut answered = 2 - kept.len();
+    assert_eq!(answered as f64, refused_http);
+    for mut stream in streams {
+        match tokio::time::timeout(Duration::from_millis(500), &mut stream).await {
+            Ok(status) => {
+                let status = status.unwrap().expect("a response, not a reset");
+                assert_eq!(status.as_deref(), Some("14"));
+                answered += 1;
+            }
+            // It leaves: its task, ended, drops the stream, which resets it.
+            Err(_) => stream.abort(),
+        }
+    }
+    assert_eq!(answered as f64, reclaimed);
     assert_eq!(accepted(&d, "grpc").await, 3000.0);
     assert_eq!(accepted(&d, "http").await, 3000.0);
+    // The squatters that kept their room leave; what they held comes back.
+    drop(kept);
     assert_eq!(
-        d.metric("sloxide_receiver_in_flight_bytes", &[]).await,
+        d.wait_metric("sloxide_receiver_in_flight_bytes", &[], 0.0)
+            .await,
         Some(0.0)
     );
 }
