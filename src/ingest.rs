@@ -251,9 +251,15 @@ fn read_in_steps(
 /// with gzip and with zstd (docs/benchmarks.md); one service's repeated spans, more.
 const INFLATE_GUESS_RATIO: usize = 8;
 
-/// The most a deflate stream (gzip, zlib) can inflate to, as a multiple of its size:
-/// a stated size beyond it is not believed.
-const DEFLATE_MAX_RATIO: usize = 1032;
+/// The most a compressed body's stated size is believed, as a multiple of its size.
+/// A body states its size for free, and room made for it is held until its decode is
+/// done (waiting for a decode thread too): believed without bound, a few bytes that
+/// claimed megabytes held that much room each, and crowded out honest compressed
+/// exports (a loopback attack of 27-byte zstd frames claiming 11 MiB left them a quarter
+/// of their exports). OTLP traffic compresses about 6 to 20 to 1; a body that states
+/// more than this is taken at [`INFLATE_GUESS_RATIO`], and charged for the rest as it
+/// inflates.
+const STATED_RATIO_MAX: usize = 64;
 
 /// How many of a compressed body's first bytes [`inflated_estimate`] reads: a zstd
 /// frame header (at most 18 bytes) or a snappy block's length and stream identifier.
@@ -263,7 +269,7 @@ const STATED_SIZE_HEAD: usize = 18;
 /// `head` (its first [`STATED_SIZE_HEAD`] bytes, or all of it) and ends with `tail`,
 /// is expected to inflate to, at most `limit`: the size the body states where its
 /// format writes one (a gzip member's `ISIZE`, a zstd frame's content size, a snappy
-/// block's length) and it is one the format could reach from `len` bytes, else
+/// block's length) and it is at most [`STATED_RATIO_MAX`] times `len`, else
 /// [`INFLATE_GUESS_RATIO`] times `len`. Only an expectation, for making room before
 /// inflating ([`Reservation::grow`]): the inflation is charged as it goes all the same,
 /// so a body that states too little, or too much, is bounded as any other.
@@ -278,22 +284,18 @@ fn inflated_estimate(
     const GZIP_MIN: usize = 20;
     let stated = match format {
         // The last member's size modulo 2^32: the body's, when it is one member.
-        Format::Gzip if len >= GZIP_MIN => Some(u32::from_le_bytes(tail) as usize)
-            .filter(|&n| n <= len.saturating_mul(DEFLATE_MAX_RATIO)),
-        // zstd can reach far further than deflate (a 128 KiB block of one byte in 4
-        // bytes), so its stated size is bounded by the limit alone.
+        Format::Gzip if len >= GZIP_MIN => Some(u32::from_le_bytes(tail) as usize),
         Format::Zstd => zstd::zstd_safe::get_frame_content_size(head)
             .ok()
             .flatten()
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         Format::Snappy if !head.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
-            snap::raw::decompress_len(head)
-                .ok()
-                .filter(|&n| n <= len.saturating_mul(SNAPPY_MAX_RATIO))
+            snap::raw::decompress_len(head).ok()
         }
         _ => None,
     };
     stated
+        .filter(|&n| n <= len.saturating_mul(STATED_RATIO_MAX))
         .unwrap_or_else(|| len.saturating_mul(INFLATE_GUESS_RATIO))
         .min(limit)
 }
@@ -882,10 +884,8 @@ impl Ingest {
         };
         let wait = admission::wait_deadline(limits.admission_wait, client_deadline);
         // Room for what a compressed body becomes (inflated, and its decode) is made
-        // before it is inflated, waiting for it if need be, so that large bodies that
-        // arrive together take turns rather than all pass the ceiling as they inflate.
-        // A body expected to stay small enough to inflate here is charged as it goes:
-        // only as many of those inflate at once as there are workers.
+        // before it is inflated, waiting for it if need be, so that bodies that arrive
+        // together take turns rather than all pass the ceiling as they inflate.
         if let Some(format) = compressed {
             let mut head = [0; MAX_PREFIX + STATED_SIZE_HEAD];
             let n = raw.head(&mut head[..start.min(MAX_PREFIX) + STATED_SIZE_HEAD]);
@@ -898,14 +898,12 @@ impl Ingest {
                 raw.len() - start,
                 limits.max_decompressed_bytes,
             );
-            if expected > INLINE_PROTOBUF_BYTES {
-                reservation
-                    .grow(
-                        expected.saturating_add(decode_estimate(encoding, expected)),
-                        wait,
-                    )
-                    .await?;
-            }
+            reservation
+                .grow(
+                    expected.saturating_add(decode_estimate(encoding, expected)),
+                    wait,
+                )
+                .await?;
         }
         // A small compressed body (what a Collector sends by default) is inflated here
         // when it stays small; one that grows past that goes to a decode thread whole.
@@ -1645,8 +1643,15 @@ mod tests {
 
     #[test]
     fn inflated_sizes_are_read_where_the_format_states_them_and_guessed_elsewhere() {
-        let body: Vec<u8> = (0..3_000_000u32)
-            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+        // Letters from a xorshift: about 2 to 1 in every format, as text-like as OTLP.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let body: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b'a' + (x % 16) as u8
+            })
             .collect();
         let limit = 64 << 20;
         for format in FORMATS {
@@ -1679,6 +1684,12 @@ mod tests {
         assert_eq!(
             estimate(Format::Gzip, &gzip, limit),
             gzip.len() * INFLATE_GUESS_RATIO
+        );
+        let zeros = compress(Format::Zstd, &vec![0; 11 << 20]);
+        assert!(zeros.len() * STATED_RATIO_MAX < 11 << 20);
+        assert_eq!(
+            estimate(Format::Zstd, &zeros, limit),
+            zeros.len() * INFLATE_GUESS_RATIO
         );
         let mut snappy = compress(Format::Snappy, b"tiny");
         snappy.splice(..1, [0x80, 0x80, 0x80, 0x20]);
