@@ -843,6 +843,7 @@ impl Ingest {
             }
             reservation.charge(data.len())?;
             reading.arrived(data.len());
+            reading.holds(reservation.bytes());
             out.push(data);
             if !prefix_seen && out.len() >= prefix {
                 prefix_seen = true;
@@ -850,7 +851,8 @@ impl Ingest {
                 let n = out.head(&mut head[..prefix.min(MAX_PREFIX)]);
                 let (hold, body_len) = on_prefix(&head[..n])?;
                 reservation.expect(hold)?;
-                reading.expect(body_len, reservation.bytes());
+                reading.expect(body_len);
+                reading.holds(reservation.bytes());
             }
         }
     }
@@ -887,8 +889,12 @@ impl Ingest {
         // before it is inflated, waiting for it if need be, so that bodies that arrive
         // together take turns rather than all pass the ceiling as they inflate.
         if let Some(format) = compressed {
+            debug_assert!(start <= MAX_PREFIX, "a body starts within its prefix");
             let mut head = [0; MAX_PREFIX + STATED_SIZE_HEAD];
-            let n = raw.head(&mut head[..start.min(MAX_PREFIX) + STATED_SIZE_HEAD]);
+            let n = match head.get_mut(..start + STATED_SIZE_HEAD) {
+                Some(head) => raw.head(head),
+                None => 0,
+            };
             let mut tail = [0; 4];
             raw.tail(&mut tail);
             let expected = inflated_estimate(

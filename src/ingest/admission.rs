@@ -30,7 +30,8 @@
 //! requests: a body read that has run for [`RECLAIM_GRACE`] and, at its pace so far,
 //! would not be in before its `limits.body_read_timeout` is told to give its room up
 //! ([`BodyRead::reclaimed`]), and its request is refused as overloaded (retryable);
-//! the furthest behind first, and only as many as the waiting reservations need. A
+//! the furthest behind (the most bytes short of its pace) first, and only as many as
+//! the waiting reservations need. A
 //! body that arrives at a pace that brings its declared length (or the guess, without
 //! one) in time keeps its room, and so do the reads of an HTTP/2 connection that brings
 //! in, for all of them, what they need ([`behind`]); without anyone waiting, nothing is
@@ -297,25 +298,30 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How much must come free for every reservation waiting now to be admitted, in
+    /// order: each against its own limit (the budget, or the ceiling for a request
+    /// that grows), after those before it.
+    fn room_wanted(&self) -> usize {
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut level = self.in_use.load(Ordering::SeqCst);
+        let mut wanted = 0;
+        for waiter in queue.iter().filter(|w| !w.admitted.is_closed()) {
+            level = level.saturating_add(waiter.bytes);
+            wanted = wanted.max(level.saturating_sub(waiter.limit(self)));
+        }
+        wanted
+    }
+
     /// Tells body reads that are behind ([`behind`]) to give their room up, the
-    /// furthest behind first, until what they give makes room for every reservation
-    /// waiting now: a waiter does not cost every slow upload its room, only as many as
-    /// it needs.
+    /// furthest behind (the most bytes short of their pace) first, until what they give
+    /// makes room for every reservation waiting now ([`Shared::room_wanted`], less
+    /// what reads told before are still to give back): a waiter does not cost every
+    /// slow upload its room, only as many as it needs.
     fn reclaim_behind(&self) {
-        let waiting: usize = {
-            let queue = self
-                .queue
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            queue
-                .iter()
-                .filter(|w| !w.admitted.is_closed())
-                .map(|w| w.bytes)
-                .sum()
-        };
-        let free = self
-            .total
-            .saturating_sub(self.in_use.load(Ordering::SeqCst));
+        let wanted = self.room_wanted();
         let reads = self.reads();
         // Reads told before that have not given their room up yet will.
         let coming: usize = reads
@@ -325,7 +331,7 @@ impl Shared {
             .filter(|r| r.reclaimed.load(Ordering::Relaxed))
             .map(|r| r.holds.load(Ordering::Relaxed))
             .sum();
-        let mut needed = waiting.saturating_sub(free).saturating_sub(coming);
+        let mut needed = wanted.saturating_sub(coming);
         let mut late = behind(reads.slots.iter().flatten(), Instant::now());
         late.sort_by_key(|&(_, short)| std::cmp::Reverse(short));
         for (reading, _) in late {
@@ -426,12 +432,12 @@ impl Shared {
                 .filter(|w| !w.admitted.is_closed())
                 .map(|w| (w.holding.unwrap_or(0), w.bytes))
                 .chain([(holding, bytes)]);
-            let mut behind: usize = growers.clone().map(|(held, _)| held).sum();
+            let mut held_from_here: usize = growers.clone().map(|(held, _)| held).sum();
             for (held, wants) in growers {
-                if behind.saturating_add(wants) > self.ceiling {
+                if held_from_here.saturating_add(wants) > self.ceiling {
                     return Ok(false);
                 }
-                behind -= held;
+                held_from_here -= held;
             }
             queue.insert(
                 growing,
@@ -775,11 +781,16 @@ impl BodyRead {
         }
     }
 
-    /// Sets the body's expected length (a gRPC message's, once its prefix is in), and
-    /// what its request now holds of the budget.
-    pub fn expect(&self, bytes: usize, holds: usize) {
+    /// Sets the body's expected length (a gRPC message's, once its prefix is in).
+    pub fn expect(&self, bytes: usize) {
         self.reading.expected.store(bytes, Ordering::Relaxed);
-        self.reading.holds.store(holds, Ordering::Relaxed);
+    }
+
+    /// Sets what the read's request holds of the budget: what taking its room back
+    /// gives.
+    #[inline]
+    pub fn holds(&self, bytes: usize) {
+        self.reading.holds.store(bytes, Ordering::Relaxed);
     }
 
     /// Completes when the budget has taken the room back: the read is behind and others
@@ -1220,6 +1231,37 @@ mod tests {
         assert_eq!(budget.reclaimed(), 1);
         assert_eq!(budget.in_use_bytes(), b.bytes() + c.bytes());
         drop((b_read, b, c));
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_room_wanted_counts_each_waiter_against_its_own_limit() {
+        // 16 KiB, a ceiling of 24. A request that grows past the budget (20 of 16).
+        let budget = Arc::new(Budget::new(16 * KIB));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(budget.admit(0, soon()).await.unwrap());
+        }
+        let mut x = budget.admit(0, soon()).await.unwrap();
+        x.grow(8 * KIB, soon()).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 20 * KIB);
+        assert_eq!(budget.shared.room_wanted(), 0);
+        // A new request of 4 KiB waits: 8 KiB must come free for it, not 4.
+        let later = Instant::now() + Duration::from_secs(5);
+        let budget2 = budget.clone();
+        let new = tokio::spawn(async move { budget2.admit(0, later).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(budget.shared.room_wanted(), 8 * KIB);
+        // One of the others asks to grow by 6 KiB, ahead of it: against the ceiling,
+        // 2 KiB for it, then 14 for the new one after it.
+        let mut g = held.pop().unwrap();
+        let grown = tokio::spawn(async move { g.grow(10 * KIB, later).await.map(|()| g) });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(budget.shared.room_wanted(), 14 * KIB);
+        drop((x, held));
+        let g = grown.await.unwrap().unwrap();
+        let new = new.await.unwrap().unwrap();
+        drop((g, new));
         assert_eq!(budget.in_use_bytes(), 0);
     }
 

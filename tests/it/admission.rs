@@ -237,14 +237,14 @@ async fn clients_that_hold_room_and_send_nothing_give_it_up_to_waiting_ones() {
         "slowest export pair {slowest:?}"
     );
 
-    // Some squatters gave their room up, not all: the exports needed at most about
-    // 2 MB at a time.
+    // Some squatters gave their room up, not all: the exports, one after another,
+    // needed about 1 MiB at a time, and one HTTP squatter holds 2 MB.
     let reclaimed = d
         .metric("sloxide_receiver_reclaimed_requests_total", &[])
         .await
         .unwrap();
     assert!(
-        (1.0..6.0).contains(&reclaimed),
+        (1.0..=2.0).contains(&reclaimed),
         "{reclaimed} of 6 reclaimed"
     );
     let refused_http = refused(&d, "http", "overloaded").await.unwrap_or(0.0);
