@@ -300,6 +300,21 @@ fn inflated_estimate(
         .min(limit)
 }
 
+/// [`inflated_estimate`] of the compressed body in `raw` from byte `start` (within
+/// its prefix), read from its first and last bytes without joining it.
+fn inflated_estimate_of(format: Format, raw: &Received, start: usize, limit: usize) -> usize {
+    debug_assert!(start <= MAX_PREFIX, "a body starts within its prefix");
+    let mut head = [0; MAX_PREFIX + STATED_SIZE_HEAD];
+    let n = match head.get_mut(..start + STATED_SIZE_HEAD) {
+        Some(head) => raw.head(head),
+        None => 0,
+    };
+    let mut tail = [0; 4];
+    raw.tail(&mut tail);
+    let head = head.get(start..n).unwrap_or_default();
+    inflated_estimate(format, head, tail, raw.len() - start, limit)
+}
+
 /// Uncompressed protobuf bodies up to this size are decoded on the async worker that
 /// read them (a 1000-span request, about 380 KB, takes about 100 µs); larger ones, and
 /// every compressed body, go to the decode threads ([`decoders`]), so no request can
@@ -889,21 +904,7 @@ impl Ingest {
         // before it is inflated, waiting for it if need be, so that bodies that arrive
         // together take turns rather than all pass the ceiling as they inflate.
         if let Some(format) = compressed {
-            debug_assert!(start <= MAX_PREFIX, "a body starts within its prefix");
-            let mut head = [0; MAX_PREFIX + STATED_SIZE_HEAD];
-            let n = match head.get_mut(..start + STATED_SIZE_HEAD) {
-                Some(head) => raw.head(head),
-                None => 0,
-            };
-            let mut tail = [0; 4];
-            raw.tail(&mut tail);
-            let expected = inflated_estimate(
-                format,
-                head.get(start..n).unwrap_or_default(),
-                tail,
-                raw.len() - start,
-                limits.max_decompressed_bytes,
-            );
+            let expected = inflated_estimate_of(format, &raw, start, limits.max_decompressed_bytes);
             reservation
                 .grow(
                     expected.saturating_add(decode_estimate(encoding, expected)),

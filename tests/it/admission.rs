@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bad_input::{grpc_call, refused, rss_bytes};
 use crate::e2e::post;
-use crate::harness::{Daemon, config};
+use crate::harness::{Daemon, config, grpc_export_head};
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -64,13 +64,9 @@ async fn grpc_streams_that_stall(
             let addr = d.grpc;
             let sent = Bytes::copy_from_slice(sent);
             tokio::spawn(async move {
-                let request = http::Request::post(format!("http://{addr}{TRACE_EXPORT}"))
-                    .header("content-type", "application/grpc")
-                    .header("te", "trailers")
-                    .body(())
-                    .unwrap();
                 client = client.ready().await.unwrap();
-                let (response, mut body) = client.send_request(request, false).unwrap();
+                let (response, mut body) =
+                    client.send_request(grpc_export_head(addr), false).unwrap();
                 if !sent.is_empty() {
                     body.send_data(sent, false).unwrap();
                 }
@@ -307,12 +303,9 @@ async fn streams_whose_connection_is_busy_with_others_keep_their_room() {
     let mut responses = Vec::new();
     for _ in 0..3 {
         let mut client = client.clone().ready().await.unwrap();
-        let request = http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
+        let (response, send) = client
+            .send_request(grpc_export_head(d.grpc), false)
             .unwrap();
-        let (response, send) = client.send_request(request, false).unwrap();
         sends.push(send);
         responses.push(response);
     }

@@ -706,13 +706,7 @@ async fn a_request_whose_client_leaves_while_it_waits_is_counted_as_aborted() {
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
-    let request = || {
-        http::Request::post(format!("http://{}{TRACE_EXPORT}", d.grpc))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap()
-    };
+    let request = || crate::harness::grpc_export_head(d.grpc);
     // The first stream sends only its headers: it holds what a stream without a
     // length reserves (1 MiB), the whole budget, while it waits for its body.
     let (_held, _holder) = client.send_request(request(), false).unwrap();

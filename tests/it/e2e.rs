@@ -464,16 +464,10 @@ async fn grpc_connections_are_told_their_stream_limit() {
         .await
     });
     // The server's SETTINGS arrive with the first exchange: send one request.
-    let request = http::Request::post(format!(
-        "http://{}/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-        d.grpc
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
     client = client.ready().await.unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
+    let (response, mut body) = client
+        .send_request(crate::harness::grpc_export_head(d.grpc), false)
+        .unwrap();
     body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
         .unwrap();
     let response = response.await.unwrap();

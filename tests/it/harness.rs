@@ -391,6 +391,18 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+/// The head of a gRPC trace export to `addr`, for a raw HTTP/2 client (`h2`) that
+/// sends the message, or not, itself.
+pub fn grpc_export_head(addr: SocketAddr) -> http::Request<()> {
+    http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap()
+}
+
 /// A minimal config: defaults plus the given YAML appended.
 pub fn config(extra: &str) -> String {
     format!("# test configuration\n{extra}\n")
