@@ -179,8 +179,9 @@ fn decompress_charged(
         source,
     };
     let read = match format {
-        Format::Gzip => read_in_steps(flate2::read::MultiGzDecoder::new(src), cap, out, grow)?,
-        Format::Zlib => read_in_steps(flate2::read::ZlibDecoder::new(src), cap, out, grow)?,
+        // The body is in memory: read in place, not through a copying `BufReader`.
+        Format::Gzip => read_in_steps(flate2::bufread::MultiGzDecoder::new(src), cap, out, grow)?,
+        Format::Zlib => read_in_steps(flate2::bufread::ZlibDecoder::new(src), cap, out, grow)?,
         Format::Zstd => match zstd::stream::read::Decoder::with_buffer(src).and_then(|mut d| {
             d.window_log_max(zstd_window_log_max(limit))?;
             Ok(d)

@@ -48,7 +48,7 @@ fn zstd(body: &[u8]) -> Vec<u8> {
 
 /// What the Collector sends for `compression: deflate` and `compression: zlib`.
 fn zlib(body: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(body).unwrap();
     enc.finish().unwrap()
 }
