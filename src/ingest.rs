@@ -10,6 +10,7 @@ pub mod buffers;
 pub mod decoders;
 pub mod grpc;
 pub mod http;
+mod inflate;
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -160,7 +161,7 @@ pub fn decompress(
 }
 
 /// How much a decompression writes between two calls of its `grow`.
-const DECOMPRESS_STEP: u64 = 1 << 20;
+const DECOMPRESS_STEP: u64 = inflate::STEP as u64;
 
 /// [`decompress`], telling `grow` of what it writes as it goes, at most
 /// [`DECOMPRESS_STEP`] at a time (a snappy block: its whole length, before it is
@@ -179,16 +180,22 @@ fn decompress_charged(
         source,
     };
     let read = match format {
-        // The body is in memory: read in place, not through a copying `BufReader`.
-        Format::Gzip => read_in_steps(flate2::bufread::MultiGzDecoder::new(src), cap, out, grow)?,
-        Format::Zlib => read_in_steps(flate2::bufread::ZlibDecoder::new(src), cap, out, grow)?,
-        Format::Zstd => match zstd::stream::read::Decoder::with_buffer(src).and_then(|mut d| {
-            d.window_log_max(zstd_window_log_max(limit))?;
-            Ok(d)
-        }) {
-            Ok(decoder) => read_in_steps(decoder, cap, out, grow)?,
-            Err(e) => Err(e),
-        },
+        Format::Gzip | Format::Zlib => inflate::inflate(
+            format == Format::Gzip,
+            src,
+            limit,
+            stated_size_of(format, src),
+            out,
+            grow,
+        )?,
+        Format::Zstd => inflate::inflate_zstd(
+            src,
+            limit,
+            stated_size_of(format, src),
+            zstd_window_log_max(limit),
+            out,
+            grow,
+        )?,
         Format::Snappy if !src.starts_with(&SNAPPY_STREAM_IDENTIFIER) => {
             let len = snap::raw::decompress_len(src).map_err(|e| invalid(e.into()))?;
             if len > limit {
@@ -281,6 +288,15 @@ fn inflated_estimate(
     len: usize,
     limit: usize,
 ) -> usize {
+    stated_size(format, head, tail, len)
+        .unwrap_or_else(|| len.saturating_mul(INFLATE_GUESS_RATIO))
+        .min(limit)
+}
+
+/// The size a compressed body laid out as `format`, `len` bytes long, which opens with
+/// `head` and ends with `tail` (as for [`inflated_estimate`]), states it inflates to,
+/// where its format writes one and it is at most [`STATED_RATIO_MAX`] times `len`.
+fn stated_size(format: Format, head: &[u8], tail: [u8; 4], len: usize) -> Option<usize> {
     // The smallest gzip member: a 10-byte header, an empty block, an 8-byte trailer.
     const GZIP_MIN: usize = 20;
     let stated = match format {
@@ -295,10 +311,14 @@ fn inflated_estimate(
         }
         _ => None,
     };
-    stated
-        .filter(|&n| n <= len.saturating_mul(STATED_RATIO_MAX))
-        .unwrap_or_else(|| len.saturating_mul(INFLATE_GUESS_RATIO))
-        .min(limit)
+    stated.filter(|&n| n <= len.saturating_mul(STATED_RATIO_MAX))
+}
+
+/// [`stated_size`] of the whole compressed body `src`.
+fn stated_size_of(format: Format, src: &[u8]) -> Option<usize> {
+    let head = &src[..src.len().min(STATED_SIZE_HEAD)];
+    let tail = src.last_chunk::<4>().copied().unwrap_or_default();
+    stated_size(format, head, tail, src.len())
 }
 
 /// [`inflated_estimate`] of the compressed body in `raw` from byte `start` (within
