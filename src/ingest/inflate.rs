@@ -10,10 +10,9 @@
 //! decoded in one pass, with no window buffer at all.
 //!
 //! Both loops keep the contract of `read_in_steps`: what is written is told to `grow`,
-//! which charges it, at most [`STEP`] at a time (zstd: at most the buffer's spare room,
-//! which is reserved [`STEP`] at a time; a zstd frame whose stated size is believed is
-//! charged for it before it is written, as a snappy block is), and writing stops once
-//! more than `limit` bytes came out, with at most one byte past it kept.
+//! which charges it, at most [`STEP`] at a time (a zstd frame whose stated size is
+//! believed is charged for it before it is written, as a snappy block is), and writing
+//! stops once more than `limit` bytes came out, one byte past it.
 
 use std::cell::RefCell;
 use std::io;
@@ -35,12 +34,14 @@ thread_local! {
     static ZSTD_CONTEXT: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
 }
 
-/// Room in `out` for the next write: what is spare, else [`STEP`] more (at most what
-/// passes `limit` by a byte), reserved exactly, so no doubling overshoots.
+/// Room in `out` for the next write: what is spare, else [`STEP`] or a quarter of what
+/// came so far more, whichever is more (at most what passes `limit` by a byte):
+/// reserved exactly, so the buffer passes what the body becomes by at most a quarter
+/// (doubling, by up to all of it), and a large body is moved a bounded number of times.
 fn make_room(out: &mut Vec<u8>, start: usize, limit: usize) {
     if out.capacity() == out.len() {
         let written = out.len() - start;
-        out.reserve_exact(STEP.min(limit + 1 - written));
+        out.reserve_exact(STEP.max(written / 4).min(limit + 1 - written));
     }
 }
 
@@ -137,14 +138,40 @@ pub(super) fn inflate_zstd(
     let Some(mut context) = kept.or_else(DCtx::try_create) else {
         return Ok(Err(io::Error::other("no memory for a zstd context")));
     };
-    let start = out.len();
     let result = zstd_frames(&mut context, src, limit, stated, window_log_max, out, grow);
-    // A write into spare room can pass the limit by more than a byte: no more is kept.
-    out.truncate(start.saturating_add(limit).saturating_add(1));
     if context.sizeof() <= ZSTD_CONTEXT_KEPT {
         ZSTD_CONTEXT.with(|c| *c.borrow_mut() = Some(context));
     }
     result
+}
+
+/// A buffer seen as ending at `end` (within its capacity), so that one zstd call
+/// writes no further.
+struct Upto<'a> {
+    out: &'a mut Vec<u8>,
+    end: usize,
+}
+
+// SAFETY: the capacity reported is at most the vector's, so zstd writes only within
+// memory the vector owns; and zstd calls `filled_until` only with a length up to which
+// it has written, within that capacity.
+unsafe impl zstd_safe::WriteBuf for Upto<'_> {
+    fn as_slice(&self) -> &[u8] {
+        self.out
+    }
+
+    fn capacity(&self) -> usize {
+        self.end.min(self.out.capacity())
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.out.as_mut_ptr()
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: as above, the first `n` bytes are initialised and within capacity.
+        unsafe { self.out.set_len(n) }
+    }
 }
 
 fn zstd_frames(
@@ -181,9 +208,16 @@ fn zstd_frames(
         }
         make_room(out, start, limit);
         let (read_before, written_before) = (input.pos(), out.len());
-        let room = out.capacity() - out.len();
+        // What was charged ahead, or a step, within the limit and a byte.
+        let room = (out.capacity() - written_before)
+            .min(if ahead > 0 { ahead } else { STEP })
+            .min(limit + 1 - (written_before - start));
+        let mut upto = Upto {
+            out: &mut *out,
+            end: written_before + room,
+        };
         let status = context.decompress_stream(
-            &mut OutBuffer::around_pos(&mut *out, written_before),
+            &mut OutBuffer::around_pos(&mut upto, written_before),
             &mut input,
         );
         let written = out.len() - written_before;
@@ -368,5 +402,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A frame that states its size is decoded in one pass, with no window buffer, and
+    /// the context is kept for the next body; one decoded in steps leaves the context
+    /// holding its window, and it is not kept.
+    #[test]
+    fn a_stated_zstd_frame_decodes_in_one_pass_and_its_context_is_kept() {
+        std::thread::spawn(|| {
+            let kept = || super::ZSTD_CONTEXT.with(|c| c.borrow().as_ref().map(|c| c.sizeof()));
+            // Letters at random: about 2 to 1, so that its stated size is believed.
+            let mut x = 0x2545_f491_4f6c_dd1d_u64;
+            let body: Vec<u8> = (0..4_000_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    b"abcdefghijklmnop"[(x >> 60) as usize]
+                })
+                .collect();
+            let mut out = Vec::new();
+            decompress(Format::Zstd, &zstd(&body, true), 8 << 20, &mut out).unwrap();
+            assert!(out == body);
+            let size = kept().expect("kept");
+            assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
+            let mut out = Vec::new();
+            decompress(Format::Zstd, &zstd(&body, false), 8 << 20, &mut out).unwrap();
+            assert!(out == body);
+            assert_eq!(kept(), None, "a context holding a window is dropped");
+        })
+        .join()
+        .unwrap();
     }
 }
