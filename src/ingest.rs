@@ -174,7 +174,7 @@ fn decompress_charged(
     grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
 ) -> Result<(), IngestError> {
     let start = out.len();
-    let cap = limit as u64 + 1;
+    let cap = (limit as u64).saturating_add(1);
     let invalid = |source| IngestError::Decompress {
         compression: format.compression(),
         source,

@@ -41,7 +41,10 @@ thread_local! {
 fn make_room(out: &mut Vec<u8>, start: usize, limit: usize) {
     if out.capacity() == out.len() {
         let written = out.len() - start;
-        out.reserve_exact(STEP.max(written / 4).min(limit + 1 - written));
+        out.reserve_exact(
+            STEP.max(written / 4)
+                .min((limit - written).saturating_add(1)),
+        );
     }
 }
 
@@ -58,6 +61,11 @@ fn reserve_stated(out: &mut Vec<u8>, limit: usize, stated: Option<usize>) {
 /// does) in `src` onto the end of `out`. `stated` is the size the body states, when
 /// it is believed: the room reserved first. The outer error is `grow`'s, the inner
 /// one the format's.
+///
+/// A gzip member's header and trailer are read here and its deflate data by a raw
+/// inflater, reset for the next member: a gzip-mode inflater cannot be reset, and
+/// making one per member allocates its state each time, which a body of thousands of
+/// empty members would pay for each of them.
 pub(super) fn inflate(
     gzip: bool,
     src: &[u8],
@@ -66,22 +74,23 @@ pub(super) fn inflate(
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
 ) -> Result<io::Result<()>, IngestError> {
-    let fresh = || {
-        if gzip {
-            Decompress::new_gzip(15)
-        } else {
-            Decompress::new(true)
-        }
-    };
     let start = out.len();
-    let mut inflater = fresh();
+    let mut inflater = Decompress::new(!gzip);
     let mut input = src;
-    reserve_stated(out, limit, stated);
+    // The member's checksum, and where its output began.
+    let mut member = (crc32fast::Hasher::new(), start);
+    if gzip {
+        match gzip_header(input) {
+            Ok(len) => input = &input[len..],
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    reserve_stated(out, limit, stated.filter(|&n| n <= limit));
     while out.len() - start <= limit {
         make_room(out, start, limit);
         let room = (out.capacity() - out.len())
             .min(STEP)
-            .min(limit + 1 - (out.len() - start));
+            .min((limit - (out.len() - start)).saturating_add(1));
         let (read_before, written_before) = (inflater.total_in(), inflater.total_out());
         let status = inflater.decompress_uninit(
             input,
@@ -96,12 +105,29 @@ pub(super) fn inflate(
         // `Decompress::decompress_vec` relies on too.
         unsafe { out.set_len(out.len() + written) };
         if written > 0 {
+            if gzip {
+                member.0.update(&out[out.len() - written..]);
+            }
             grow(written)?;
         }
         input = &input[read..];
         match status {
             Err(e) => return Ok(Err(io::Error::new(io::ErrorKind::InvalidData, e))),
-            Ok(Status::StreamEnd) if gzip && !input.is_empty() => inflater = fresh(),
+            Ok(Status::StreamEnd) if gzip => {
+                let (crc, began) = std::mem::replace(&mut member, (Default::default(), out.len()));
+                match gzip_trailer(input, crc.finalize(), out.len() - began) {
+                    Ok(rest) => input = rest,
+                    Err(e) => return Ok(Err(e)),
+                }
+                if input.is_empty() {
+                    return Ok(Ok(()));
+                }
+                match gzip_header(input) {
+                    Ok(len) => input = &input[len..],
+                    Err(e) => return Ok(Err(e)),
+                }
+                inflater.reset(false);
+            }
             Ok(Status::StreamEnd) => return Ok(Ok(())),
             // With room to write and nothing written or read, the input ended before the
             // stream did.
@@ -112,6 +138,78 @@ pub(super) fn inflate(
         }
     }
     Ok(Ok(()))
+}
+
+/// The longest file name or comment a gzip header may hold, as flate2's reader allows.
+const GZIP_FIELD_MAX: usize = 65_535;
+
+/// The length of the gzip member header (RFC 1952) that `input` opens with, checked as
+/// flate2's reader checks it: the magic bytes, deflate, no reserved flag, a name and a
+/// comment of at most [`GZIP_FIELD_MAX`] bytes, and the header's checksum when it has
+/// one.
+fn gzip_header(input: &[u8]) -> io::Result<usize> {
+    const FHCRC: u8 = 1 << 1;
+    const FEXTRA: u8 = 1 << 2;
+    const FNAME: u8 = 1 << 3;
+    const FCOMMENT: u8 = 1 << 4;
+    const RESERVED: u8 = 0xe0;
+    let invalid = |what| io::Error::new(io::ErrorKind::InvalidData, what);
+    let Some(fixed) = input.first_chunk::<10>() else {
+        return Err(cut_short());
+    };
+    if fixed[..3] != [0x1f, 0x8b, 8] || fixed[3] & RESERVED != 0 {
+        return Err(invalid("invalid gzip header"));
+    }
+    let flags = fixed[3];
+    let mut at = fixed.len();
+    if flags & FEXTRA != 0 {
+        let Some(&[lo, hi]) = input.get(at..at + 2) else {
+            return Err(cut_short());
+        };
+        at += 2 + usize::from(u16::from_le_bytes([lo, hi]));
+    }
+    for field in [FNAME, FCOMMENT] {
+        if flags & field != 0 {
+            let rest = input.get(at..).unwrap_or_default();
+            match rest.iter().take(GZIP_FIELD_MAX + 1).position(|&b| b == 0) {
+                Some(nul) => at += nul + 1,
+                None if rest.len() > GZIP_FIELD_MAX => {
+                    return Err(invalid("gzip header field too long"));
+                }
+                None => return Err(cut_short()),
+            }
+        }
+    }
+    if flags & FHCRC != 0 {
+        let Some(&[lo, hi]) = input.get(at..at + 2) else {
+            return Err(cut_short());
+        };
+        if crc32fast::hash(&input[..at]) as u16 != u16::from_le_bytes([lo, hi]) {
+            return Err(invalid("gzip header checksum does not match"));
+        }
+        at += 2;
+    }
+    if at > input.len() {
+        return Err(cut_short());
+    }
+    Ok(at)
+}
+
+/// Checks the trailer of a gzip member whose output had checksum `crc` and `len` bytes
+/// (its `ISIZE` is the length modulo 2^32); what follows the trailer.
+fn gzip_trailer(input: &[u8], crc: u32, len: usize) -> io::Result<&[u8]> {
+    let Some((trailer, rest)) = input.split_first_chunk::<8>() else {
+        return Err(cut_short());
+    };
+    let stated_crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let stated_len = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
+    if stated_crc != crc || stated_len != len as u32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "corrupt gzip stream does not have a matching checksum",
+        ));
+    }
+    Ok(rest)
 }
 
 fn cut_short() -> io::Error {
@@ -211,7 +309,7 @@ fn zstd_frames(
         // What was charged ahead, or a step, within the limit and a byte.
         let room = (out.capacity() - written_before)
             .min(if ahead > 0 { ahead } else { STEP })
-            .min(limit + 1 - (written_before - start));
+            .min((limit - (written_before - start)).saturating_add(1));
         let mut upto = Upto {
             out: &mut *out,
             end: written_before + room,
@@ -243,12 +341,20 @@ fn zstd_frames(
 mod tests {
     use std::io::{Read, Write};
 
-    use super::super::{Format, IngestError, decompress, zstd_window_log_max};
+    use super::super::{
+        Format, IngestError, decompress_charged, stated_size_of, zstd_window_log_max,
+    };
+    use super::STEP;
 
     /// What reading the decoders through `std::io::Read` gave, as sloxide did before
-    /// these loops: the same answer is wanted from them.
-    fn through_read(format: Format, src: &[u8], limit: usize) -> Result<Vec<u8>, &'static str> {
-        let cap = limit as u64 + 1;
+    /// these loops: the same answer is wanted from them. On an error, what was read
+    /// before it.
+    fn through_read(
+        format: Format,
+        src: &[u8],
+        limit: usize,
+    ) -> (Result<Vec<u8>, &'static str>, usize) {
+        let cap = (limit as u64).saturating_add(1);
         let mut out = Vec::new();
         let read = match format {
             Format::Gzip => flate2::bufread::MultiGzDecoder::new(src)
@@ -263,15 +369,18 @@ mod tests {
             }),
             _ => unreachable!("only the inflated formats"),
         };
-        match read {
+        let before = out.len();
+        let answer = match read {
             Err(_) => Err("invalid"),
             Ok(_) if out.len() > limit => Err("too large"),
             Ok(_) => Ok(out),
-        }
+        };
+        (answer, before)
     }
 
     /// Inflates onto a buffer that holds 4 bytes and has `spare` bytes more of room, as
-    /// a pooled buffer does.
+    /// a pooled buffer does, and checks what was charged: every byte written, at most
+    /// [`STEP`] at a time, but for a zstd frame's believed size, charged first.
     fn here(
         format: Format,
         src: &[u8],
@@ -280,13 +389,29 @@ mod tests {
     ) -> Result<Vec<u8>, &'static str> {
         let mut out = Vec::with_capacity(4 + spare);
         out.extend_from_slice(b"head");
-        let result = decompress(format, src, limit, &mut out);
+        let mut charges = Vec::new();
+        let result = decompress_charged(format, src, limit, &mut out, &mut |n| {
+            charges.push(n);
+            Ok(())
+        });
         assert_eq!(&out[..4], b"head", "{format:?}: what was there stays");
+        let written = out.len() - 4;
         assert!(
-            out.len() - 4 <= limit + 1,
-            "{format:?}: {} past",
-            out.len() - 4
+            written <= limit.saturating_add(1),
+            "{format:?}: {written} past"
         );
+        let stated = stated_size_of(format, src).filter(|&n| n <= limit);
+        for (i, &n) in charges.iter().enumerate() {
+            let first_stated = i == 0 && format == Format::Zstd && Some(n) == stated;
+            assert!(n <= STEP || first_stated, "{format:?}: a charge of {n}");
+        }
+        if result.is_ok() {
+            assert_eq!(
+                charges.iter().sum::<usize>(),
+                written,
+                "{format:?}: charged"
+            );
+        }
         match result {
             Ok(()) => Ok(out.split_off(4)),
             Err(IngestError::Decompress { .. }) => Err("invalid"),
@@ -305,6 +430,17 @@ mod tests {
         enc.finish().unwrap()
     }
 
+    /// A gzip member with an extra field and a header checksum (`FEXTRA`, `FHCRC`),
+    /// which flate2's writer does not write.
+    fn gzip_with_header_checksum(body: &[u8]) -> Vec<u8> {
+        let plain = gzip(body, 6, false);
+        let mut header = vec![0x1f, 0x8b, 8, 0x02 | 0x04, 0, 0, 0, 0, 0, 255];
+        header.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+        let crc = crc32fast::hash(&header) as u16;
+        header.extend_from_slice(&crc.to_le_bytes());
+        [&header[..], &plain[10..]].concat()
+    }
+
     fn zlib(body: &[u8], level: u32) -> Vec<u8> {
         let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(level));
         enc.write_all(body).unwrap();
@@ -319,6 +455,19 @@ mod tests {
         }
         enc.write_all(body).unwrap();
         enc.finish().unwrap()
+    }
+
+    /// Letters at random: about 2 to 1, so that a stated size is believed.
+    fn letters(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b"abcdefghijklmnop"[(x >> 60) as usize]
+            })
+            .collect()
     }
 
     /// Bodies of each format: whole, in several members or frames, with what may
@@ -347,6 +496,9 @@ mod tests {
                 }
             }
         }
+        if format == Format::Gzip {
+            whole.push(gzip_with_header_checksum(&text));
+        }
         let mut all = vec![(Vec::new(), false)];
         for body in &whole {
             all.push((body.clone(), true));
@@ -361,7 +513,14 @@ mod tests {
             for cut in cuts.into_iter().filter(|&c| c < len) {
                 all.push((body[..cut].to_vec(), false));
             }
-            for at in [3, 9, len / 2, len.saturating_sub(6), len.saturating_sub(2)] {
+            for at in [
+                3,
+                9,
+                12,
+                len / 2,
+                len.saturating_sub(6),
+                len.saturating_sub(2),
+            ] {
                 if at < len {
                     let mut damaged = body.clone();
                     damaged[at] ^= 0x41;
@@ -369,19 +528,28 @@ mod tests {
                 }
             }
         }
+        if format == Format::Gzip {
+            // Many members, each empty; a name longer than a header may hold.
+            all.push((gzip(b"", 6, false).repeat(3_000), true));
+            let mut long = gzip(b"x", 6, false);
+            long[3] |= 0x08;
+            long.splice(10..10, std::iter::repeat_n(b'n', 70_000).chain([0]));
+            all.push((long, false));
+        }
         all
     }
 
     /// The same bodies accepted, with the same bytes, and the same refused, onto an
-    /// empty buffer or one with room to spare. A damaged body that also passes the
-    /// limit may be refused for either: reading stopped at the limit, before the
-    /// damage, where inflating in place may come to the damage within the same write.
+    /// empty buffer or one with room to spare, and with the largest limit. A damaged
+    /// body that inflates past the limit before its damage may be refused for either:
+    /// reading stopped at the limit, before the damage, where inflating in place may
+    /// come to the damage within the same write.
     #[test]
     fn inflating_in_place_answers_as_reading_the_decoders_did() {
         for format in [Format::Gzip, Format::Zlib, Format::Zstd] {
             for (i, (body, whole)) in cases(format).iter().enumerate() {
                 for limit in [0, 1, 87_999, 88_000, 150_000, 1 << 20] {
-                    let want = through_read(format, body, limit);
+                    let (want, before_error) = through_read(format, body, limit);
                     for spare in [0, 1 << 20] {
                         let got = here(format, body, limit, spare);
                         let at = format!(
@@ -390,14 +558,46 @@ mod tests {
                         );
                         match (&got, &want) {
                             (Ok(got), Ok(want)) => assert!(got == want, "{at}: other bytes"),
-                            (Err(a), Err(b)) if *whole => assert_eq!(a, b, "{at}"),
-                            (Err(_), Err(_)) => {}
+                            (Err(a), Err(b)) if a == b => {}
+                            (Err(_), Err(_)) => {
+                                assert!(!whole && before_error > limit, "{at}: {got:?}, {want:?}")
+                            }
                             _ => panic!(
                                 "{at}: {:?} where reading gave {:?}",
                                 got.map(|b| b.len()),
                                 want.map(|b| b.len())
                             ),
                         }
+                    }
+                }
+                let at = format!("{format:?} case {i}: the largest limit");
+                assert!(
+                    here(format, body, usize::MAX, 0) == here(format, body, 1 << 30, 0),
+                    "{at}"
+                );
+            }
+        }
+    }
+
+    /// Bodies larger than a step: written and charged a step at a time (a zstd frame's
+    /// believed size at once), within limits that fall between steps.
+    #[test]
+    fn bodies_of_many_steps_are_charged_as_they_come() {
+        let payload = letters(3 * STEP + 12_345);
+        let bodies = [
+            (Format::Gzip, gzip(&payload, 1, false)),
+            (Format::Zlib, zlib(&payload, 1)),
+            (Format::Zstd, zstd(&payload, true)),
+            (Format::Zstd, zstd(&payload, false)),
+        ];
+        for (format, body) in &bodies {
+            for limit in [2 * STEP + 7, payload.len(), usize::MAX] {
+                for spare in [0, STEP] {
+                    let got = here(*format, body, limit, spare);
+                    if limit >= payload.len() {
+                        assert!(got.as_deref() == Ok(&payload[..]), "{format:?}, {limit}");
+                    } else {
+                        assert_eq!(got, Err("too large"), "{format:?}, {limit}");
                     }
                 }
             }
@@ -411,24 +611,19 @@ mod tests {
     fn a_stated_zstd_frame_decodes_in_one_pass_and_its_context_is_kept() {
         std::thread::spawn(|| {
             let kept = || super::ZSTD_CONTEXT.with(|c| c.borrow().as_ref().map(|c| c.sizeof()));
-            // Letters at random: about 2 to 1, so that its stated size is believed.
-            let mut x = 0x2545_f491_4f6c_dd1d_u64;
-            let body: Vec<u8> = (0..4_000_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    b"abcdefghijklmnop"[(x >> 60) as usize]
-                })
-                .collect();
-            let mut out = Vec::new();
-            decompress(Format::Zstd, &zstd(&body, true), 8 << 20, &mut out).unwrap();
-            assert!(out == body);
+            let body = letters(4_000_000);
+            let frame = zstd(&body, true);
+            assert_eq!(
+                stated_size_of(Format::Zstd, &frame),
+                Some(body.len()),
+                "believed"
+            );
+            assert!(here(Format::Zstd, &frame, 8 << 20, 0).as_deref() == Ok(&body[..]));
             let size = kept().expect("kept");
             assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
-            let mut out = Vec::new();
-            decompress(Format::Zstd, &zstd(&body, false), 8 << 20, &mut out).unwrap();
-            assert!(out == body);
+            assert!(
+                here(Format::Zstd, &zstd(&body, false), 8 << 20, 0).as_deref() == Ok(&body[..])
+            );
             assert_eq!(kept(), None, "a context holding a window is dropped");
         })
         .join()
