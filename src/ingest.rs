@@ -164,8 +164,8 @@ pub fn decompress(
 const DECOMPRESS_STEP: u64 = inflate::STEP as u64;
 
 /// [`decompress`], telling `grow` of what it writes as it goes, at most
-/// [`DECOMPRESS_STEP`] at a time (a snappy block: its whole length, before it is
-/// allocated); an error from `grow` stops it there.
+/// [`DECOMPRESS_STEP`] at a time (a snappy block, and a zstd frame whose stated size is
+/// believed: that size, before it is written); an error from `grow` stops it there.
 fn decompress_charged(
     format: Format,
     src: &[u8],
