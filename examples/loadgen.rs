@@ -967,9 +967,16 @@ impl Baseline {
         INFLATED.with(|out| {
             let mut out = out.borrow_mut();
             out.clear();
-            sloxide::ingest::decompress(format, &body, MAX_INFLATED as usize, &mut out)
-                .map_err(|e| format!("inflate: {e}"))?;
-            self.handle(&out)
+            let handled =
+                sloxide::ingest::decompress(format, &body, MAX_INFLATED as usize, &mut out)
+                    .map_err(|e| format!("inflate: {e}"))
+                    .and_then(|()| self.handle(&out));
+            // Kept for the next request up to what a large batch needs, as sloxide's
+            // buffer pool keeps its buffers.
+            if out.capacity() > 8 << 20 {
+                *out = Vec::new();
+            }
+            handled
         })
     }
 }
