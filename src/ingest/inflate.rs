@@ -222,6 +222,19 @@ fn cut_short() -> io::Error {
     )
 }
 
+/// Runs `f` with this thread's kept zstd context (made when there is none; `None`
+/// when it cannot be), and keeps the context for the next body unless it holds more
+/// than [`ZSTD_CONTEXT_KEPT`].
+fn with_zstd_context<R>(f: impl FnOnce(&mut DCtx<'static>) -> R) -> Option<R> {
+    let kept = ZSTD_CONTEXT.with(|c| c.borrow_mut().take());
+    let mut context = kept.or_else(DCtx::try_create)?;
+    let result = f(&mut context);
+    if context.sizeof() <= ZSTD_CONTEXT_KEPT {
+        ZSTD_CONTEXT.with(|c| *c.borrow_mut() = Some(context));
+    }
+    Some(result)
+}
+
 /// Inflates the zstd frames in `src` onto the end of `out`, with the thread's kept
 /// context. `stated` is the first frame's content size, when it is believed: it is
 /// charged and reserved first, so zstd decodes that frame in one pass. `window_log_max`
@@ -235,15 +248,63 @@ pub(super) fn inflate_zstd(
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
 ) -> Result<io::Result<()>, IngestError> {
-    let kept = ZSTD_CONTEXT.with(|c| c.borrow_mut().take());
-    let Some(mut context) = kept.or_else(DCtx::try_create) else {
-        return Ok(Err(io::Error::other("no memory for a zstd context")));
-    };
-    let result = zstd_frames(&mut context, src, limit, stated, window_log_max, out, grow);
-    if context.sizeof() <= ZSTD_CONTEXT_KEPT {
-        ZSTD_CONTEXT.with(|c| *c.borrow_mut() = Some(context));
-    }
-    result
+    with_zstd_context(|context| {
+        let zstd_error = |code| io::Error::other(zstd_safe::get_error_name(code));
+        if let Err(code) = context
+            .reset(ResetDirective::SessionOnly)
+            .and_then(|_| context.set_parameter(DParameter::WindowLogMax(window_log_max)))
+        {
+            return Ok(Err(zstd_error(code)));
+        }
+        let start = out.len();
+        // Bytes charged before they were written.
+        let mut ahead = 0;
+        let stated = stated.filter(|&n| n <= limit);
+        if let Some(n) = stated {
+            grow(n)?;
+            ahead = n;
+        }
+        reserve_stated(out, limit, stated);
+        let mut input = InBuffer::around(src);
+        // An empty body is not a zstd stream: it waits for a frame, as a cut one does.
+        let mut in_frame = true;
+        loop {
+            if out.len() - start > limit || (input.pos() == src.len() && !in_frame) {
+                return Ok(Ok(()));
+            }
+            make_room(out, start, limit);
+            let (read_before, written_before) = (input.pos(), out.len());
+            // What was charged ahead, or a step, within the limit and a byte.
+            let room = (out.capacity() - written_before)
+                .min(if ahead > 0 { ahead } else { STEP })
+                .min((limit - (written_before - start)).saturating_add(1));
+            let mut upto = Upto {
+                out: &mut *out,
+                end: written_before + room,
+            };
+            let status = context.decompress_stream(
+                &mut OutBuffer::around_pos(&mut upto, written_before),
+                &mut input,
+            );
+            let written = out.len() - written_before;
+            let paid = written.min(ahead);
+            ahead -= paid;
+            if written > paid {
+                grow(written - paid)?;
+            }
+            match status {
+                Err(code) => return Ok(Err(zstd_error(code))),
+                Ok(0) => in_frame = false,
+                Ok(_) => {
+                    in_frame = true;
+                    if input.pos() == read_before && written == 0 && room > 0 {
+                        return Ok(Err(cut_short()));
+                    }
+                }
+            }
+        }
+    })
+    .unwrap_or_else(|| Ok(Err(io::Error::other("no memory for a zstd context"))))
 }
 
 /// A buffer seen as ending at `end` (within its capacity), so that one zstd call
@@ -272,71 +333,6 @@ unsafe impl zstd_safe::WriteBuf for Upto<'_> {
     unsafe fn filled_until(&mut self, n: usize) {
         // SAFETY: as above, the first `n` bytes are initialised and within capacity.
         unsafe { self.out.set_len(n) }
-    }
-}
-
-fn zstd_frames(
-    context: &mut DCtx<'static>,
-    src: &[u8],
-    limit: usize,
-    stated: Option<usize>,
-    window_log_max: u32,
-    out: &mut Vec<u8>,
-    grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
-) -> Result<io::Result<()>, IngestError> {
-    let zstd_error = |code| io::Error::other(zstd_safe::get_error_name(code));
-    if let Err(code) = context
-        .reset(ResetDirective::SessionOnly)
-        .and_then(|_| context.set_parameter(DParameter::WindowLogMax(window_log_max)))
-    {
-        return Ok(Err(zstd_error(code)));
-    }
-    let start = out.len();
-    // Bytes charged before they were written.
-    let mut ahead = 0;
-    let stated = stated.filter(|&n| n <= limit);
-    if let Some(n) = stated {
-        grow(n)?;
-        ahead = n;
-    }
-    reserve_stated(out, limit, stated);
-    let mut input = InBuffer::around(src);
-    // An empty body is not a zstd stream: it waits for a frame, as a cut one does.
-    let mut in_frame = true;
-    loop {
-        if out.len() - start > limit || (input.pos() == src.len() && !in_frame) {
-            return Ok(Ok(()));
-        }
-        make_room(out, start, limit);
-        let (read_before, written_before) = (input.pos(), out.len());
-        // What was charged ahead, or a step, within the limit and a byte.
-        let room = (out.capacity() - written_before)
-            .min(if ahead > 0 { ahead } else { STEP })
-            .min((limit - (written_before - start)).saturating_add(1));
-        let mut upto = Upto {
-            out: &mut *out,
-            end: written_before + room,
-        };
-        let status = context.decompress_stream(
-            &mut OutBuffer::around_pos(&mut upto, written_before),
-            &mut input,
-        );
-        let written = out.len() - written_before;
-        let paid = written.min(ahead);
-        ahead -= paid;
-        if written > paid {
-            grow(written - paid)?;
-        }
-        match status {
-            Err(code) => return Ok(Err(zstd_error(code))),
-            Ok(0) => in_frame = false,
-            Ok(_) => {
-                in_frame = true;
-                if input.pos() == read_before && written == 0 && room > 0 {
-                    return Ok(Err(cut_short()));
-                }
-            }
-        }
     }
 }
 
