@@ -58,7 +58,9 @@ fn decode(c: &mut Criterion) {
 }
 
 /// The mixed request compressed as a Collector or SDK sends it: gzip and zlib at their
-/// default level (6), zstd at level 3, and a raw snappy block.
+/// default level (6), zstd at level 3 (one frame that states its size, as a one-shot
+/// compression writes it; and one streamed as a Collector writes it, with no size and a
+/// 4 MiB window), and a raw snappy block.
 fn inflate(c: &mut Criterion) {
     let mix = Mix::default();
     let body = fixture::mixed_traces(&mix).encode_to_vec();
@@ -67,6 +69,10 @@ fn inflate(c: &mut Criterion) {
     gzip.write_all(&body).unwrap();
     let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), level);
     zlib.write_all(&body).unwrap();
+    let mut streamed = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    streamed.include_contentsize(false).unwrap();
+    streamed.window_log(22).unwrap();
+    streamed.write_all(&body).unwrap();
     let cases = [
         (Format::Gzip, "gzip", gzip.finish().unwrap()),
         (Format::Zlib, "zlib", zlib.finish().unwrap()),
@@ -75,6 +81,7 @@ fn inflate(c: &mut Criterion) {
             "zstd",
             zstd::bulk::compress(&body, 3).unwrap(),
         ),
+        (Format::Zstd, "zstd_unsized", streamed.finish().unwrap()),
         (
             Format::Snappy,
             "snappy",

@@ -180,6 +180,10 @@ struct Args {
     /// zstd). The gRPC client is then hyper, with pre-compressed messages.
     #[arg(long, conflicts_with = "gzip")]
     zstd: bool,
+    /// With --zstd: write each body as a Collector does, one streamed frame that states
+    /// no content size, with a 4 MiB window (one-shot compression states the size).
+    #[arg(long, requires = "zstd")]
+    zstd_streamed: bool,
     /// gRPC client implementation.
     #[arg(long, value_enum, default_value = "auto")]
     grpc_client: GrpcClient,
@@ -443,6 +447,16 @@ impl Args {
     }
 }
 
+/// `raw` as one zstd frame at level 3 written as a stream, as a Collector writes its
+/// bodies: no content size, a 4 MiB window.
+fn zstd_streamed(raw: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3)?;
+    enc.include_contentsize(false)?;
+    enc.window_log(22)?;
+    enc.write_all(raw)?;
+    Ok(enc.finish()?)
+}
+
 fn bodies(args: &Args, framed_grpc: bool) -> anyhow::Result<Bodies> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let mut out = Vec::with_capacity(DISTINCT_REQUESTS);
@@ -466,6 +480,7 @@ fn bodies(args: &Args, framed_grpc: bool) -> anyhow::Result<Bodies> {
         let compress = args.transport == TransportKind::Http || framed_grpc;
         let payload = match args.compression() {
             Some("gzip") if compress => gzip(&raw)?,
+            Some("zstd") if compress && args.zstd_streamed => zstd_streamed(&raw)?,
             Some("zstd") if compress => zstd::bulk::compress(&raw, 3)?,
             _ => raw,
         };
