@@ -165,7 +165,8 @@ const DECOMPRESS_STEP: u64 = inflate::STEP as u64;
 
 /// [`decompress`], telling `grow` of what it writes as it goes, at most
 /// [`DECOMPRESS_STEP`] at a time (a snappy block, and a zstd frame whose stated size is
-/// believed: that size, before it is written); an error from `grow` stops it there.
+/// believed or that is decoded in one pass: that size or its bound, before it is
+/// written, which may pass what is written); an error from `grow` stops it there.
 fn decompress_charged(
     format: Format,
     src: &[u8],
@@ -192,6 +193,7 @@ fn decompress_charged(
             src,
             limit,
             stated_size_of(format, src),
+            src.len().saturating_mul(STATED_RATIO_MAX),
             zstd_window_log_max(limit),
             out,
             grow,
@@ -356,7 +358,8 @@ pub const MAX_PREFIX: usize = 16;
 /// take the in-flight budget past its ceiling is refused as soon as it would, rather
 /// than decompressed further (overloaded while other requests hold part of the budget;
 /// too large when the request alone was past it), and no more than one step of it is
-/// ever held uncharged. On error nothing stays charged: the output is not used.
+/// ever held uncharged. On error nothing stays charged: the output is not used; on
+/// success, what the body became is.
 fn decompress_within(
     format: Format,
     src: &[u8],
@@ -365,13 +368,17 @@ fn decompress_within(
     out: &mut Vec<u8>,
 ) -> Result<(), IngestError> {
     let mut charged = 0;
+    let before = out.len();
     let result = decompress_charged(format, src, limit, out, &mut |n| {
         reservation.charge(n)?;
         charged += n;
         Ok(())
     });
-    if result.is_err() {
-        reservation.uncharge(charged);
+    match result {
+        Err(_) => reservation.uncharge(charged),
+        // What was charged ahead of a zstd frame (its stated size, or its bound) and not
+        // written: charged is what the body became.
+        Ok(()) => reservation.uncharge(charged.saturating_sub(out.len() - before)),
     }
     result
 }

@@ -237,13 +237,18 @@ fn with_zstd_context<R>(f: impl FnOnce(&mut DCtx<'static>) -> R) -> Option<R> {
 
 /// Inflates the zstd frames in `src` onto the end of `out`, with the thread's kept
 /// context. `stated` is the first frame's content size, when it is believed: it is
-/// charged and reserved first, so zstd decodes that frame in one pass. `window_log_max`
-/// bounds the window a frame decoded in steps may ask for. The outer error is `grow`'s,
-/// the inner one the format's.
+/// charged and reserved first, so zstd decodes that frame in one pass. Frames that state
+/// no size (a Collector streams its bodies, so its frames do not) are decoded in one
+/// pass too when the bound their block headers give is at most `limit` and `bound_max`:
+/// that bound is charged and reserved first. `window_log_max` bounds the window a frame
+/// decoded in steps may ask for (one decoded in one pass has none: it refers back into
+/// `out`). The outer error is `grow`'s, the inner one the format's. Bytes charged ahead
+/// and not written stay charged: the caller gives them back.
 pub(super) fn inflate_zstd(
     src: &[u8],
     limit: usize,
     stated: Option<usize>,
+    bound_max: usize,
     window_log_max: u32,
     out: &mut Vec<u8>,
     grow: &mut dyn FnMut(usize) -> Result<(), IngestError>,
@@ -265,6 +270,29 @@ pub(super) fn inflate_zstd(
             ahead = n;
         }
         reserve_stated(out, limit, stated);
+        // (An empty body is no frame: zstd's one-pass decode would take it as nothing.)
+        if stated.is_none()
+            && !src.is_empty()
+            && let Some(bound) = one_pass_bound(src, limit.min(bound_max))
+        {
+            grow(bound)?;
+            ahead = bound;
+            out.reserve_exact(bound);
+            let mut tail = Tail {
+                out: &mut *out,
+                from: start,
+                end: start + bound,
+            };
+            if context.decompress(&mut tail, src).is_ok() {
+                return Ok(Ok(()));
+            }
+            // Damaged, or its bound was not the whole story: in steps from its start, as
+            // any other (which tells what is wrong), with the bound charged already.
+            out.truncate(start);
+            if let Err(code) = context.reset(ResetDirective::SessionOnly) {
+                return Ok(Err(zstd_error(code)));
+            }
+        }
         let mut input = InBuffer::around(src);
         // An empty body is not a zstd stream: it waits for a frame, as a cut one does.
         let mut in_frame = true;
@@ -307,6 +335,48 @@ pub(super) fn inflate_zstd(
     .unwrap_or_else(|| Ok(Err(io::Error::other("no memory for a zstd context"))))
 }
 
+/// The most the zstd frames in `src` can inflate to, from their headers and their
+/// blocks' (each compressed block at most the frame's largest block, so this passes
+/// what a frame holds by less than a block), when that is at most `max` and the body is
+/// nothing but frames: then it can be decoded in one pass into that much room.
+fn one_pass_bound(src: &[u8], max: usize) -> Option<usize> {
+    let bound = zstd_safe::decompress_bound(src).ok()?;
+    usize::try_from(bound).ok().filter(|&b| b <= max)
+}
+
+/// The part of a buffer from `from` (its length) to `end` (within its capacity), for
+/// zstd's one-pass decode to write into.
+struct Tail<'a> {
+    out: &'a mut Vec<u8>,
+    from: usize,
+    end: usize,
+}
+
+// SAFETY: the pointer is `from` bytes into the vector, `from` being its length, and the
+// capacity reported from there ends within the vector's capacity, so zstd writes only
+// within memory the vector owns; it calls `filled_until` only with a length up to which
+// it has written from that pointer.
+unsafe impl zstd_safe::WriteBuf for Tail<'_> {
+    fn as_slice(&self) -> &[u8] {
+        &self.out[self.from..]
+    }
+
+    fn capacity(&self) -> usize {
+        self.end.min(self.out.capacity()) - self.from
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        // SAFETY: `from` is the vector's length, within its allocation.
+        unsafe { self.out.as_mut_ptr().add(self.from) }
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        // SAFETY: as above, the `n` bytes after `from` are initialised and within
+        // capacity.
+        unsafe { self.out.set_len(self.from + n) }
+    }
+}
+
 /// A buffer seen as ending at `end` (within its capacity), so that one zstd call
 /// writes no further.
 struct Upto<'a> {
@@ -341,7 +411,8 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::super::{
-        Format, IngestError, decompress_charged, stated_size_of, zstd_window_log_max,
+        Format, IngestError, STATED_RATIO_MAX, decompress_charged, stated_size_of,
+        zstd_window_log_max,
     };
     use super::STEP;
 
@@ -379,7 +450,8 @@ mod tests {
 
     /// Inflates onto a buffer that holds 4 bytes and has `spare` bytes more of room, as
     /// a pooled buffer does, and checks what was charged: every byte written, at most
-    /// [`STEP`] at a time, but for a zstd frame's believed size, charged first.
+    /// [`STEP`] at a time, but for a zstd frame's believed size or its one-pass bound,
+    /// charged first (and all of it, when less came).
     fn here(
         format: Format,
         src: &[u8],
@@ -400,14 +472,23 @@ mod tests {
             "{format:?}: {written} past"
         );
         let stated = stated_size_of(format, src).filter(|&n| n <= limit);
+        let bound = zstd::zstd_safe::decompress_bound(src)
+            .ok()
+            .and_then(|b| usize::try_from(b).ok())
+            .filter(|&b| b <= limit.min(src.len().saturating_mul(STATED_RATIO_MAX)));
+        let ahead = match (format, stated) {
+            (Format::Zstd, Some(n)) => Some(n),
+            (Format::Zstd, None) => bound,
+            _ => None,
+        };
         for (i, &n) in charges.iter().enumerate() {
-            let first_stated = i == 0 && format == Format::Zstd && Some(n) == stated;
-            assert!(n <= STEP || first_stated, "{format:?}: a charge of {n}");
+            let first_ahead = i == 0 && Some(n) == ahead;
+            assert!(n <= STEP || first_ahead, "{format:?}: a charge of {n}");
         }
         if result.is_ok() {
             assert_eq!(
                 charges.iter().sum::<usize>(),
-                written,
+                written.max(ahead.unwrap_or(0)),
                 "{format:?}: charged"
             );
         }
@@ -616,11 +697,13 @@ mod tests {
         }
     }
 
-    /// A frame that states its size is decoded in one pass, with no window buffer, and
-    /// the context is kept for the next body; one decoded in steps leaves the context
-    /// holding its window, and it is not kept.
+    /// A frame that states its size, and one that states none but whose bound is
+    /// within the limit and [`STATED_RATIO_MAX`] times the body (a Collector's, with its
+    /// 4 MiB window), are decoded in one pass, with no window buffer, and the context is
+    /// kept for the next body; one decoded in steps (here, a bound past the ratio)
+    /// leaves the context holding its window, and it is not kept.
     #[test]
-    fn a_stated_zstd_frame_decodes_in_one_pass_and_its_context_is_kept() {
+    fn zstd_frames_decode_in_one_pass_where_they_can_and_the_context_is_kept() {
         std::thread::spawn(|| {
             let kept = || super::ZSTD_CONTEXT.with(|c| c.borrow().as_ref().map(|c| c.sizeof()));
             let body = letters(4_000_000);
@@ -633,9 +716,40 @@ mod tests {
             assert!(here(Format::Zstd, &frame, 8 << 20, 0).as_deref() == Ok(&body[..]));
             let size = kept().expect("kept");
             assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
-            assert!(
-                here(Format::Zstd, &zstd(&body, false), 8 << 20, 0).as_deref() == Ok(&body[..])
+            // As a Collector writes them: no content size, a 4 MiB window.
+            let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            enc.include_contentsize(false).unwrap();
+            enc.window_log(22).unwrap();
+            enc.write_all(&body).unwrap();
+            let unsized_frame = enc.finish().unwrap();
+            assert_eq!(stated_size_of(Format::Zstd, &unsized_frame), None);
+            assert!(here(Format::Zstd, &unsized_frame, 8 << 20, 0).as_deref() == Ok(&body[..]));
+            let size = kept().expect("kept after a frame of no stated size");
+            assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
+            // A window larger than a frame decoded in steps may ask for under this limit
+            // is no cost in one pass, which has none: accepted, where reading refused it.
+            let small = letters(100_000);
+            let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+            enc.include_contentsize(false).unwrap();
+            enc.window_log(27).unwrap();
+            enc.write_all(&small).unwrap();
+            let wide = enc.finish().unwrap();
+            assert!(zstd_window_log_max(1 << 20) < 27);
+            assert_eq!(through_read(Format::Zstd, &wide, 1 << 20).0, Err("invalid"));
+            assert!(here(Format::Zstd, &wide, 1 << 20, 0).as_deref() == Ok(&small[..]));
+            // Past its bound's limit, the same frame is refused as too large, as ever.
+            assert_eq!(
+                here(Format::Zstd, &unsized_frame, body.len() - 1, 0),
+                Err("too large")
             );
+            let zeros = vec![0; 4_000_000];
+            let bomb = zstd(&zeros, false);
+            assert!(
+                bomb.len() * STATED_RATIO_MAX < zeros.len(),
+                "{}",
+                bomb.len()
+            );
+            assert!(here(Format::Zstd, &bomb, 8 << 20, 0).as_deref() == Ok(&zeros[..]));
             assert_eq!(kept(), None, "a context holding a window is dropped");
         })
         .join()
