@@ -193,7 +193,7 @@ fn decompress_charged(
             src,
             limit,
             stated_size_of(format, src),
-            src.len().saturating_mul(STATED_RATIO_MAX),
+            one_pass_bound_max(src.len()),
             zstd_window_log_max(limit),
             out,
             grow,
@@ -270,6 +270,20 @@ const INFLATE_GUESS_RATIO: usize = 8;
 /// more than this is taken at [`INFLATE_GUESS_RATIO`], and charged for the rest as it
 /// inflates.
 const STATED_RATIO_MAX: usize = 64;
+
+/// The least room a zstd body that states no size may be decoded in one pass into,
+/// whatever its size: two whole blocks. Its bound counts each compressed block at the
+/// most a block can hold (128 KiB with a Collector's 4 MiB window), so a body of a few
+/// hundred bytes is bounded by a block, hundreds of times its size; decoded in steps
+/// instead, it would fill a window of up to 4 MiB, in a context made for it.
+const ONE_PASS_BOUND_MIN: usize = 256 << 10;
+
+/// The most room a zstd body of `len` bytes that states no size is decoded in one pass
+/// into (within the limit too): [`STATED_RATIO_MAX`] times its size, and at least
+/// [`ONE_PASS_BOUND_MIN`].
+fn one_pass_bound_max(len: usize) -> usize {
+    len.saturating_mul(STATED_RATIO_MAX).max(ONE_PASS_BOUND_MIN)
+}
 
 /// How many of a compressed body's first bytes [`inflated_estimate`] reads: a zstd
 /// frame header (at most 18 bytes) or a snappy block's length and stream identifier.
@@ -1745,14 +1759,20 @@ mod tests {
         assert_eq!(zstd_window_log_max((16 << 20) + 1), 25);
         assert_eq!(zstd_window_log_max(64 << 20), 26);
         assert_eq!(zstd_window_log_max(1 << 30), 27);
-        // A frame asking for a 64 MiB window is refused under an 8 MiB limit.
-        let body = vec![7u8; 1 << 16];
-        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
-        encoder.window_log(26).unwrap();
-        encoder.long_distance_matching(true).unwrap();
-        encoder.include_contentsize(false).unwrap();
-        std::io::Write::write_all(&mut encoder, &body).unwrap();
-        let frame = encoder.finish().unwrap();
+        // A frame asking for a 64 MiB window is refused under an 8 MiB limit when it is
+        // decoded in steps (here, its bound is past what is decoded in one pass).
+        let frame_of = |body: &[u8]| {
+            let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+            encoder.window_log(26).unwrap();
+            encoder.long_distance_matching(true).unwrap();
+            encoder.include_contentsize(false).unwrap();
+            std::io::Write::write_all(&mut encoder, body).unwrap();
+            encoder.finish().unwrap()
+        };
+        let body = vec![7u8; 1 << 20];
+        let frame = frame_of(&body);
+        let bound = zstd::zstd_safe::decompress_bound(&frame).unwrap() as usize;
+        assert!(bound > one_pass_bound_max(frame.len()), "{bound}");
         let mut out = Vec::new();
         let err = decompress(Format::Zstd, &frame, 8 << 20, &mut out).unwrap_err();
         assert!(matches!(err, IngestError::Decompress { .. }), "{err}");
@@ -1760,6 +1780,11 @@ mod tests {
         let mut out = Vec::new();
         decompress(Format::Zstd, &frame, 64 << 20, &mut out).unwrap();
         assert_eq!(out, body);
+        // Decoded in one pass, a frame needs no window: the same window is no cost.
+        let small = frame_of(&body[..1 << 16]);
+        let mut out = Vec::new();
+        decompress(Format::Zstd, &small, 8 << 20, &mut out).unwrap();
+        assert_eq!(out, body[..1 << 16]);
     }
 
     #[test]

@@ -7,17 +7,20 @@
 //! zstd context per body cost more than either (docs/benchmarks.md). Here the decoders
 //! write into the buffer's spare capacity, a zstd context is kept per thread, and a
 //! body that states its inflated size gets that room at once: a zstd frame is then
-//! decoded in one pass, with no window buffer at all.
+//! decoded in one pass, with no window buffer at all, as are zstd frames that state no
+//! size (a Collector's) when their blocks bound them closely enough.
 //!
 //! Both loops keep the contract of `read_in_steps`: what is written is told to `grow`,
 //! which charges it, at most [`STEP`] at a time (a zstd frame whose stated size is
-//! believed is charged for it before it is written, as a snappy block is), and writing
-//! stops once more than `limit` bytes came out, one byte past it.
+//! believed, or one decoded in one pass by its bound, is charged for that before it is
+//! written, as a snappy block is; what was not written is given back by the caller),
+//! and writing stops once more than `limit` bytes came out, one byte past it.
 
 use std::cell::RefCell;
 use std::io;
 
 use flate2::{Decompress, FlushDecompress, Status};
+use zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode;
 use zstd::zstd_safe::{self, DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
 
 use super::IngestError;
@@ -239,8 +242,8 @@ fn with_zstd_context<R>(f: impl FnOnce(&mut DCtx<'static>) -> R) -> Option<R> {
 /// context. `stated` is the first frame's content size, when it is believed: it is
 /// charged and reserved first, so zstd decodes that frame in one pass. Frames that state
 /// no size (a Collector streams its bodies, so its frames do not) are decoded in one
-/// pass too when the bound their block headers give is at most `limit` and `bound_max`:
-/// that bound is charged and reserved first. `window_log_max` bounds the window a frame
+/// pass too when the bound their block headers give is at most `limit` and `bound_max`,
+/// and `grow` takes it: that bound is charged and reserved first. `window_log_max` bounds the window a frame
 /// decoded in steps may ask for (one decoded in one pass has none: it refers back into
 /// `out`). The outer error is `grow`'s, the inner one the format's. Bytes charged ahead
 /// and not written stay charged: the caller gives them back.
@@ -271,11 +274,13 @@ pub(super) fn inflate_zstd(
         }
         reserve_stated(out, limit, stated);
         // (An empty body is no frame: zstd's one-pass decode would take it as nothing.)
+        // The bound is charged only where it fits: a body flushed in small blocks is
+        // bounded far above what it holds, and is then charged as it inflates, in steps.
         if stated.is_none()
             && !src.is_empty()
             && let Some(bound) = one_pass_bound(src, limit.min(bound_max))
+            && grow(bound).is_ok()
         {
-            grow(bound)?;
             ahead = bound;
             out.reserve_exact(bound);
             let mut tail = Tail {
@@ -283,14 +288,22 @@ pub(super) fn inflate_zstd(
                 from: start,
                 end: start + bound,
             };
-            if context.decompress(&mut tail, src).is_ok() {
-                return Ok(Ok(()));
-            }
-            // Damaged, or its bound was not the whole story: in steps from its start, as
-            // any other (which tells what is wrong), with the bound charged already.
-            out.truncate(start);
-            if let Err(code) = context.reset(ResetDirective::SessionOnly) {
-                return Ok(Err(zstd_error(code)));
+            match context.decompress(&mut tail, src) {
+                Ok(_) => return Ok(Ok(())),
+                // A bound is never short, but were it so, the steps below would tell.
+                Err(code)
+                    if zstd_safe::is_error_kind(
+                        code,
+                        ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall,
+                    ) =>
+                {
+                    out.truncate(start);
+                    if let Err(code) = context.reset(ResetDirective::SessionOnly) {
+                        return Ok(Err(zstd_error(code)));
+                    }
+                }
+                // Damaged: refused as it is, not decoded a second time.
+                Err(code) => return Ok(Err(zstd_error(code))),
             }
         }
         let mut input = InBuffer::around(src);
@@ -336,9 +349,11 @@ pub(super) fn inflate_zstd(
 }
 
 /// The most the zstd frames in `src` can inflate to, from their headers and their
-/// blocks' (each compressed block at most the frame's largest block, so this passes
-/// what a frame holds by less than a block), when that is at most `max` and the body is
-/// nothing but frames: then it can be decoded in one pass into that much room.
+/// blocks', when that is at most `max` and the body is nothing but frames: then it can
+/// be decoded in one pass into that much room. Each compressed block is counted at the
+/// most a block can hold (128 KiB, or the window when smaller): a frame written in
+/// full blocks, as a Collector's is, is bounded within a block of what it holds; one
+/// flushed in small blocks, far above it.
 fn one_pass_bound(src: &[u8], max: usize) -> Option<usize> {
     let bound = zstd_safe::decompress_bound(src).ok()?;
     usize::try_from(bound).ok().filter(|&b| b <= max)
@@ -411,8 +426,8 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::super::{
-        Format, IngestError, STATED_RATIO_MAX, decompress_charged, stated_size_of,
-        zstd_window_log_max,
+        Format, IngestError, STATED_RATIO_MAX, decompress_charged, one_pass_bound_max,
+        stated_size_of, zstd_window_log_max,
     };
     use super::STEP;
 
@@ -475,7 +490,7 @@ mod tests {
         let bound = zstd::zstd_safe::decompress_bound(src)
             .ok()
             .and_then(|b| usize::try_from(b).ok())
-            .filter(|&b| b <= limit.min(src.len().saturating_mul(STATED_RATIO_MAX)));
+            .filter(|&b| b <= limit.min(one_pass_bound_max(src.len())));
         let ahead = match (format, stated) {
             (Format::Zstd, Some(n)) => Some(n),
             (Format::Zstd, None) => bound,
@@ -533,6 +548,16 @@ mod tests {
         if content_size {
             enc.set_pledged_src_size(Some(body.len() as u64)).unwrap();
         }
+        enc.write_all(body).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// One zstd frame written as a stream, with no content size and a window of
+    /// `2^window_log` bytes, as a Collector writes its bodies (`window_log` 22).
+    fn streamed(body: &[u8], window_log: u32) -> Vec<u8> {
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.window_log(window_log).unwrap();
         enc.write_all(body).unwrap();
         enc.finish().unwrap()
     }
@@ -697,11 +722,74 @@ mod tests {
         }
     }
 
+    /// A body flushed in small blocks is bounded far above what it holds: where that
+    /// bound is refused (a budget near its ceiling), it is decoded in steps, charged as
+    /// it comes, and accepted as before. A damaged frame decoded in one pass is refused
+    /// from that pass, not decoded a second time in steps.
+    #[test]
+    fn zstd_bounds_are_charged_only_where_they_fit_and_damage_is_decoded_once() {
+        let payload = letters(300_000);
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.window_log(22).unwrap();
+        for chunk in payload.chunks(4096) {
+            enc.write_all(chunk).unwrap();
+            enc.flush().unwrap();
+        }
+        let flushed = enc.finish().unwrap();
+        let bound = zstd::zstd_safe::decompress_bound(&flushed).unwrap() as usize;
+        assert!(bound > 8 * payload.len(), "{bound}");
+        assert!(bound <= one_pass_bound_max(flushed.len()), "{bound}");
+        let charge = |src: &[u8], refuse_above: usize| {
+            let mut charges = Vec::new();
+            let mut out = Vec::new();
+            let result = decompress_charged(Format::Zstd, src, 16 << 20, &mut out, &mut |n| {
+                if n > refuse_above {
+                    return Err(IngestError::Overloaded);
+                }
+                charges.push(n);
+                Ok(())
+            });
+            (result.map(|()| out), charges)
+        };
+        let (got, charges) = charge(&flushed, STEP);
+        assert!(got.as_deref().is_ok_and(|b| b == &payload[..]));
+        assert_eq!(charges.iter().sum::<usize>(), payload.len());
+        // Taken, the bound is charged once, and nothing after it.
+        let (got, charges) = charge(&flushed, usize::MAX);
+        assert!(got.as_deref().is_ok_and(|b| b == &payload[..]));
+        assert_eq!(charges, [bound]);
+        // A checksum that does not match: refused after the one pass, with its one
+        // charge. Decoded again in steps, it would have left the thread's context
+        // holding its 4 MiB window, and the context would not have been kept.
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.include_checksum(true).unwrap();
+        enc.window_log(22).unwrap();
+        enc.write_all(&payload).unwrap();
+        let mut damaged = enc.finish().unwrap();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x41;
+        let bound = zstd::zstd_safe::decompress_bound(&damaged).unwrap() as usize;
+        std::thread::spawn(move || {
+            let (got, charges) = charge(&damaged, usize::MAX);
+            assert!(matches!(got, Err(IngestError::Decompress { .. })));
+            assert_eq!(charges, [bound]);
+            let kept = super::ZSTD_CONTEXT.with(|c| c.borrow().as_ref().map(|c| c.sizeof()));
+            assert!(
+                kept.is_some_and(|n| n <= super::ZSTD_CONTEXT_KEPT),
+                "{kept:?}"
+            );
+        })
+        .join()
+        .unwrap();
+    }
+
     /// A frame that states its size, and one that states none but whose bound is
-    /// within the limit and [`STATED_RATIO_MAX`] times the body (a Collector's, with its
-    /// 4 MiB window), are decoded in one pass, with no window buffer, and the context is
-    /// kept for the next body; one decoded in steps (here, a bound past the ratio)
-    /// leaves the context holding its window, and it is not kept.
+    /// within the limit and [`one_pass_bound_max`] of the body (a Collector's, with its
+    /// 4 MiB window, large or small), are decoded in one pass, with no window buffer,
+    /// and the context is kept for the next body; one decoded in steps (here, a bound
+    /// past that) leaves the context holding its window, and it is not kept.
     #[test]
     fn zstd_frames_decode_in_one_pass_where_they_can_and_the_context_is_kept() {
         std::thread::spawn(|| {
@@ -717,23 +805,22 @@ mod tests {
             let size = kept().expect("kept");
             assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
             // As a Collector writes them: no content size, a 4 MiB window.
-            let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
-            enc.include_contentsize(false).unwrap();
-            enc.window_log(22).unwrap();
-            enc.write_all(&body).unwrap();
-            let unsized_frame = enc.finish().unwrap();
+            let unsized_frame = streamed(&body, 22);
             assert_eq!(stated_size_of(Format::Zstd, &unsized_frame), None);
             assert!(here(Format::Zstd, &unsized_frame, 8 << 20, 0).as_deref() == Ok(&body[..]));
             let size = kept().expect("kept after a frame of no stated size");
             assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
+            // A small one too, whose bound (a whole block) is hundreds of times its size.
+            let few = letters(2_000);
+            let small_frame = streamed(&few, 22);
+            assert!(small_frame.len() * STATED_RATIO_MAX < 128 << 10);
+            assert!(here(Format::Zstd, &small_frame, 8 << 20, 0).as_deref() == Ok(&few[..]));
+            let size = kept().expect("kept after a small frame of no stated size");
+            assert!(size <= super::ZSTD_CONTEXT_KEPT, "{size}");
             // A window larger than a frame decoded in steps may ask for under this limit
             // is no cost in one pass, which has none: accepted, where reading refused it.
             let small = letters(100_000);
-            let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
-            enc.include_contentsize(false).unwrap();
-            enc.window_log(27).unwrap();
-            enc.write_all(&small).unwrap();
-            let wide = enc.finish().unwrap();
+            let wide = streamed(&small, 27);
             assert!(zstd_window_log_max(1 << 20) < 27);
             assert_eq!(through_read(Format::Zstd, &wide, 1 << 20).0, Err("invalid"));
             assert!(here(Format::Zstd, &wide, 1 << 20, 0).as_deref() == Ok(&small[..]));
@@ -745,7 +832,7 @@ mod tests {
             let zeros = vec![0; 4_000_000];
             let bomb = zstd(&zeros, false);
             assert!(
-                bomb.len() * STATED_RATIO_MAX < zeros.len(),
+                one_pass_bound_max(bomb.len()) < zeros.len(),
                 "{}",
                 bomb.len()
             );
