@@ -275,7 +275,8 @@ const STATED_RATIO_MAX: usize = 64;
 /// whatever its size: two whole blocks. Its bound counts each compressed block at the
 /// most a block can hold (128 KiB with a Collector's 4 MiB window), so a body of a few
 /// hundred bytes is bounded by a block, hundreds of times its size; decoded in steps
-/// instead, it would fill a window of up to 4 MiB, in a context made for it.
+/// instead, its context would allocate a window of up to 4 MiB, and be made again for
+/// the next body.
 const ONE_PASS_BOUND_MIN: usize = 256 << 10;
 
 /// The most room a zstd body of `len` bytes that states no size is decoded in one pass

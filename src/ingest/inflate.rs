@@ -243,10 +243,11 @@ fn with_zstd_context<R>(f: impl FnOnce(&mut DCtx<'static>) -> R) -> Option<R> {
 /// charged and reserved first, so zstd decodes that frame in one pass. Frames that state
 /// no size (a Collector streams its bodies, so its frames do not) are decoded in one
 /// pass too when the bound their block headers give is at most `limit` and `bound_max`,
-/// and `grow` takes it: that bound is charged and reserved first. `window_log_max` bounds the window a frame
-/// decoded in steps may ask for (one decoded in one pass has none: it refers back into
-/// `out`). The outer error is `grow`'s, the inner one the format's. Bytes charged ahead
-/// and not written stay charged: the caller gives them back.
+/// and `grow` takes it: that bound is charged and reserved first. `window_log_max`
+/// bounds the window a frame decoded in steps may ask for (one decoded in one pass has
+/// none: it refers back into `out`). The outer error is `grow`'s, the inner one the
+/// format's. Bytes charged ahead and not written stay charged: the caller gives them
+/// back.
 pub(super) fn inflate_zstd(
     src: &[u8],
     limit: usize,
@@ -273,9 +274,9 @@ pub(super) fn inflate_zstd(
             ahead = n;
         }
         reserve_stated(out, limit, stated);
-        // (An empty body is no frame: zstd's one-pass decode would take it as nothing.)
         // The bound is charged only where it fits: a body flushed in small blocks is
         // bounded far above what it holds, and is then charged as it inflates, in steps.
+        // An empty body is no frame, which zstd's one-pass decode would take as nothing.
         if stated.is_none()
             && !src.is_empty()
             && let Some(bound) = one_pass_bound(src, limit.min(bound_max))
