@@ -426,9 +426,10 @@ unsafe impl zstd_safe::WriteBuf for Upto<'_> {
 mod tests {
     use std::io::{Read, Write};
 
+    use super::super::admission::{BASE_RESERVATION, Budget};
     use super::super::{
-        Format, IngestError, STATED_RATIO_MAX, decompress_charged, one_pass_bound_max,
-        stated_size_of, zstd_window_log_max,
+        Format, IngestError, STATED_RATIO_MAX, decompress_charged, decompress_within,
+        one_pass_bound_max, stated_size_of, zstd_window_log_max,
     };
     use super::STEP;
 
@@ -560,6 +561,19 @@ mod tests {
         enc.include_contentsize(false).unwrap();
         enc.window_log(window_log).unwrap();
         enc.write_all(body).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// [`streamed`] with a 4 MiB window, flushed every 4 KiB: each flush ends a block, so
+    /// the bound (each block counted at 128 KiB) is far above what the frame holds.
+    fn flushed(body: &[u8]) -> Vec<u8> {
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.window_log(22).unwrap();
+        for chunk in body.chunks(4096) {
+            enc.write_all(chunk).unwrap();
+            enc.flush().unwrap();
+        }
         enc.finish().unwrap()
     }
 
@@ -723,6 +737,28 @@ mod tests {
         }
     }
 
+    /// A zstd body decoded in one pass is charged its bound first; once inflated, the
+    /// request holds what it became, not the bound (a body flushed in small blocks is
+    /// bounded at many times its size).
+    #[tokio::test]
+    async fn what_a_zstd_body_was_charged_ahead_and_did_not_become_is_given_back() {
+        let payload = letters(300_000);
+        let flushed = flushed(&payload);
+        let bound = zstd::zstd_safe::decompress_bound(&flushed).unwrap() as usize;
+        assert!(bound > 4 * payload.len(), "{bound}");
+        assert!(bound <= one_pass_bound_max(flushed.len()), "{bound}");
+        let budget = Budget::new(64 << 20);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut reservation = budget.admit(0, deadline).await.unwrap();
+        let mut out = Vec::new();
+        decompress_within(Format::Zstd, &flushed, 16 << 20, &mut reservation, &mut out).unwrap();
+        assert_eq!(out, payload);
+        assert_eq!(reservation.bytes(), bound, "the bound was charged");
+        reservation.trim(0);
+        assert_eq!(reservation.bytes(), BASE_RESERVATION + payload.len());
+        assert_eq!(budget.in_use_bytes(), BASE_RESERVATION + payload.len());
+    }
+
     /// A body flushed in small blocks is bounded far above what it holds: where that
     /// bound is refused (a budget near its ceiling), it is decoded in steps, charged as
     /// it comes, and accepted as before. A damaged frame decoded in one pass is refused
@@ -730,14 +766,7 @@ mod tests {
     #[test]
     fn zstd_bounds_are_charged_only_where_they_fit_and_damage_is_decoded_once() {
         let payload = letters(300_000);
-        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
-        enc.include_contentsize(false).unwrap();
-        enc.window_log(22).unwrap();
-        for chunk in payload.chunks(4096) {
-            enc.write_all(chunk).unwrap();
-            enc.flush().unwrap();
-        }
-        let flushed = enc.finish().unwrap();
+        let flushed = flushed(&payload);
         let bound = zstd::zstd_safe::decompress_bound(&flushed).unwrap() as usize;
         assert!(bound > 8 * payload.len(), "{bound}");
         assert!(bound <= one_pass_bound_max(flushed.len()), "{bound}");
