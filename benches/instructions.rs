@@ -1,0 +1,89 @@
+//! The mixed traffic's export, a fixed number of times, for counting instructions: the
+//! same 16 requests, configuration and warmed series as the pipeline bench's `mixed`
+//! group, exported `ROUNDS` times each (8 unless a number is given) by [`measured`].
+//!
+//! Run natively (`cargo bench --bench instructions`) it prints the time per export,
+//! which is as noisy as the machine. Under callgrind it gives the instructions each
+//! stage executes per span, which do not depend on what else the machine is doing, so
+//! two builds can be compared on a noisy day (docs/benchmarks.md, "Instructions per
+//! span"):
+//!
+//! ```sh
+//! cargo bench --bench instructions --no-run     # prints the binary's path
+//! valgrind --tool=callgrind --toggle-collect='*instructions::measured*' \
+//!     --callgrind-out-file=/tmp/cg.out target/release/deps/instructions-<hash> 4
+//! callgrind_annotate --inclusive=yes /tmp/cg.out | grep -E 'measured|walk_top|record_traces|flush'
+//! ```
+//!
+//! Only [`measured`] is counted: the requests are made and the series created first.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use sloxide::clock::ManualClock;
+use sloxide::config::Config;
+use sloxide::fixture::{self, Mix};
+use sloxide::ingest::{Encoding, Ingest};
+use sloxide::pipeline::Pipeline;
+use sloxide::telemetry::{Signal, Transport};
+
+/// Distinct requests, as in the pipeline bench's `mixed` group.
+const REQUESTS: u64 = 16;
+
+/// Exports every request `rounds` times: the only code a `--toggle-collect` on this
+/// function counts.
+#[inline(never)]
+fn measured(ingest: &Ingest, traces: &[Vec<u8>], rounds: usize) {
+    for _ in 0..rounds {
+        for body in traces {
+            black_box(
+                ingest
+                    .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
+                    .expect("the mixed requests are valid"),
+            );
+        }
+    }
+}
+
+fn main() {
+    sloxide::memory::configure();
+    sloxide::memory::one_heap();
+    // `cargo bench` passes `--bench`; a number is the rounds.
+    let rounds = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(8)
+        .max(1);
+    let mix = Mix::default();
+    let traces: Vec<Vec<u8>> = (1..=REQUESTS)
+        .map(|seed| {
+            fixture::mixed_traces(&Mix {
+                seed,
+                ..mix.clone()
+            })
+            .encode_to_vec()
+        })
+        .collect();
+    let config = Config::from_yaml(include_str!("../config/example.yaml"), "example.yaml")
+        .expect("config/example.yaml is valid");
+    let clock = Arc::new(ManualClock::new(mix.end_unix_nanos + 1_000_000_000));
+    let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
+    // Every series exists before counting, as in a daemon that has run for a while.
+    for body in &traces {
+        pipeline
+            .ingest
+            .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
+            .expect("the mixed requests are valid");
+    }
+    let start = Instant::now();
+    measured(&pipeline.ingest, &traces, rounds);
+    let exports = rounds * traces.len();
+    let per = start.elapsed() / exports as u32;
+    println!(
+        "instructions: {exports} exports of {} spans, {per:?} per export ({:.1} ns per span)",
+        mix.records,
+        per.as_nanos() as f64 / mix.records as f64
+    );
+}
