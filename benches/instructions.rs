@@ -1,12 +1,13 @@
 //! The mixed traffic's export, a fixed number of times, for counting instructions: the
-//! same 16 requests, configuration and warmed series as the pipeline bench's `mixed`
-//! group, exported `ROUNDS` times each (8 unless a number is given) by [`measured`].
+//! same 16 requests, configuration, warmed series and huge pages as the pipeline bench's
+//! `mixed` group, each exported by [`measured`] as many times as the first number on the
+//! command line says (8 without one).
 //!
 //! Run natively (`cargo bench --bench instructions`) it prints the time per export,
 //! which is as noisy as the machine. Under callgrind it gives the instructions each
-//! stage executes per span, which do not depend on what else the machine is doing, so
-//! two builds can be compared on a noisy day (docs/benchmarks.md, "Instructions per
-//! span"):
+//! stage executes (divide by the exports and their 1000 spans for a span's share),
+//! which do not depend on what else the machine is doing, so two builds can be compared
+//! on a noisy day (docs/benchmarks.md, "Instructions per span"):
 //!
 //! ```sh
 //! cargo bench --bench instructions --no-run     # prints the binary's path
@@ -77,10 +78,11 @@ fn main() {
             .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
             .expect("the mixed requests are valid");
     }
+    sloxide::memory::use_huge_pages();
     let start = Instant::now();
     measured(&pipeline.ingest, &traces, rounds);
     let exports = rounds * traces.len();
-    let per = start.elapsed() / exports as u32;
+    let per = start.elapsed().div_f64(exports as f64);
     println!(
         "instructions: {exports} exports of {} spans, {per:?} per export ({:.1} ns per span)",
         mix.records,
