@@ -1,7 +1,8 @@
 //! The mixed traffic's export, a fixed number of times, for counting instructions: the
 //! same 16 requests, configuration, warmed series and huge pages as the pipeline bench's
-//! `mixed` group, each exported by [`measured`] as many times as the first number on the
-//! command line says (8 without one).
+//! `mixed` group (both take them from `benches/common/mixed.rs`), each exported by
+//! [`measured`] as many times as the first number on the command line says (8 without
+//! one).
 //!
 //! Run natively (`cargo bench --bench instructions`) it prints the time per export,
 //! which is as noisy as the machine. Under callgrind it gives the instructions each
@@ -19,19 +20,14 @@
 //! Only [`measured`] is counted: the requests are made and the series created first.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Instant;
 
-use prost::Message;
-use sloxide::clock::ManualClock;
-use sloxide::config::Config;
 use sloxide::fixture::{self, Mix};
 use sloxide::ingest::{Encoding, Ingest};
-use sloxide::pipeline::Pipeline;
 use sloxide::telemetry::{Signal, Transport};
 
-/// Distinct requests, as in the pipeline bench's `mixed` group.
-const REQUESTS: u64 = 16;
+#[path = "common/mixed.rs"]
+mod common;
 
 /// Exports every request `rounds` times: the only code a `--toggle-collect` on this
 /// function counts.
@@ -58,27 +54,9 @@ fn main() {
         .unwrap_or(8)
         .max(1);
     let mix = Mix::default();
-    let traces: Vec<Vec<u8>> = (1..=REQUESTS)
-        .map(|seed| {
-            fixture::mixed_traces(&Mix {
-                seed,
-                ..mix.clone()
-            })
-            .encode_to_vec()
-        })
-        .collect();
-    let config = Config::from_yaml(include_str!("../config/example.yaml"), "example.yaml")
-        .expect("config/example.yaml is valid");
-    let clock = Arc::new(ManualClock::new(mix.end_unix_nanos + 1_000_000_000));
-    let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
-    // Every series exists before counting, as in a daemon that has run for a while.
-    for body in &traces {
-        pipeline
-            .ingest
-            .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
-            .expect("the mixed requests are valid");
-    }
-    sloxide::memory::use_huge_pages();
+    let traces = common::bodies(fixture::mixed_traces);
+    // Every series exists before counting, and the heap is on huge pages.
+    let (pipeline, _) = common::warmed(&traces);
     let start = Instant::now();
     measured(&pipeline.ingest, &traces, rounds);
     let exports = rounds * traces.len();

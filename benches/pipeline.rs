@@ -29,6 +29,9 @@ use sloxide::otlp::wire::Reader;
 use sloxide::pipeline::Pipeline;
 use sloxide::telemetry::{Signal, Transport};
 
+#[path = "common/mixed.rs"]
+mod common;
+
 /// What the baseline keeps per series.
 #[derive(Default)]
 struct Naive {
@@ -191,9 +194,6 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-/// Distinct mixed requests the `mixed` group cycles through.
-const MIXED_REQUESTS: u64 = 16;
-
 /// The same stages on production-like traffic ([`fixture::Mix`]): 16 distinct requests
 /// of 1000 records from 25 resources each, 60 services in 6 regions, five span kinds,
 /// varied routes and status codes, most attributes unknown to sloxide. Each iteration
@@ -202,25 +202,8 @@ fn mixed(c: &mut Criterion) {
     sloxide::memory::configure();
     sloxide::memory::one_heap();
     let mix = Mix::default();
-    let end = mix.end_unix_nanos;
-    let traces: Vec<Vec<u8>> = (1..=MIXED_REQUESTS)
-        .map(|seed| {
-            fixture::mixed_traces(&Mix {
-                seed,
-                ..mix.clone()
-            })
-            .encode_to_vec()
-        })
-        .collect();
-    let logs: Vec<Vec<u8>> = (1..=MIXED_REQUESTS)
-        .map(|seed| {
-            fixture::mixed_logs(&Mix {
-                seed,
-                ..mix.clone()
-            })
-            .encode_to_vec()
-        })
-        .collect();
+    let traces = common::bodies(fixture::mixed_traces);
+    let logs = common::bodies(fixture::mixed_logs);
     let bytes: usize = traces.iter().map(Vec::len).sum();
     eprintln!(
         "mixed: {} trace requests of {} spans, {} bytes per span; {} bytes per log record",
@@ -229,21 +212,12 @@ fn mixed(c: &mut Criterion) {
         bytes / traces.len() / mix.records,
         logs.iter().map(Vec::len).sum::<usize>() / logs.len() / mix.records,
     );
-    let config = Config::from_yaml(include_str!("../config/example.yaml"), "example.yaml")
-        .expect("config/example.yaml is valid");
-    let clock = Arc::new(ManualClock::new(end + 1_000_000_000));
-    let pipeline = Pipeline::new(&config, clock).expect("config/example.yaml compiles");
+    // Every series exists before measuring, and the heap is on huge pages.
+    let (pipeline, huge) = common::warmed(&traces);
     let (plan, aggregator, ingest) = (&pipeline.plan(), &pipeline.aggregator(), &pipeline.ingest);
-    // Every series exists before measuring, as in a daemon that has run for a while,
-    // and the heap is on huge pages, as the daemon's tick leaves it.
-    for body in &traces {
-        ingest
-            .export(Transport::Grpc, Signal::Traces, Encoding::Protobuf, body)
-            .unwrap();
-    }
     eprintln!(
         "mixed: {} MiB of the heap collapsed into huge pages",
-        sloxide::memory::use_huge_pages() >> 20
+        huge >> 20
     );
     let next = |i: &mut usize| {
         *i = (*i + 1) % traces.len();
