@@ -554,11 +554,12 @@ mod tests {
         enc.finish().unwrap()
     }
 
-    /// One zstd frame written as a stream, with no content size and a window of
-    /// `2^window_log` bytes, as a Collector writes its bodies (`window_log` 22).
+    /// One zstd frame written as a stream, with no content size, a checksum and a window
+    /// of `2^window_log` bytes, as a Collector writes its bodies (`window_log` 22).
     fn streamed(body: &[u8], window_log: u32) -> Vec<u8> {
         let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
         enc.include_contentsize(false).unwrap();
+        enc.include_checksum(true).unwrap();
         enc.window_log(window_log).unwrap();
         enc.write_all(body).unwrap();
         enc.finish().unwrap()
@@ -792,12 +793,7 @@ mod tests {
         // A checksum that does not match: refused after the one pass, with its one
         // charge. Decoded again in steps, it would have left the thread's context
         // holding its 4 MiB window, and the context would not have been kept.
-        let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
-        enc.include_contentsize(false).unwrap();
-        enc.include_checksum(true).unwrap();
-        enc.window_log(22).unwrap();
-        enc.write_all(&payload).unwrap();
-        let mut damaged = enc.finish().unwrap();
+        let mut damaged = streamed(&payload, 22);
         let last = damaged.len() - 1;
         damaged[last] ^= 0x41;
         let bound = zstd::zstd_safe::decompress_bound(&damaged).unwrap() as usize;
