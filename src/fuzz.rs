@@ -12,6 +12,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use crate::clock::ManualClock;
@@ -51,7 +53,8 @@ pub fn target(name: &str) -> Option<Body> {
 }
 
 /// `walk_traces`: the trace walker never panics, an accepted walk is internally
-/// consistent, and walking the input in pieces gives what walking it whole gives.
+/// consistent, walking the input in pieces gives what walking it whole gives, and bytes
+/// that prost decodes are accepted and extracted as from prost's decoding.
 pub fn walk_traces(data: &[u8]) {
     let keys = AttrKeys::new(["cloud.region", "http.route"]);
     let mut batch = TraceBatch::default();
@@ -64,6 +67,21 @@ pub fn walk_traces(data: &[u8]) {
             }
         }
     }
+    // The walker against the reference decoder, on any bytes, not only on the requests
+    // the property tests generate (tests/it/walker.rs): what prost decodes, the walker
+    // must take, with the same spans, values and rejections. (The walker also takes
+    // some bytes prost refuses: invalid UTF-8, kept for repair, and messages it steps
+    // over unread.)
+    if let Ok(decoded) = ExportTraceServiceRequest::decode(data) {
+        assert_eq!(
+            whole,
+            Ok(()),
+            "the trace walker refused bytes prost decodes"
+        );
+        let mut reference = TraceBatch::default();
+        fill_traces(&decoded, &keys, &mut reference);
+        assert_same_batch(&batch, &reference);
+    }
     let (pieces, skip) = pieces_of(data);
     let (mut joined, mut in_pieces) = (Vec::new(), TraceBatch::default());
     let split = walk_traces_pieces(&pieces, skip, &mut joined, &keys, &mut in_pieces);
@@ -73,8 +91,9 @@ pub fn walk_traces(data: &[u8]) {
     }
 }
 
-/// `walk_logs`: the log walker never panics, accepted records have a time, and walking
-/// the input in pieces gives what walking it whole gives.
+/// `walk_logs`: the log walker never panics, accepted records have a time, walking the
+/// input in pieces gives what walking it whole gives, and bytes that prost decodes are
+/// accepted and extracted as from prost's decoding.
 pub fn walk_logs(data: &[u8]) {
     let keys = AttrKeys::new(["cloud.region", "event.name"]);
     let mut batch = LogBatch::default();
@@ -86,6 +105,13 @@ pub fn walk_logs(data: &[u8]) {
                 let _ = batch.row(record.attrs);
             }
         }
+    }
+    // As in `walk_traces`: the walker against the reference decoder, on any bytes.
+    if let Ok(decoded) = ExportLogsServiceRequest::decode(data) {
+        assert_eq!(whole, Ok(()), "the log walker refused bytes prost decodes");
+        let mut reference = LogBatch::default();
+        fill_logs(&decoded, &keys, &mut reference);
+        assert_same_batch(&batch, &reference);
     }
     let (pieces, skip) = pieces_of(data);
     let (mut joined, mut in_pieces) = (Vec::new(), LogBatch::default());
