@@ -1,7 +1,10 @@
 //! The zero-copy walker for `ExportTraceServiceRequest`.
 
 use super::wire::{DecodeError, Reader, WireType};
-use super::{AttrKeys, Batch, RejectReason, expect, key_value, walk_export, walk_export_pieces};
+use super::{
+    AttrKeys, Batch, RejectReason, attribute_run, expect, key_value, walk_export,
+    walk_export_pieces,
+};
 
 /// What sloxide reads of one span. Borrowed from the request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,6 +81,17 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         span_id: None,
     };
     let mut r = Reader::new(msg);
+    // The ids as SDKs write them, a 16-byte trace_id then an 8-byte span_id, checked and
+    // read as one 28-byte block: four byte compares instead of two fields' tag, length
+    // and bounds steps. Anything else takes the steps below, field by field.
+    if let Some(ids) = r.peek_chunk::<28>()
+        && ids[..2] == [0x0a, 16]
+        && ids[18..20] == [0x12, 8]
+    {
+        view.trace_id = ids[2..18].try_into().ok();
+        view.span_id = ids[20..28].try_into().ok();
+        r.advance(28);
+    }
     // SDKs write a span's fields in field-number order. Taking that order first, with
     // one test per field, costs a well-predicted branch per field; the jump on the tag
     // byte below mispredicted on about every field of a mixed request (perf annotate).
@@ -100,6 +114,18 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         r.bump();
         view.name = r.bytes()?;
     }
+    // kind (below 128), start and end, as SDKs write them: one 20-byte block.
+    if let Some(times) = r.peek_chunk::<20>()
+        && times[0] == 0x30
+        && times[1] < 0x80
+        && times[2] == 0x39
+        && times[11] == 0x41
+    {
+        view.kind = i32::from(times[1]);
+        view.start = u64::from_le_bytes(times[3..11].try_into().unwrap_or_default());
+        view.end = u64::from_le_bytes(times[12..20].try_into().unwrap_or_default());
+        r.advance(20);
+    }
     if r.peek() == Some(0x30) {
         r.bump();
         view.kind = r.enum_i32()?;
@@ -112,6 +138,7 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         r.bump();
         view.end = r.fixed64()?;
     }
+    r = Reader::new(attribute_run(r.rest(), 0x4a, keys, row, out)?);
     while r.peek() == Some(0x4a) {
         r.bump();
         key_value(r.bytes()?, keys, row, out)?;
