@@ -84,13 +84,13 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
     // The ids as SDKs write them, a 16-byte trace_id then an 8-byte span_id, checked and
     // read as one 28-byte block: four byte compares instead of two fields' tag, length
     // and bounds steps. Anything else takes the steps below, field by field.
-    if let Some(ids) = r.peek_chunk::<28>()
+    if let Some((ids, rest)) = r.rest().split_first_chunk::<28>()
         && ids[..2] == [0x0a, 16]
         && ids[18..20] == [0x12, 8]
     {
         view.trace_id = ids[2..18].try_into().ok();
-        view.span_id = ids[20..28].try_into().ok();
-        r.advance(28);
+        view.span_id = ids[20..].try_into().ok();
+        r = Reader::new(rest);
     }
     // SDKs write a span's fields in field-number order. Taking that order first, with
     // one test per field, costs a well-predicted branch per field; the jump on the tag
@@ -115,16 +115,20 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
         view.name = r.bytes()?;
     }
     // kind (below 128), start and end, as SDKs write them: one 20-byte block.
-    if let Some(times) = r.peek_chunk::<20>()
+    if let Some((times, rest)) = r.rest().split_first_chunk::<20>()
         && times[0] == 0x30
         && times[1] < 0x80
         && times[2] == 0x39
         && times[11] == 0x41
+        && let (Ok(start), Ok(end)) = (
+            <[u8; 8]>::try_from(&times[3..11]),
+            <[u8; 8]>::try_from(&times[12..]),
+        )
     {
         view.kind = i32::from(times[1]);
-        view.start = u64::from_le_bytes(times[3..11].try_into().unwrap_or_default());
-        view.end = u64::from_le_bytes(times[12..20].try_into().unwrap_or_default());
-        r.advance(20);
+        view.start = u64::from_le_bytes(start);
+        view.end = u64::from_le_bytes(end);
+        r = Reader::new(rest);
     }
     if r.peek() == Some(0x30) {
         r.bump();
@@ -212,6 +216,8 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
                 let field;
                 (r, field) = general_field(r, keys, row, out)?;
                 match field {
+                    Field::TraceId(id) => view.trace_id = id.try_into().ok(),
+                    Field::SpanId(id) => view.span_id = id.try_into().ok(),
                     Field::Name(name) => view.name = name,
                     Field::Kind(kind) => view.kind = kind,
                     Field::Start(start) => view.start = start,
@@ -233,6 +239,8 @@ fn span<'a>(msg: &'a [u8], keys: &AttrKeys, out: &mut TraceBatch<'a>) -> Result<
 
 /// A span field read by [`general_field`].
 enum Field<'a> {
+    TraceId(&'a [u8]),
+    SpanId(&'a [u8]),
     Name(&'a [u8]),
     Kind(i32),
     Start(u64),
@@ -260,6 +268,15 @@ fn general_field<'a>(
         return Ok((r, Field::Done));
     };
     let field = match field {
+        // The ids with a tag longer than a byte (`8a 00`, say): still the ids.
+        1 => {
+            expect(field, wire, WireType::Len)?;
+            Field::TraceId(r.bytes()?)
+        }
+        2 => {
+            expect(field, wire, WireType::Len)?;
+            Field::SpanId(r.bytes()?)
+        }
         5 => {
             expect(field, wire, WireType::Len)?;
             Field::Name(r.bytes()?)

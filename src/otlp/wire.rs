@@ -102,20 +102,6 @@ impl<'a> Reader<'a> {
         self.rest.get(1).copied()
     }
 
-    /// The next `N` bytes, without consuming them, when there are that many: a run of
-    /// fields whose layout is fixed (tags, one-byte lengths, fixed-width values) is
-    /// checked and read from it at once.
-    #[inline(always)]
-    pub fn peek_chunk<const N: usize>(&self) -> Option<&'a [u8; N]> {
-        self.rest.first_chunk::<N>()
-    }
-
-    /// Consumes `n` bytes that [`Reader::peek_chunk`] showed.
-    #[inline(always)]
-    pub fn advance(&mut self, n: usize) {
-        self.rest = &self.rest[n..];
-    }
-
     /// Consumes the byte [`Reader::peek`] returned.
     #[inline(always)]
     pub fn bump(&mut self) {

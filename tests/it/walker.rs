@@ -730,3 +730,64 @@ fn wrong_wire_type_for_a_known_field_is_an_error() {
     assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
     assert!(walk_traces(&bytes, &keys(), &mut TraceBatch::default()).is_err());
 }
+
+/// The ids with a tag longer than a byte (`8a 00`, `92 00`: what a decoder reads as
+/// fields 1 and 2), and fields repeated after the blocks SDKs write (the ids, then kind,
+/// start and end), walk as prost decodes them: the ids are kept, and a later field wins.
+#[test]
+fn long_id_tags_and_fields_after_the_blocks_walk_as_in_prost() {
+    let fixed64 = |tag: u8, v: u64| {
+        let mut f = vec![tag];
+        f.extend_from_slice(&v.to_le_bytes());
+        f
+    };
+    let id = |tag: &[u8], byte: u8, len: u8| {
+        let mut f = tag.to_vec();
+        f.push(len);
+        f.extend(std::iter::repeat_n(byte, usize::from(len)));
+        f
+    };
+    // Span A: both ids behind two-byte tags, then kind, start and end as SDKs write them.
+    let mut a = [id(&[0x8a, 0x00], 7, 16), id(&[0x92, 0x00], 9, 8)].concat();
+    a.extend([0x30, 2]);
+    a.extend(fixed64(0x39, 100));
+    a.extend(fixed64(0x41, 200));
+    // Span B: both blocks, then every field of them again, with other values.
+    let mut b = [id(&[0x0a], 1, 16), id(&[0x12], 2, 8)].concat();
+    b.extend([0x30, 2]);
+    b.extend(fixed64(0x39, 100));
+    b.extend(fixed64(0x41, 200));
+    b.extend([id(&[0x0a], 3, 16), id(&[0x12], 4, 8)].concat());
+    b.extend([0x30, 3]);
+    b.extend(fixed64(0x39, 150));
+    b.extend(fixed64(0x41, 250));
+    let mut scope = Vec::new();
+    for span in [&a, &b] {
+        scope.push(0x12);
+        put_varint(span.len() as u64, &mut scope);
+        scope.extend_from_slice(span);
+    }
+    let mut resource = vec![0x12];
+    put_varint(scope.len() as u64, &mut resource);
+    resource.extend_from_slice(&scope);
+    let mut bytes = vec![0x0a];
+    put_varint(resource.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&resource);
+
+    let decoded = ExportTraceServiceRequest::decode(&bytes[..]).expect("prost decodes it");
+    let keys = keys();
+    let mut walked = TraceBatch::default();
+    walk_traces(&bytes, &keys, &mut walked).expect("the walker takes what prost takes");
+    let mut reference = TraceBatch::default();
+    fill_traces(&decoded, &keys, &mut reference);
+    assert_same(&walked, &reference);
+    let [a, b] = &walked.events[..] else {
+        panic!("two spans: {:?}", walked.events);
+    };
+    assert_eq!(a.trace_id, Some(&[7; 16]));
+    assert_eq!(a.span_id, Some(&[9; 8]));
+    assert_eq!((a.kind, a.start, a.end), (2, 100, 200));
+    assert_eq!(b.trace_id, Some(&[3; 16]));
+    assert_eq!(b.span_id, Some(&[4; 8]));
+    assert_eq!((b.kind, b.start, b.end), (3, 150, 250));
+}
