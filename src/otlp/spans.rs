@@ -268,7 +268,9 @@ fn general_field<'a>(
         return Ok((r, Field::Done));
     };
     let field = match field {
-        // The ids with a tag longer than a byte (`8a 00`, say): still the ids.
+        // The ids behind a tag longer than a byte (`8a 00`, say), which are still the
+        // ids, or with the wrong wire type, which is an error (as in prost): the
+        // one-byte dispatch takes only `0a` and `12`.
         1 => {
             expect(field, wire, WireType::Len)?;
             Field::TraceId(r.bytes()?)
