@@ -721,30 +721,21 @@ fn invalid_times_are_rejected_and_the_rest_kept() {
 
 #[test]
 fn wrong_wire_type_for_a_known_field_is_an_error() {
-    // Span.start_time_unix_nano (7) sent as a varint.
-    let fields = vec![(
-        1,
-        Payload::Msg(vec![(
-            2,
-            Payload::Msg(vec![(2, Payload::Msg(vec![(7, Payload::Varint(5))]))]),
-        )]),
-    )];
-    let mut bytes = Vec::new();
-    encode(&fields, &mut bytes);
-    assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
-    assert!(walk_traces(&bytes, &keys(), &mut TraceBatch::default()).is_err());
-    // Span.trace_id (1), which the walker reads for exemplars, sent as a varint.
-    let fields = vec![(
-        1,
-        Payload::Msg(vec![(
-            2,
-            Payload::Msg(vec![(2, Payload::Msg(vec![(1, Payload::Varint(5))]))]),
-        )]),
-    )];
-    let mut bytes = Vec::new();
-    encode(&fields, &mut bytes);
-    assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
-    assert!(walk_traces(&bytes, &keys(), &mut TraceBatch::default()).is_err());
+    // Span.start_time_unix_nano (7), and Span.trace_id (1), which the walker reads for
+    // exemplars, each sent as a varint.
+    for field in [7, 1] {
+        let fields = vec![(
+            1,
+            Payload::Msg(vec![(
+                2,
+                Payload::Msg(vec![(2, Payload::Msg(vec![(field, Payload::Varint(5))]))]),
+            )]),
+        )];
+        let mut bytes = Vec::new();
+        encode(&fields, &mut bytes);
+        assert!(ExportTraceServiceRequest::decode(&bytes[..]).is_err());
+        assert!(walk_traces(&bytes, &keys(), &mut TraceBatch::default()).is_err());
+    }
 }
 
 /// The ids with a tag longer than a byte (`8a 00`, `92 00`: what a decoder reads as
@@ -778,18 +769,16 @@ fn long_id_tags_and_fields_after_the_blocks_walk_as_in_prost() {
     b.extend([0x30, 3]);
     b.extend(fixed64(0x39, 150));
     b.extend(fixed64(0x41, 250));
-    let mut scope = Vec::new();
-    for span in [&a, &b] {
-        scope.push(0x12);
-        put_varint(span.len() as u64, &mut scope);
-        scope.extend_from_slice(span);
-    }
-    let mut resource = vec![0x12];
-    put_varint(scope.len() as u64, &mut resource);
-    resource.extend_from_slice(&scope);
-    let mut bytes = vec![0x0a];
-    put_varint(resource.len() as u64, &mut bytes);
-    bytes.extend_from_slice(&resource);
+    // One resource, one scope, the two spans.
+    let request = vec![(
+        1,
+        Payload::Msg(vec![(
+            2,
+            Payload::Msg(vec![(2, Payload::Bytes(a)), (2, Payload::Bytes(b))]),
+        )]),
+    )];
+    let mut bytes = Vec::new();
+    encode(&request, &mut bytes);
 
     let decoded = ExportTraceServiceRequest::decode(&bytes[..]).expect("prost decodes it");
     let keys = keys();
